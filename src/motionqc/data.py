@@ -260,10 +260,11 @@ def load_volume(path: str | Path) -> nib.Nifti1Image:
         raise VolumeError(f"{path}: {n_bad} NaN/Inf voxel(s)")
     if not data.any():
         raise VolumeError(f"{path}: all voxels are zero (empty image)")
-    image = nib.Nifti1Image(data, img.affine)
-    image.set_qform(img.affine, code=1)
-    image.set_sform(img.affine, code=1)
-    return nib.as_closest_canonical(image)
+    canonical = nib.as_closest_canonical(nib.Nifti1Image(data, img.affine))
+    image = nib.Nifti1Image(np.ascontiguousarray(canonical.dataobj, dtype=np.float32), canonical.affine)
+    image.set_qform(canonical.affine, code=1)
+    image.set_sform(canonical.affine, code=1)
+    return image
 
 
 def load_mask(path: str | Path) -> nib.Nifti1Image:

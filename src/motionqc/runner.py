@@ -1,0 +1,116 @@
+"""Run the numbered notebooks: papermill for ``make reproduce``, in place for committed outputs.
+
+``python -m motionqc.runner notebooks/0*.ipynb`` executes each notebook with papermill under the
+profile named by ``MOTIONQC_PROFILE`` (or ``--profile``), writing the executed copies to
+``build/notebooks/<profile>/`` and a ``runs.tsv`` with each notebook's wall time and the peak
+RSS of its kernel. Notebooks write their tables and figures into ``figures/`` themselves.
+
+``--inplace`` executes notebooks into their own files (used under ``smoke`` so that the
+committed outputs are the ones nbval compares against in CI).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from motionqc import paths
+from motionqc.profiles import get_profile
+
+__all__ = ["run_notebook", "main"]
+
+
+def _peak_child_rss_mb() -> float:
+    # ru_maxrss of RUSAGE_CHILDREN is the largest peak RSS among waited-for children, in KiB on Linux.
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+
+
+def run_notebook(
+    notebook: str | Path,
+    output: str | Path | None = None,
+    parameters: dict[str, object] | None = None,
+    timeout: int = 3600,
+) -> Path:
+    """Execute one notebook with papermill (or in place when ``output`` is the notebook).
+
+    Args:
+        notebook: The ``.ipynb`` to run.
+        output: Where the executed copy goes (default ``build/notebooks/<profile>/<name>``).
+        parameters: Values papermill injects after the ``parameters`` cell.
+        timeout: Per-cell time limit in seconds.
+
+    Returns:
+        The executed notebook's path.
+    """
+    import papermill as pm
+
+    notebook = Path(notebook).resolve()
+    if output is None:
+        output = paths.build_dir() / "notebooks" / get_profile().name / notebook.name
+    output = Path(output).resolve()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if output == notebook:
+        import nbformat
+        from nbclient import NotebookClient
+
+        nb = nbformat.read(notebook, as_version=4)
+        NotebookClient(
+            nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(notebook.parent)}}
+        ).execute()
+        nbformat.write(nb, notebook)
+    else:
+        pm.execute_notebook(
+            str(notebook),
+            str(output),
+            parameters=parameters or {},
+            cwd=str(notebook.parent),
+            kernel_name="python3",
+            execution_timeout=timeout,
+            progress_bar=False,
+        )
+    return output
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry: run notebooks in order, stop at the first failure."""
+    parser = argparse.ArgumentParser(prog="python -m motionqc.runner", description=__doc__.splitlines()[0])
+    parser.add_argument("notebooks", nargs="+", type=Path, help="notebooks to run, in order")
+    parser.add_argument("--profile", default=None, help="profile (default: $MOTIONQC_PROFILE or sample)")
+    parser.add_argument("--inplace", action="store_true", help="store outputs in the notebooks themselves")
+    parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                        help="papermill parameter (value parsed as YAML)")
+    args = parser.parse_args(argv)
+    if args.profile:
+        os.environ["MOTIONQC_PROFILE"] = args.profile
+    profile = get_profile()
+    import yaml
+
+    params = {name: yaml.safe_load(value) for name, value in args.parameter}
+    records = []
+    total = time.perf_counter()
+    for nb in args.notebooks:
+        start = time.perf_counter()
+        print(f"[motionqc] running {nb.name} (profile {profile.name})", flush=True)
+        out = run_notebook(nb, output=nb if args.inplace else None, parameters=params)
+        seconds = time.perf_counter() - start
+        records.append({"notebook": nb.name, "profile": profile.name, "seconds": round(seconds, 1),
+                        "peak_rss_mb_so_far": round(_peak_child_rss_mb(), 1), "output": str(out)})
+        print(f"[motionqc] {nb.name}: {seconds:.1f} s -> {out}", flush=True)
+    runs = pd.DataFrame(records)
+    if not args.inplace:
+        log = paths.build_dir() / "notebooks" / profile.name / "runs.tsv"
+        runs.to_csv(log, sep="\t", index=False)
+        print(f"[motionqc] run log: {log}")
+    print(f"[motionqc] {len(records)} notebook(s) in {time.perf_counter() - total:.1f} s; "
+          f"peak kernel RSS {_peak_child_rss_mb():.0f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

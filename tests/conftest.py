@@ -1,0 +1,38 @@
+"""Shared fixtures: tiny NIfTI volumes written on the fly, and the real sample heads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+
+def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> Path:
+    """Write ``data`` as NIfTI (gzip when the name ends in .gz) and return the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.asarray(data), np.eye(4) if affine is None else affine), str(path))
+    return path
+
+
+def head_phantom(shape: tuple[int, int, int] = (24, 28, 22), seed: int = 0) -> np.ndarray:
+    """An ellipsoidal 'head' with a brighter core and mild noise (float32)."""
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"))
+    r = np.sqrt((grid**2).sum(0))
+    data = np.where(r < 0.9, 100.0, 0.0) + np.where(r < 0.5, 50.0, 0.0)
+    return (data + rng.normal(0, 2, shape) * (r < 0.9)).astype(np.float32)
+
+
+@pytest.fixture
+def phantom_path(tmp_path: Path) -> Path:
+    return write_nifti(tmp_path / "phantom_T1w.nii.gz", head_phantom())
+
+
+@pytest.fixture(scope="session")
+def sample():
+    """The real sample manifest (requires `make data`, which `make test` runs first)."""
+    from motionqc.data import sample_manifest
+
+    return sample_manifest()
