@@ -37,3 +37,10 @@ def test_paths_resolve_from_the_package(monkeypatch: pytest.MonkeyPatch, tmp_pat
     monkeypatch.setenv("MOTIONQC_ROOT", str(tmp_path))
     with pytest.raises(RuntimeError, match="not a motionqc checkout"):
         paths.repo_root()
+
+
+def test_smoke_runs_do_not_overwrite_figures(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MOTIONQC_PROFILE", "sample")
+    assert paths.figures_dir() == paths.repo_root() / "figures"
+    monkeypatch.setenv("MOTIONQC_PROFILE", "smoke")
+    assert paths.tables_dir() == paths.repo_root() / "build" / "figures" / "smoke" / "tables"

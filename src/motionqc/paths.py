@@ -65,7 +65,17 @@ def manifest_dir() -> Path:
 
 
 def figures_dir() -> Path:
-    """Return ``figures/`` (created if missing): every figure the notebooks produce."""
+    """Return the folder every figure goes to (created if missing).
+
+    ``figures/`` for the ``sample`` and ``paper`` profiles (what ``make reproduce`` regenerates);
+    ``build/figures/smoke`` under the ``smoke`` profile, so that CI's notebook runs never overwrite
+    the committed results. ``MOTIONQC_FIGURES`` overrides both.
+    """
+    env = os.environ.get("MOTIONQC_FIGURES")
+    if env:
+        return _ensure(Path(env).expanduser().resolve())
+    if os.environ.get("MOTIONQC_PROFILE", "").strip().lower() == "smoke":
+        return _ensure(repo_root() / "build" / "figures" / "smoke")
     return _ensure(repo_root() / "figures")
 
 

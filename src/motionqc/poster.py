@@ -20,6 +20,7 @@ __all__ = [
     "POSTER_PRETRAIN_R2",
     "POSTER_COUNTS",
     "authors_table",
+    "authors_manifest",
 ]
 
 POSTER_DATA_SPLIT = pd.DataFrame(
@@ -98,3 +99,32 @@ def authors_table(name: str) -> pd.DataFrame:
     if name not in _TABLES:
         raise ValueError(f"unknown authors' table {name!r}: choose one of {', '.join(_TABLES)}")
     return pd.read_csv(paths.manifest_dir() / "authors" / f"{name}.tsv", sep="\t", dtype=_TABLES[name])
+
+
+def authors_manifest() -> pd.DataFrame:
+    """The authors' cohort (AMPSCZ + HCP-EP tables) in manifest layout, without images.
+
+    The images are NDA-restricted: ``path`` holds the authors' Clinica ``t1-linear`` file name,
+    which does not exist here. Useful for curation figures and split checks.
+
+    Returns:
+        Columns ``volume_id, dataset, site, subject, path, qc_score, role, split``.
+    """
+    frames = []
+    for name, dataset in (("ampscz", "AMPSCZ"), ("hcpep", "HCPEP")):
+        table = authors_table(name)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "volume_id": table["subject"].astype(str) + "_" + table["session"].astype(str),
+                    "dataset": dataset,
+                    "site": table["site"].astype(str),
+                    "subject": table["subject"].astype(str),
+                    "path": table["clinica_path"],
+                    "qc_score": pd.array(table["qc_score"].round(), dtype="Int64"),
+                    "role": table["role"],
+                    "split": table["split"],
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
