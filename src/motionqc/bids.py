@@ -82,10 +82,14 @@ def _read_ratings(ratings: str | Path, key: str, score: str) -> pd.Series:
         raise ManifestError(f"{path}: cannot read ratings ({' '.join(str(exc).split())})") from exc
     for column in (key, score):
         if column not in table.columns:
-            raise ManifestError(f"{path}: ratings have no column {column!r} (columns: {', '.join(table.columns)})")
+            raise ManifestError(
+                f"{path}: ratings have no column {column!r} (columns: {', '.join(table.columns)})"
+            )
     table[key] = table[key].map(bids_name)
     if table[key].duplicated().any():
-        raise ManifestError(f"{path}: {key} repeated: {table[key][table[key].duplicated()].iloc[0]}")
+        raise ManifestError(
+            f"{path}: {key} repeated: {table[key][table[key].duplicated()].iloc[0]}"
+        )
     return pd.to_numeric(table.set_index(key)[score].replace("", None), errors="coerce")
 
 
@@ -148,7 +152,9 @@ def manifest_from_bids(
         bad = df["qc_score"].notna() & ~df["qc_score"].isin([1, 2, 3, 4])
         if bad.any():
             row = df[bad].iloc[0]
-            raise ManifestError(f"{ratings}: score {row.qc_score} of {row.bids_name} is not 1, 2, 3 or 4")
+            raise ManifestError(
+                f"{ratings}: score {row.qc_score} of {row.bids_name} is not 1, 2, 3 or 4"
+            )
     df["qc_score"] = pd.array(df["qc_score"], dtype="Int64")
     return df[list(REQUIRED_COLUMNS) + [c for c in df.columns if c not in REQUIRED_COLUMNS]]
 
@@ -160,7 +166,9 @@ def _participant_sites(root: Path) -> dict[str, str]:
     df = pd.read_csv(table, sep="\t", dtype=str, keep_default_na=False)
     if "site" not in df.columns or "participant_id" not in df.columns:
         return {}
-    return {pid.removeprefix("sub-"): s for pid, s in zip(df["participant_id"], df["site"], strict=True)}
+    return {
+        pid.removeprefix("sub-"): s for pid, s in zip(df["participant_id"], df["site"], strict=True)
+    }
 
 
 def manifest_from_mrart(bids_dir: str | Path, scores: str | Path | None = None) -> pd.DataFrame:
@@ -189,7 +197,9 @@ def manifest_from_mrart(bids_dir: str | Path, scores: str | Path | None = None) 
     bad = df["mrart_score"].notna() & ~df["mrart_score"].isin([1, 2, 3])
     if bad.any():
         row = df[bad].iloc[0]
-        raise ManifestError(f"{scores_path}: score {row.mrart_score} of {row.bids_name} is not 1, 2 or 3")
+        raise ManifestError(
+            f"{scores_path}: score {row.mrart_score} of {row.bids_name} is not 1, 2 or 3"
+        )
     df["qc_score"] = pd.array(df["mrart_score"].map(MRART_TO_QC, na_action="ignore"), dtype="Int64")
     unknown = sorted(set(df["acq"]) - {"standard", "headmotion1", "headmotion2"})
     if unknown:

@@ -210,7 +210,9 @@ def sample_manifest(verify: bool = True, include_templates: bool = True) -> pd.D
         warnings.warn(f"{tsv}: sample volume {vid} not gathered (run `make data`)", stacklevel=2)
     df = df[present].reset_index(drop=True)
     if df.empty:
-        raise ManifestError(f"{tsv}: no sample volume found under {paths.sample_dir()}; run `make data`")
+        raise ManifestError(
+            f"{tsv}: no sample volume found under {paths.sample_dir()}; run `make data`"
+        )
     if verify:
         for row in df.itertuples():
             for file, expected in ((row.path, row.sha256), (row.mask_path, row.mask_sha256)):
@@ -245,7 +247,14 @@ def load_volume(path: str | Path) -> nib.Nifti1Image:
     try:
         img = nib.load(str(path))
         data = np.asanyarray(img.dataobj, dtype=np.float32)
-    except (nib.filebasedimages.ImageFileError, EOFError, OSError, zlib.error, gzip.BadGzipFile, ValueError) as exc:
+    except (
+        nib.filebasedimages.ImageFileError,
+        EOFError,
+        OSError,
+        zlib.error,
+        gzip.BadGzipFile,
+        ValueError,
+    ) as exc:
         raise VolumeError(f"{path}: unreadable or truncated NIfTI ({_one_line(exc)})") from exc
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
@@ -261,7 +270,9 @@ def load_volume(path: str | Path) -> nib.Nifti1Image:
     if not data.any():
         raise VolumeError(f"{path}: all voxels are zero (empty image)")
     canonical = nib.as_closest_canonical(nib.Nifti1Image(data, img.affine))
-    image = nib.Nifti1Image(np.ascontiguousarray(canonical.dataobj, dtype=np.float32), canonical.affine)
+    image = nib.Nifti1Image(
+        np.ascontiguousarray(canonical.dataobj, dtype=np.float32), canonical.affine
+    )
     image.set_qform(canonical.affine, code=1)
     image.set_sform(canonical.affine, code=1)
     return image
@@ -324,13 +335,19 @@ def preprocess(
         raise ValueError(f"spacing_mm must be positive, got {spacing_mm}")
     image = _to_tio(volume)
     transform = tio.Compose(
-        [tio.ToCanonical(), tio.Resample(float(spacing_mm)), tio.CropOrPad(tuple(int(s) for s in shape))]
+        [
+            tio.ToCanonical(),
+            tio.Resample(float(spacing_mm)),
+            tio.CropOrPad(tuple(int(s) for s in shape)),
+        ]
     )
     out = transform(image)
     if normalise:
         mean = float(out.data.mean())
         if not np.isfinite(mean) or mean <= 0:
             where = getattr(volume, "path", None) or volume
-            raise VolumeError(f"{where}: mean intensity {mean:g} after preprocessing is not positive")
+            raise VolumeError(
+                f"{where}: mean intensity {mean:g} after preprocessing is not positive"
+            )
         out.set_data(out.data / mean)
     return out

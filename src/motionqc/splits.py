@@ -55,7 +55,9 @@ def site_split(
             raise ValueError(f"synthetic site(s) not in the manifest: {', '.join(absent)}")
     else:
         if not 0 <= n_synthetic_sites <= len(sites):
-            raise ValueError(f"n_synthetic_sites={n_synthetic_sites} but the manifest has {len(sites)} sites")
+            raise ValueError(
+                f"n_synthetic_sites={n_synthetic_sites} but the manifest has {len(sites)} sites"
+            )
         rng = np.random.default_rng(seed)
         chosen = set(rng.choice(sites, size=n_synthetic_sites, replace=False).tolist())
     out = manifest.copy()
@@ -128,7 +130,9 @@ def qc_split_table(
     rated = manifest[pd.to_numeric(manifest[score], errors="coerce").isin(list(QC_CLASSES))]
     classes = rated[score].astype(int).map(QC_CLASSES).map(dict(enumerate(CLASS_LABELS)))
     table = pd.crosstab(rated[split], classes).reindex(columns=list(CLASS_LABELS), fill_value=0)
-    table = table.reindex(list(order) if order is not None else list(dict.fromkeys(rated[split])), fill_value=0)
+    table = table.reindex(
+        list(order) if order is not None else list(dict.fromkeys(rated[split])), fill_value=0
+    )
     table["total"] = table.sum(axis=1)
     table.index.name = "split"
     table.columns.name = None
