@@ -1,0 +1,226 @@
+"""BIDS derivatives for scoring runs: output folder checks, metadata, shards, resumable TSVs.
+
+Follows MRIQC's conventions: ``motionqc score bids_dir output_dir participant`` writes a BIDS
+derivative dataset (``dataset_description.json`` with ``DatasetType: derivative``) whose tables are
+keyed by ``bids_name``, and refuses to write inside ``bids_dir``. Large studies split the work
+into ``N`` array jobs with ``--shard I/N``; each shard appends to its own TSV, one row per
+volume, flushed as soon as the volume is scored, so an interrupted job loses nothing and a re-run
+skips what is already there. The ``group`` step merges the shard tables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import pandas as pd
+
+import motionqc
+
+__all__ = [
+    "check_output_dir",
+    "write_dataset_description",
+    "parse_shard",
+    "shard_items",
+    "shard_table",
+    "ResultTable",
+    "merge_shards",
+    "GROUP_TABLE",
+]
+
+T = TypeVar("T")
+
+GROUP_TABLE = "group_T1w.tsv"
+"""Name of the merged table the ``group`` step writes (as MRIQC's ``group_T1w.tsv``)."""
+
+
+def check_output_dir(bids_dir: str | Path, output_dir: str | Path) -> Path:
+    """Refuse an output folder inside (or equal to) the BIDS dataset, as MRIQC does.
+
+    Args:
+        bids_dir: The input BIDS dataset.
+        output_dir: Where derivatives go.
+
+    Returns:
+        The resolved output folder (created).
+
+    Raises:
+        ValueError: If ``output_dir`` is ``bids_dir`` or inside it.
+    """
+    bids = Path(bids_dir).resolve()
+    out = Path(output_dir).resolve()
+    if out == bids or bids in out.parents:
+        raise ValueError(f"{out}: output folder must not be inside the BIDS dataset {bids}")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def write_dataset_description(
+    output_dir: str | Path, source: str | Path | None = None, model: dict[str, object] | None = None
+) -> Path:
+    """Write the derivative's ``dataset_description.json`` (BIDS 1.9).
+
+    Args:
+        output_dir: The derivative dataset root.
+        source: The input dataset (recorded in ``SourceDatasets``).
+        model: Details of the model used (checkpoint, its SHA-256, …), stored under ``GeneratedBy``.
+
+    Returns:
+        The JSON file's path.
+    """
+    generated = {
+        "Name": "motionqc",
+        "Version": motionqc.__version__,
+        "Description": "motion score and QC class per T1w",
+    }
+    if model:
+        generated["Model"] = model
+    description: dict[str, object] = {
+        "Name": "motionqc motion scores",
+        "BIDSVersion": "1.9.0",
+        "DatasetType": "derivative",
+        "GeneratedBy": [generated],
+    }
+    if source is not None:
+        description["SourceDatasets"] = [{"URL": Path(source).resolve().as_uri()}]
+    path = Path(output_dir) / "dataset_description.json"
+    path.write_text(json.dumps(description, indent=2) + "\n")
+    return path
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """Parse ``--shard I/N`` (0 ≤ I < N, as SLURM's ``--array=0-(N-1)``).
+
+    Args:
+        text: ``"I/N"``.
+
+    Returns:
+        ``(I, N)``.
+
+    Raises:
+        ValueError: If the text is not ``I/N`` with 0 ≤ I < N.
+    """
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not match:
+        raise ValueError(f"--shard must look like I/N (e.g. 0/4), got {text!r}")
+    index, count = int(match[1]), int(match[2])
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"--shard {text}: need 0 <= I < N")
+    return index, count
+
+
+def shard_items(items: Sequence[T], index: int, count: int, key=str) -> list[T]:
+    """Return shard ``index`` of ``count``: items sorted by ``key``, every ``count``-th one.
+
+    The shards are disjoint and together cover every item, whatever order the items come in.
+
+    Args:
+        items: What to split (e.g. T1w paths).
+        index: Shard index, 0 ≤ index < count.
+        count: Number of shards.
+        key: Sort key (default ``str``).
+
+    Returns:
+        The shard's items.
+    """
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"shard {index}/{count}: need 0 <= index < count")
+    return sorted(items, key=key)[index::count]
+
+
+def shard_table(output_dir: str | Path, index: int = 0, count: int = 1) -> Path:
+    """Path of the TSV a shard writes (``motion_T1w.tsv`` when not sharded)."""
+    name = "motion_T1w.tsv" if count == 1 else f"motion_T1w_shard-{index:04d}of{count:04d}.tsv"
+    return Path(output_dir) / name
+
+
+class ResultTable:
+    """An append-only TSV keyed by ``bids_name``: each row is flushed and synced when written.
+
+    Args:
+        path: The TSV file.
+        columns: Its columns; ``bids_name`` must be one. Rows missing a column get it empty.
+    """
+
+    def __init__(self, path: str | Path, columns: Sequence[str]) -> None:
+        if "bids_name" not in columns:
+            raise ValueError("columns must include 'bids_name'")
+        self.path = Path(path)
+        self.columns = list(columns)
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            self.path.write_text("\t".join(self.columns) + "\n")
+        else:
+            header = self.path.read_text().splitlines()[0].split("\t")
+            if header != self.columns:
+                raise ValueError(
+                    f"{self.path}: existing table has columns {header}, expected {self.columns}"
+                )
+
+    def done(self, include_errors: bool = False) -> set[str]:
+        """Names already in the table (by default only those scored without error)."""
+        table = self.read()
+        if not include_errors and "status" in table.columns:
+            table = table[table["status"] == "ok"]
+        return set(table["bids_name"])
+
+    def read(self) -> pd.DataFrame:
+        """The table as written so far (a truncated last line from a kill is ignored)."""
+        lines = self.path.read_text().splitlines()
+        complete = [line for line in lines[1:] if line.count("\t") == len(self.columns) - 1]
+        rows = [dict(zip(self.columns, line.split("\t"), strict=True)) for line in complete]
+        return pd.DataFrame(rows, columns=self.columns)
+
+    def append(self, row: dict[str, object]) -> None:
+        """Append one row and make it durable before returning."""
+        values = ["" if row.get(c) is None else _clean(row.get(c)) for c in self.columns]
+        with open(self.path, "a") as handle:
+            handle.write("\t".join(values) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def _clean(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return " ".join(str(value).split())  # one line, no tabs
+
+
+def merge_shards(output_dir: str | Path, paths: Iterable[str | Path] | None = None) -> pd.DataFrame:
+    """Merge the shard tables of a derivative folder into :data:`GROUP_TABLE`.
+
+    A volume found in several shards (a re-run under another sharding) keeps its last ``ok`` row.
+
+    Args:
+        output_dir: The derivative dataset root.
+        paths: Tables to merge (default: every ``motion_T1w*.tsv`` in ``output_dir``).
+
+    Returns:
+        The merged table, sorted by ``bids_name``; also written to ``output_dir/group_T1w.tsv``.
+
+    Raises:
+        ValueError: If there is no table to merge.
+    """
+    out = Path(output_dir)
+    files = (
+        sorted(Path(p) for p in paths) if paths is not None else sorted(out.glob("motion_T1w*.tsv"))
+    )
+    if not files:
+        raise ValueError(
+            f"{out}: no motion_T1w*.tsv table to merge (run the participant step first)"
+        )
+    frames = [pd.read_csv(f, sep="\t", dtype=str, keep_default_na=False) for f in files]
+    merged = pd.concat(frames, ignore_index=True)
+    if "status" in merged.columns:
+        merged["_ok"] = merged["status"] == "ok"
+        merged = merged.sort_values(["bids_name", "_ok"], kind="stable").drop(columns="_ok")
+    merged = (
+        merged.drop_duplicates("bids_name", keep="last")
+        .sort_values("bids_name")
+        .reset_index(drop=True)
+    )
+    merged.to_csv(out / GROUP_TABLE, sep="\t", index=False)
+    return merged
