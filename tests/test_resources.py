@@ -1,0 +1,73 @@
+"""Resource monitor on CPU: JSON fields, null power, peak RSS of self and of child processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from motionqc.resources import ResourceMonitor, device_name, rss_bytes
+
+MB = 1 << 20
+
+
+def test_cpu_record_fields_and_null_power(tmp_path):
+    path = tmp_path / "run" / "resources.json"
+    with ResourceMonitor(path, device="cpu", profile="smoke", label="unit", extra={"k": 1}) as mon:
+        time.sleep(0.05)
+    rec = json.loads(path.read_text())
+    assert rec == json.loads(json.dumps(mon.record))
+    assert rec["device"] == "cpu" and rec["device_name"] == device_name("cpu")
+    assert rec["profile"] == "smoke" and rec["label"] == "unit" and rec["extra"] == {"k": 1}
+    assert rec["torch_version"] == torch.__version__
+    assert rec["wall_time_s"] >= 0.05
+    assert rec["start_time"] < rec["end_time"]
+    # No GPU: power and CUDA fields are null, not zero.
+    for key in ("max_power_w", "mean_power_w", "energy_j", "cuda_max_allocated_bytes"):
+        assert rec[key] is None
+    assert rec["n_power_samples"] == 0
+    assert rec["peak_memory_kind"] == "peak_rss"
+    assert rec["peak_memory_bytes"] == rec["peak_rss_bytes"] >= rss_bytes()[0] // 2
+    assert rec["status"] == "ok"
+
+
+def test_peak_rss_grows_with_a_big_array():
+    with ResourceMonitor(device="cpu", interval_s=0.02) as small:
+        time.sleep(0.05)
+    with ResourceMonitor(device="cpu", interval_s=0.02) as big:
+        a = np.ones(150 * MB // 8)  # 150 MB, every page touched
+        time.sleep(0.1)
+        del a
+    grew = big.record["peak_rss_bytes"] - small.record["peak_rss_bytes"]
+    assert grew > 120 * MB
+    # Freed before exit: the peak outlives the array.
+    assert big.record["peak_rss_bytes"] > rss_bytes()[0] + 100 * MB
+
+
+def test_peak_rss_counts_child_processes():
+    code = "import time; x = b'1' * (200 << 20); time.sleep(1.0)"
+    with ResourceMonitor(device="cpu", interval_s=0.05) as mon:
+        proc = subprocess.Popen([sys.executable, "-c", code])
+        proc.wait(timeout=60)
+    assert mon.record["peak_rss_children_bytes"] > 180 * MB
+    assert mon.record["peak_rss_bytes"] >= mon.record["peak_rss_sampled_bytes"] > 180 * MB
+
+
+def test_error_inside_block_still_writes(tmp_path):
+    path = tmp_path / "r.json"
+    with pytest.raises(RuntimeError):
+        with ResourceMonitor(path, device="cpu"):
+            raise RuntimeError("boom")
+    assert json.loads(path.read_text())["status"] == "error: RuntimeError"
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="interval_s"):
+        ResourceMonitor(interval_s=0)
+    with pytest.raises(ValueError, match="not finished"):
+        ResourceMonitor().write("x.json")
