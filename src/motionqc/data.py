@@ -213,14 +213,14 @@ def sample_manifest(verify: bool = True, include_templates: bool = True) -> pd.D
         raise ManifestError(
             f"{tsv}: no sample volume found under {paths.sample_dir()}; run `make data`"
         )
+    if not include_templates:  # before verifying: no need to hash what is dropped
+        df = df[df["kind"] != "template"].reset_index(drop=True)
     if verify:
         for row in df.itertuples():
             for file, expected in ((row.path, row.sha256), (row.mask_path, row.mask_sha256)):
                 if file and expected and file_sha256(file) != expected:
                     raise ManifestError(f"{tsv}: {row.volume_id}: checksum mismatch for {file}")
         df["verified"] = True
-    if not include_templates:
-        df = df[df["kind"] != "template"].reset_index(drop=True)
     return df
 
 
