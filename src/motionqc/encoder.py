@@ -1,0 +1,179 @@
+"""The pretrained motion encoder as a self-describing file: save, load, predict.
+
+A pretraining run (notebook 03) writes ``encoder.pt``: the SFCN weights plus everything a later
+stage needs to use them correctly — the voxel size and grid the network was trained on, the soft
+label bins, the profile, the training metrics. Every consumer (transfer, scratch comparison,
+thickness, the ``motionqc score`` CLI, the demo) loads it with :func:`load_encoder` and
+preprocesses volumes with the geometry it records, never with a guess.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from motionqc import paths
+from motionqc.models import SFCN
+from motionqc.soft_labels import BIN_RANGE, N_BINS, SIGMA, decode, predictive_std
+
+__all__ = [
+    "ENCODER_FORMAT",
+    "EncoderError",
+    "default_encoder_path",
+    "load_encoder",
+    "predict_motion",
+    "save_encoder",
+]
+
+ENCODER_FORMAT = "motionqc-encoder/1"
+
+
+class EncoderError(RuntimeError):
+    """An encoder file that is missing, unreadable or not a motionqc encoder."""
+
+
+def default_encoder_path(profile: str) -> Path:
+    """Return where notebook 03 writes the encoder of a profile: ``checkpoints/<profile>/encoder.pt``.
+
+    Args:
+        profile: Profile name (``smoke``, ``sample``, ``paper``).
+
+    Returns:
+        The path (its folder is created; the file may not exist yet).
+    """
+    folder = paths.checkpoints_dir() / profile
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / "encoder.pt"
+
+
+def save_encoder(
+    path: str | Path,
+    model: SFCN,
+    *,
+    spacing_mm: float,
+    shape: Sequence[int],
+    bin_range: Sequence[float] = BIN_RANGE,
+    n_bins: int = N_BINS,
+    sigma: float = SIGMA,
+    info: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a trained SFCN and its preprocessing geometry to ``path`` (atomically).
+
+    Args:
+        path: Output file (``.pt``).
+        model: The trained network.
+        spacing_mm: Isotropic voxel size of its inputs.
+        shape: Input grid (X, Y, Z).
+        bin_range: Soft-label bin range (mm).
+        n_bins: Number of bins (the model's outputs).
+        sigma: Soft-label width (mm).
+        info: Anything else worth keeping (profile, metrics, seed, versions).
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "format": ENCODER_FORMAT,
+        "model": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+        "n_outputs": int(model.n_outputs),
+        "channels": list(model.channels),
+        "dropout": float(getattr(model.dropout, "p", 0.0)),
+        "spacing_mm": float(spacing_mm),
+        "shape": [int(s) for s in shape],
+        "bin_range": [float(b) for b in bin_range],
+        "n_bins": int(n_bins),
+        "sigma": float(sigma),
+        "info": dict(info or {}),
+        "torch": torch.__version__,
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> tuple[SFCN, dict]:
+    """Load an encoder written by :func:`save_encoder`, in eval mode.
+
+    Args:
+        path: The ``encoder.pt`` file.
+        device: Where to put the model.
+
+    Returns:
+        ``(model, meta)``; ``meta`` holds ``spacing_mm``, ``shape``, ``bin_range``, ``n_bins``,
+        ``sigma`` and ``info``.
+
+    Raises:
+        EncoderError: If the file is missing, unreadable or not an encoder file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise EncoderError(
+            f"{path}: no encoder file (run notebook 03, `make reproduce`, or pass --checkpoint)"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
+        raise EncoderError(f"{path}: not a readable checkpoint ({type(exc).__name__})") from exc
+    if not isinstance(state, dict) or state.get("format") != ENCODER_FORMAT:
+        raise EncoderError(f"{path}: not a motionqc encoder file (format {ENCODER_FORMAT})")
+    model = SFCN(
+        n_outputs=state["n_outputs"], channels=state["channels"], dropout=state["dropout"]
+    )
+    model.load_state_dict(state["model"])
+    model.to(device).eval()
+    meta = {k: state[k] for k in ("spacing_mm", "shape", "bin_range", "n_bins", "sigma", "info")}
+    meta["shape"] = tuple(meta["shape"])
+    meta["path"] = str(path)
+    return model, meta
+
+
+@torch.inference_mode()
+def predict_motion(
+    model: SFCN,
+    images: torch.Tensor | Sequence[torch.Tensor],
+    *,
+    bin_range: Sequence[float] = BIN_RANGE,
+    batch_size: int = 8,
+    precision: str = "fp32",
+    channels_last: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Predict the motion score (mm) and its spread for a stack of preprocessed volumes.
+
+    Args:
+        model: A trained SFCN (put in eval mode here).
+        images: ``(N, 1, X, Y, Z)`` tensor or a sequence of ``(1, X, Y, Z)`` tensors.
+        bin_range: The bins the model was trained with (``meta["bin_range"]``).
+        batch_size: Volumes per forward pass.
+        precision: ``"fp32"`` or ``"bf16"`` (autocast).
+        channels_last: Run with ``channels_last_3d`` memory format.
+
+    Returns:
+        ``(score, std)``: expected score and predictive standard deviation per volume, mm.
+    """
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    model.eval()
+    device = next(model.parameters()).device
+    if channels_last:
+        model.to(memory_format=torch.channels_last_3d)
+    items = list(images) if not isinstance(images, torch.Tensor) else list(images.unbind(0))
+    scores, stds = [], []
+    for start in range(0, len(items), batch_size):
+        x = torch.stack([t.float() for t in items[start : start + batch_size]]).to(device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out = model(x)
+        scores.append(decode(out.float(), bin_range).cpu())
+        stds.append(predictive_std(out.float(), bin_range).cpu())
+    if not items:
+        return np.zeros(0, np.float32), np.zeros(0, np.float32)
+    return torch.cat(scores).numpy(), torch.cat(stds).numpy()
