@@ -248,3 +248,19 @@ def test_ddp_two_gloo_processes_match_single_process(tmp_path):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
         assert a["val_mae"] == pytest.approx(b["val_mae"], rel=1e-5)
+
+
+def test_onecycle_schedule_steps_per_batch_and_resumes_exactly(tmp_path):
+    full = make_trainer(tmp_path / "full", model_seed=0, schedule="onecycle")
+    full.fit()
+    lrs = [row["lr"] for row in full.history]
+    # Warm-up then annealing: the learning rate rises from lr/25 and ends far below its peak.
+    assert lrs[0] < lrs[1] and full.optimizer.param_groups[0]["lr"] < 0.1 * 3e-3
+    part = make_trainer(tmp_path / "part", model_seed=0, schedule="onecycle")
+    part.fit(until_epoch=2)
+    del part
+    resumed = make_trainer(tmp_path / "part", model_seed=3, schedule="onecycle")
+    resumed.fit()
+    assert_same_state(full.module.state_dict(), resumed.module.state_dict())
+    with pytest.raises(ValueError, match="schedule"):
+        TrainConfig(schedule="cosine")

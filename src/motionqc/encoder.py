@@ -124,9 +124,7 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> tuple[
         raise EncoderError(f"{path}: not a readable checkpoint ({type(exc).__name__})") from exc
     if not isinstance(state, dict) or state.get("format") != ENCODER_FORMAT:
         raise EncoderError(f"{path}: not a motionqc encoder file (format {ENCODER_FORMAT})")
-    model = SFCN(
-        n_outputs=state["n_outputs"], channels=state["channels"], dropout=state["dropout"]
-    )
+    model = SFCN(n_outputs=state["n_outputs"], channels=state["channels"], dropout=state["dropout"])
     model.load_state_dict(state["model"])
     model.to(device).eval()
     meta = {k: state[k] for k in ("spacing_mm", "shape", "bin_range", "n_bins", "sigma", "info")}

@@ -243,6 +243,10 @@ class TrainConfig:
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay (authors: 0.05 pretraining, 0.04 transfer).
         betas: AdamW betas.
+        schedule: ``"plateau"`` (the authors: ``ReduceLROnPlateau`` on the monitored value,
+            stepped per epoch) or ``"onecycle"`` (``OneCycleLR`` over ``max_epochs``, stepped
+            per batch, peaking at ``lr``: for short budgets such as CPU pretraining).
+        warmup_fraction: Share of the one-cycle schedule spent warming up.
         plateau_factor: ``ReduceLROnPlateau`` factor (authors: 0.6).
         plateau_patience: ``ReduceLROnPlateau`` patience in epochs (authors: 5).
         plateau_threshold: Relative improvement the scheduler requires (torch's default 1e-4).
@@ -274,6 +278,8 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.999)
+    schedule: str = "plateau"
+    warmup_fraction: float = 0.2
     plateau_factor: float = 0.6
     plateau_patience: int = 5
     plateau_threshold: float = 1e-4
@@ -312,6 +318,10 @@ class TrainConfig:
             raise ValueError(
                 f"early_stopping_patience must be at least 1 or None, got {self.early_stopping_patience}"
             )
+        if self.schedule not in ("plateau", "onecycle"):
+            raise ValueError(f"schedule must be 'plateau' or 'onecycle', got {self.schedule!r}")
+        if not 0 < self.warmup_fraction < 1:
+            raise ValueError(f"warmup_fraction must be in (0, 1), got {self.warmup_fraction}")
         if self.mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {self.mode!r}")
         if self.precision not in _PRECISIONS:
@@ -457,14 +467,27 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas
         )
-        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.optimizer,
-            mode=cfg.mode,
-            factor=cfg.plateau_factor,
-            patience=cfg.plateau_patience,
-            threshold=cfg.plateau_threshold,
-            min_lr=cfg.min_lr,
-        )
+        self.scheduler: Any
+        if cfg.schedule == "onecycle":
+            per_rank = math.ceil(len(train_data) / world)  # type: ignore[arg-type]
+            steps = (
+                per_rank // self.local_batch if cfg.drop_last else -(-per_rank // self.local_batch)
+            )
+            self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
+                self.optimizer,
+                max_lr=cfg.lr,
+                total_steps=max(1, steps) * cfg.max_epochs,
+                pct_start=cfg.warmup_fraction,
+            )
+        else:
+            self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                self.optimizer,
+                mode=cfg.mode,
+                factor=cfg.plateau_factor,
+                patience=cfg.plateau_patience,
+                threshold=cfg.plateau_threshold,
+                min_lr=cfg.min_lr,
+            )
 
         # -- state ----------------------------------------------------------------------------
         self.history: list[dict[str, Any]] = []
@@ -585,6 +608,8 @@ class Trainer:
                 nn.utils.clip_grad_norm_(self.module.parameters(), self.config.grad_clip_norm)
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            if self.config.schedule == "onecycle":
+                self.scheduler.step()
             n = len(x) if torch.is_tensor(x) else self.local_batch
             total += loss.item() * n
             count += n
@@ -707,7 +732,8 @@ class Trainer:
                     f"monitor {cfg.monitor!r} is not among the logged values {sorted(row)}"
                 )
             value = float(row[cfg.monitor])
-            self.scheduler.step(value)
+            if cfg.schedule == "plateau":
+                self.scheduler.step(value)
             improved = self._improved(value)
             if improved:
                 self.best_metric, self.best_epoch, self.bad_epochs = value, epoch + 1, 0

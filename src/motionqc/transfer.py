@@ -1,0 +1,486 @@
+"""QC from motion pretraining: frozen embeddings + MLP head, and SFCN from scratch for comparison.
+
+Both settings use the shared :class:`motionqc.trainer.Trainer`, class-weighted cross-entropy for
+the imbalance, early stopping on validation balanced accuracy, and are evaluated with
+:mod:`motionqc.qc_metrics` (the code that also recomputes the poster's table).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from motionqc.models import SFCN, QCHead
+from motionqc.trainer import TrainConfig, Trainer, kaiming_init, seed_everything
+
+__all__ = [
+    "QC_HEAD_FORMAT",
+    "QCRun",
+    "WeightedCE",
+    "class_weights",
+    "embed",
+    "file_digest",
+    "load_qc_head",
+    "save_qc_head",
+    "train_qc_cli",
+    "train_scratch",
+    "train_transfer",
+]
+
+QC_HEAD_FORMAT = "motionqc-qchead/1"
+
+
+def file_digest(path: str | Path) -> str:
+    """Return the first 16 hex digits of a file's SHA-256 (the embedding cache key)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+@torch.inference_mode()
+def embed(
+    model: SFCN,
+    images: torch.Tensor,
+    volume_ids: Sequence[str],
+    *,
+    cache: str | Path | None = None,
+    batch_size: int = 8,
+    pooled: bool = False,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Frozen-encoder embeddings of volumes, cached on disk per volume id.
+
+    Args:
+        model: The pretrained SFCN (eval mode is set here).
+        images: ``(N, 1, X, Y, Z)`` preprocessed volumes.
+        volume_ids: One id per volume (the cache key together with the cache file, which should
+            be named after the checkpoint digest: :func:`file_digest`).
+        cache: ``.pt`` file mapping volume id → embedding; ids already there are not
+            recomputed, new ones are added.
+        batch_size: Volumes per forward pass.
+        pooled: The 64-d pooled vector instead of the flattened encoder output.
+        progress: Show a progress bar.
+
+    Returns:
+        ``(N, D)`` float32 embeddings in the order of ``volume_ids``.
+    """
+    from tqdm.auto import tqdm
+
+    ids = [str(v) for v in volume_ids]
+    if len(ids) != len(images):
+        raise ValueError(f"{len(images)} volumes but {len(ids)} ids")
+    store: dict[str, torch.Tensor] = {}
+    cache = Path(cache) if cache is not None else None
+    key = f"pooled={pooled}"
+    if cache is not None and cache.is_file():
+        saved = torch.load(cache, map_location="cpu", weights_only=True)
+        store = dict(saved.get(key, {}))
+    todo = [i for i, v in enumerate(ids) if v not in store]
+    model.eval()
+    for start in tqdm(
+        range(0, len(todo), batch_size), desc="embed", disable=not progress, leave=False
+    ):
+        idx = todo[start : start + batch_size]
+        feats = model.features(images[idx].float(), pooled=pooled).float()
+        for i, f in zip(idx, feats, strict=True):
+            store[ids[i]] = f.clone()
+    if cache is not None and todo:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        saved = torch.load(cache, weights_only=True) if cache.is_file() else {}
+        saved[key] = store
+        tmp = cache.with_name(cache.name + ".tmp")
+        torch.save(saved, tmp)
+        os.replace(tmp, cache)
+    return torch.stack([store[v] for v in ids]) if ids else torch.zeros(0)
+
+
+def class_weights(y: Sequence[int] | np.ndarray, n_classes: int = 3) -> torch.Tensor:
+    """Inverse-frequency class weights, normalised to mean 1 (absent classes get weight 0).
+
+    Args:
+        y: Integer class labels.
+        n_classes: Number of classes.
+
+    Returns:
+        ``(n_classes,)`` float32 weights.
+    """
+    counts = np.bincount(np.asarray(y, dtype=int), minlength=n_classes).astype(float)
+    w = np.where(counts > 0, counts.sum() / (n_classes * np.maximum(counts, 1)), 0.0)
+    return torch.tensor(w / w[w > 0].mean(), dtype=torch.float32)
+
+
+class WeightedCE:
+    """Class-weighted cross-entropy on logits or log-probabilities (a weighted per-sample mean)."""
+
+    def __init__(self, weights: torch.Tensor) -> None:
+        self.weights = weights.float()
+
+    def __call__(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Return the loss of a batch."""
+        return nn.functional.cross_entropy(
+            out.float(), y.long(), weight=self.weights.to(out.device)
+        )
+
+
+def _balanced_accuracy(out: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    from motionqc.qc_metrics import qc_metrics
+
+    return qc_metrics(y.numpy(), out.argmax(1).numpy())
+
+
+@dataclass
+class QCRun:
+    """Result of one QC training run.
+
+    Attributes:
+        model: The trained model (best validation epoch).
+        history: Per-epoch rows of the trainer.
+        run_dir: Folder with ``metrics.csv``, checkpoints and ``resources.json``.
+    """
+
+    model: nn.Module
+    history: list[dict[str, Any]] = field(default_factory=list)
+    run_dir: Path | None = None
+
+
+def _fit(
+    model: nn.Module,
+    train: TensorDataset,
+    val: TensorDataset,
+    weights: torch.Tensor,
+    config: TrainConfig,
+    run_dir: str | Path | None,
+) -> QCRun:
+    trainer = Trainer(
+        model,
+        WeightedCE(weights),
+        train,
+        val,
+        config=config,
+        run_dir=run_dir,
+        metrics_fn=_balanced_accuracy,
+    )
+    history = trainer.fit()
+    if trainer.best_path is not None and trainer.best_path.is_file():
+        best = torch.load(trainer.best_path, map_location="cpu", weights_only=True)
+        trainer.module.load_state_dict(best["model"])
+    trainer.module.eval()
+    trainer.close()
+    return QCRun(trainer.module, history, Path(run_dir) if run_dir is not None else None)
+
+
+def _qc_config(**overrides: Any) -> TrainConfig:
+    base: dict[str, Any] = {
+        "monitor": "val_balanced_accuracy",
+        "mode": "max",
+        "precision": "fp32",
+        "progress": False,
+    }
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+def train_transfer(
+    z_train: torch.Tensor,
+    y_train: Sequence[int],
+    z_val: torch.Tensor,
+    y_val: Sequence[int],
+    seed: int,
+    *,
+    run_dir: str | Path | None = None,
+    hidden: int = 10,
+    dropout: float = 0.5,
+    **config: Any,
+) -> QCRun:
+    """Train the authors' MLP head on frozen embeddings (class-weighted cross-entropy).
+
+    Args:
+        z_train: Training embeddings ``(N, D)``.
+        y_train: Their QC classes 0/1/2.
+        z_val: Validation embeddings.
+        y_val: Their QC classes.
+        seed: Seed of the initialisation, shuffling and dropout.
+        run_dir: Trainer folder (metrics, checkpoints, resources).
+        hidden: Hidden units (authors: 10).
+        dropout: Input dropout (authors' best: 0.77).
+        **config: :class:`TrainConfig` overrides (defaults: lr 1e-3, wd 0.04, batch 16,
+            60 epochs, early stopping 15 on validation balanced accuracy).
+
+    Returns:
+        The :class:`QCRun`.
+    """
+    seed_everything(seed)
+    mean, std = z_train.mean(0), z_train.std(0).clamp_min(1e-6)
+    head = nn.Sequential(
+        _Standardise(mean, std), QCHead(z_train.shape[1], hidden=hidden, dropout=dropout)
+    )
+    kaiming_init(head)
+    cfg = _qc_config(
+        **{
+            "lr": 1e-3,
+            "weight_decay": 0.04,
+            "batch_size": 16,
+            "max_epochs": 60,
+            "seed": seed,
+            "label": "transfer",
+            **config,
+        }
+    )
+    ytr = torch.as_tensor(np.asarray(y_train), dtype=torch.long)
+    yva = torch.as_tensor(np.asarray(y_val), dtype=torch.long)
+    return _fit(
+        head,
+        TensorDataset(z_train.float(), ytr),
+        TensorDataset(z_val.float(), yva),
+        class_weights(ytr.numpy()),
+        cfg,
+        run_dir,
+    )
+
+
+class _Standardise(nn.Module):
+    """Fixed feature standardisation (train-set mean and std), saved with the head."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean.float().clone())
+        self.register_buffer("std", std.float().clone())
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return (z - self.mean) / self.std
+
+
+def train_scratch(
+    x_train: torch.Tensor,
+    y_train: Sequence[int],
+    x_val: torch.Tensor,
+    y_val: Sequence[int],
+    seed: int,
+    *,
+    run_dir: str | Path | None = None,
+    dropout: float = 0.5,
+    **config: Any,
+) -> QCRun:
+    """Train SFCN with a 3-class head from random (Kaiming) initialisation on the volumes.
+
+    Args:
+        x_train: Training volumes ``(N, 1, X, Y, Z)``.
+        y_train: Their QC classes 0/1/2.
+        x_val: Validation volumes.
+        y_val: Their QC classes.
+        seed: Seed of the initialisation, shuffling and dropout.
+        run_dir: Trainer folder (metrics, checkpoints, resources).
+        dropout: SFCN head dropout.
+        **config: :class:`TrainConfig` overrides (defaults: lr 1e-3, wd 0.05, batch 8,
+            20 epochs, early stopping 10 on validation balanced accuracy).
+
+    Returns:
+        The :class:`QCRun`.
+    """
+    seed_everything(seed)
+    model = kaiming_init(SFCN(n_outputs=3, dropout=dropout, log_softmax=False))
+    cfg = _qc_config(
+        **{
+            "lr": 1e-3,
+            "weight_decay": 0.05,
+            "batch_size": 8,
+            "max_epochs": 20,
+            "early_stopping_patience": 10,
+            "seed": seed,
+            "label": "scratch",
+            **config,
+        }
+    )
+    ytr = torch.as_tensor(np.asarray(y_train), dtype=torch.long)
+    yva = torch.as_tensor(np.asarray(y_val), dtype=torch.long)
+    return _fit(
+        model,
+        TensorDataset(x_train.float(), ytr),
+        TensorDataset(x_val.float(), yva),
+        class_weights(ytr.numpy()),
+        cfg,
+        run_dir,
+    )
+
+
+@torch.inference_mode()
+def predict_classes(model: nn.Module, x: torch.Tensor, batch_size: int = 16) -> np.ndarray:
+    """Return class probabilities ``(N, 3)`` of a QC model (head on embeddings, or SFCN)."""
+    model.eval()
+    out = [
+        torch.softmax(model(x[i : i + batch_size].float()).float(), 1)
+        for i in range(0, len(x), batch_size)
+    ]
+    return torch.cat(out).numpy() if out else np.zeros((0, 3), np.float32)
+
+
+def save_qc_head(path: str | Path, run: QCRun, encoder_path: str | Path, info: dict) -> Path:
+    """Save a transfer head with the digest of the encoder it was trained on.
+
+    Args:
+        path: Output ``.pt`` file.
+        run: A :func:`train_transfer` result.
+        encoder_path: The encoder file whose embeddings the head reads.
+        info: Anything else (seed, metrics, pooled flag).
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    head = run.model
+    qc = head[1]  # type: ignore[index]
+    state = {
+        "format": QC_HEAD_FORMAT,
+        "model": head.state_dict(),
+        "in_features": int(qc.in_features),
+        "hidden": int(qc.net[1].out_features),
+        "dropout": float(qc.net[0].p),
+        "encoder_digest": file_digest(encoder_path),
+        "info": dict(info),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_qc_head(
+    path: str | Path, encoder_path: str | Path | None = None
+) -> tuple[nn.Module, dict]:
+    """Load a head written by :func:`save_qc_head` (checking it matches the encoder when given).
+
+    Returns:
+        ``(head, meta)``; ``head(z)`` gives class logits for embeddings ``z``.
+
+    Raises:
+        ValueError: If the file is not a QC head or was trained on another encoder.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no QC head file")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or state.get("format") != QC_HEAD_FORMAT:
+        raise ValueError(f"{path}: not a motionqc QC head ({QC_HEAD_FORMAT})")
+    if encoder_path is not None and file_digest(encoder_path) != state["encoder_digest"]:
+        raise ValueError(f"{path}: trained on another encoder than {encoder_path}")
+    d = state["in_features"]
+    head = nn.Sequential(
+        _Standardise(torch.zeros(d), torch.ones(d)),
+        QCHead(d, hidden=state["hidden"], dropout=state["dropout"]),
+    )
+    head.load_state_dict(state["model"])
+    head.eval()
+    meta = {k: state[k] for k in ("in_features", "hidden", "dropout", "encoder_digest", "info")}
+    return head, meta
+
+
+def train_qc_cli(
+    manifest: str | Path, checkpoint: str | Path, out_dir: str | Path, seeds: int = 5
+) -> Path:
+    """Train a lab's own QC head from its ratings (``motionqc train-qc``): 5-seed report.
+
+    The manifest needs ``volume_id, path, qc_score`` (and optionally ``split``: train/val/test;
+    otherwise a stratified 60/20/20 split is drawn with seed 0). Volumes are preprocessed with
+    the encoder's geometry and embedded once; a head is trained per seed; the per-seed metrics,
+    the median table and the best seed's head (``qc_head.pt``) are written to ``out_dir``.
+
+    Args:
+        manifest: Ratings TSV.
+        checkpoint: Encoder file (:func:`motionqc.encoder.save_encoder`).
+        out_dir: Output folder.
+        seeds: Number of seeds.
+
+    Returns:
+        The path of ``qc_results.csv``.
+    """
+    from sklearn.model_selection import train_test_split
+
+    from motionqc.data import load_manifest, preprocess, qc_class
+    from motionqc.encoder import load_encoder
+    from motionqc.qc_metrics import median_table, seed_table
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model, meta = load_encoder(checkpoint)
+    table = load_manifest(manifest, on_error="skip")
+    table = table[table["qc_score"].notna()].reset_index(drop=True)
+    if len(table) < 10:
+        raise ValueError(f"{manifest}: {len(table)} rated volumes; at least 10 are needed")
+    images, keep, errors = [], [], []
+    for i, row in table.iterrows():
+        try:
+            images.append(preprocess(row["path"], meta["spacing_mm"], meta["shape"]).data.float())
+            keep.append(i)
+        except Exception as exc:  # noqa: BLE001 - report and go on
+            errors.append({"volume_id": row["volume_id"], "error": str(exc)})
+    table = table.loc[keep].reset_index(drop=True)
+    y = np.array([qc_class(s) for s in table["qc_score"]])
+    if "split" in table and table["split"].isin(["train", "val", "test"]).all():
+        split = table["split"].to_numpy()
+    else:
+        idx = np.arange(len(table))
+        strat = y if np.bincount(y).min() >= 3 else None
+        tr, rest = train_test_split(idx, test_size=0.4, random_state=0, stratify=strat)
+        va, te = train_test_split(
+            rest, test_size=0.5, random_state=0, stratify=y[rest] if strat is not None else None
+        )
+        split = np.empty(len(idx), dtype=object)
+        split[tr], split[va], split[te] = "train", "val", "test"
+    z = embed(
+        model,
+        torch.stack(images),
+        table["volume_id"].astype(str).tolist(),
+        cache=out / f"embeddings_{file_digest(checkpoint)}.pt",
+    )
+    preds, runs = [], []
+    m = {s: split == s for s in ("train", "val", "test")}
+    for seed in range(seeds):
+        run = train_transfer(
+            z[m["train"]],
+            y[m["train"]],
+            z[m["val"]],
+            y[m["val"]],
+            seed,
+            run_dir=out / "runs" / f"seed{seed}",
+        )
+        proba = predict_classes(run.model, z[m["test"]])
+        runs.append(run)
+        preds.append(
+            pd.DataFrame(
+                {
+                    "setting": "transfer",
+                    "seed": seed,
+                    "volume_id": table.loc[m["test"], "volume_id"].to_numpy(),
+                    "y_true": y[m["test"]],
+                    "y_pred": proba.argmax(1),
+                }
+            )
+        )
+    predictions = pd.concat(preds, ignore_index=True)
+    seeds_df = seed_table(predictions)
+    seeds_df.to_csv(out / "qc_results.csv", index=False)
+    median_table(seeds_df).to_csv(out / "qc_median.csv", index=False)
+    predictions.to_csv(out / "qc_predictions.tsv", sep="\t", index=False)
+    best = int(seeds_df["balanced_accuracy"].to_numpy().argmax())
+    save_qc_head(
+        out / "qc_head.pt",
+        runs[best],
+        checkpoint,
+        {"seed": best, "manifest": str(manifest), "pooled": False},
+    )
+    (out / "errors.json").write_text(json.dumps(errors, indent=1))
+    return out / "qc_results.csv"
