@@ -13,7 +13,7 @@ PY := $(VENV)/bin/python
 # torch is installed first and explicitly: an unconstrained resolve can pull a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 PROFILE ?= sample
-NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb)) notebooks/demo.ipynb
 
 .PHONY: help venv data test test-py test-notebooks reproduce bench lint clean
 

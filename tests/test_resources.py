@@ -71,3 +71,16 @@ def test_bad_arguments():
         ResourceMonitor(interval_s=0)
     with pytest.raises(ValueError, match="not finished"):
         ResourceMonitor().write("x.json")
+
+
+def test_memory_added_by_the_run_is_recorded(tmp_path):
+    with ResourceMonitor(tmp_path / "r.json", device="cpu", interval_s=0.01) as mon:
+        block = bytearray(64 * 1024 * 1024)  # 64 MiB touched
+        for i in range(0, len(block), 4096):
+            block[i] = 1
+        mon.sample_now()
+    rec = mon.record
+    assert rec["rss_at_entry_bytes"] > 0
+    assert rec["peak_rss_increase_bytes"] >= 48 * 1024 * 1024
+    assert rec["peak_rss_increase_bytes"] == rec["peak_rss_bytes"] - rec["rss_at_entry_bytes"]
+    del block

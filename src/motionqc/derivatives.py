@@ -88,7 +88,9 @@ def write_dataset_description(
     if source is not None:
         description["SourceDatasets"] = [{"URL": Path(source).resolve().as_uri()}]
     path = Path(output_dir) / "dataset_description.json"
-    path.write_text(json.dumps(description, indent=2) + "\n")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # shards may write it at once
+    tmp.write_text(json.dumps(description, indent=2) + "\n")
+    os.replace(tmp, path)
     return path
 
 
@@ -154,6 +156,7 @@ class ResultTable:
         if not self.path.exists() or self.path.stat().st_size == 0:
             self.path.write_text("\t".join(self.columns) + "\n")
         else:
+            _drop_partial_line(self.path)
             header = self.path.read_text().splitlines()[0].split("\t")
             if header != self.columns:
                 raise ValueError(
@@ -181,6 +184,26 @@ class ResultTable:
             handle.write("\t".join(values) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
+
+
+def _drop_partial_line(path: Path) -> None:
+    """Cut a last line left without its newline by a kill, so that appends start on a new line."""
+    with open(path, "rb+") as handle:
+        data = handle.read()
+        if data and not data.endswith(b"\n"):
+            handle.truncate(data.rfind(b"\n") + 1)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    """Read a table written by :class:`ResultTable`, ignoring a line cut short by a kill."""
+    lines = path.read_text().splitlines()
+    if not lines:
+        return pd.DataFrame()
+    header = lines[0].split("\t")
+    rows = [line.split("\t") for line in lines[1:] if line.count("\t") == len(header) - 1]
+    return pd.DataFrame(rows, columns=header, dtype=str)
 
 
 def _clean(value: object) -> str:
@@ -212,7 +235,9 @@ def merge_shards(output_dir: str | Path, paths: Iterable[str | Path] | None = No
         raise ValueError(
             f"{out}: no motion_T1w*.tsv table to merge (run the participant step first)"
         )
-    frames = [pd.read_csv(f, sep="\t", dtype=str, keep_default_na=False) for f in files]
+    frames = [frame for frame in map(_read_table, files) if "bids_name" in frame.columns]
+    if not frames:
+        raise ValueError(f"{out}: the motion_T1w*.tsv tables are empty")
     merged = pd.concat(frames, ignore_index=True)
     if "status" in merged.columns:
         merged["_ok"] = merged["status"] == "ok"
@@ -222,5 +247,7 @@ def merge_shards(output_dir: str | Path, paths: Iterable[str | Path] | None = No
         .sort_values("bids_name")
         .reset_index(drop=True)
     )
-    merged.to_csv(out / GROUP_TABLE, sep="\t", index=False)
+    tmp = out / f".{GROUP_TABLE}.{os.getpid()}.tmp"
+    merged.to_csv(tmp, sep="\t", index=False)
+    os.replace(tmp, out / GROUP_TABLE)
     return merged

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -32,29 +33,48 @@ def _png(fig: plt.Figure) -> bytes:
     return buffer.getvalue()
 
 
-def mosaic_png(volume: np.ndarray, n_axial: int = 5) -> bytes:
+def mosaic_png(volume: np.ndarray, n_axial: int = 5, height: int = 128) -> bytes:
     """Render a T1w volume as a mosaic: mid sagittal, mid coronal and ``n_axial`` axial slices.
+
+    The slices are laid side by side in one grey-level image (no figure machinery: a few
+    milliseconds per volume, which matters when a study has 100k of them).
 
     Args:
         volume: A 3D array in RAS orientation (X = left→right, Y = posterior→anterior, Z = up).
         n_axial: Number of evenly spaced axial slices.
+        height: Approximate height of the mosaic in pixels (voxels are repeated or skipped).
 
     Returns:
         PNG bytes.
     """
+    from matplotlib.image import imsave
+
     data = np.asarray(volume, dtype=np.float32)
     if data.ndim != 3:
         raise ValueError(f"mosaic needs a 3D volume, got shape {data.shape}")
-    vmax = float(np.percentile(data, 99.5)) or 1.0
+    longest = max(data.shape)
+    if longest > 1.5 * height:  # thumbnails: skip voxels rather than render them all
+        step = int(round(longest / height))
+        data = data[::step, ::step, ::step]
+    vmax = float(np.percentile(data[::2, ::2, ::2], 99.5)) or 1.0
     x, y, z = (s // 2 for s in data.shape)
     zs = np.linspace(0.25 * data.shape[2], 0.8 * data.shape[2], n_axial).astype(int)
+    zs = np.clip(zs, 0, data.shape[2] - 1)
+    # each cut as displayed with origin="lower": rows = second axis, bottom row first
     cuts = [data[x].T, data[:, y].T] + [data[:, :, k].T for k in zs]
-    fig, axes = plt.subplots(1, len(cuts), figsize=(1.6 * len(cuts), 1.8), facecolor="black")
-    for ax, cut in zip(axes, cuts, strict=True):
-        ax.imshow(cut, cmap="gray", origin="lower", vmin=0, vmax=vmax)
-        ax.axis("off")
-    fig.subplots_adjust(wspace=0.02, left=0, right=1, top=1, bottom=0)
-    return _png(fig)
+    rows = max(c.shape[0] for c in cuts)
+    gap = np.zeros((rows, 2), np.float32)
+    panels = []
+    for cut in cuts:
+        pad = rows - cut.shape[0]
+        panels += [np.pad(cut, ((pad // 2, pad - pad // 2), (0, 0))), gap]
+    image = np.clip(np.concatenate(panels[:-1], axis=1)[::-1] / vmax, 0.0, 1.0)
+    scale = max(1, int(round(height / rows)))
+    if scale > 1:
+        image = np.repeat(np.repeat(image, scale, axis=0), scale, axis=1)
+    buffer = io.BytesIO()
+    imsave(buffer, image, cmap="gray", vmin=0.0, vmax=1.0, format="png")
+    return buffer.getvalue()
 
 
 def distribution_png(scores: pd.Series, label: str = "predicted motion (mm)") -> bytes:
@@ -70,6 +90,8 @@ def distribution_png(scores: pd.Series, label: str = "predicted motion (mm)") ->
     fig, ax = plt.subplots(figsize=(6, 2.6))
     values = pd.to_numeric(scores, errors="coerce").dropna()
     ax.hist(values, bins=max(5, min(40, len(values))), color="#3b6ea5", edgecolor="white")
+    ax.locator_params(axis="x", nbins=6)
+    ax.ticklabel_format(axis="x", useOffset=False)
     ax.set_xlabel(label)
     ax.set_ylabel("volumes")
     ax.set_title(f"{len(values)} volume(s) scored")
@@ -155,5 +177,7 @@ Motion is the predicted RMS deviation (mm, Jenkinson) ± the spread of the model
 </body></html>
 """
     path = Path(path)
-    path.write_text(page, encoding="utf-8")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # never a half-written report
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, path)
     return path

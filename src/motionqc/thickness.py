@@ -1,6 +1,6 @@
-"""Cortical thickness (ANTs DiReCT) and its relation to head motion.
+"""Cortical thickness: ANTs DiReCT estimation and FreeSurfer outputs.
 
-Three parts:
+Two parts:
 
 - **Estimation**: :func:`cortical_thickness` runs ANTs' DiReCT pipeline through ``antspyx``
   (Das et al. 2009, NeuroImage 45:867; Tustison et al. 2014, NeuroImage 99:166): resampling to an
@@ -9,13 +9,13 @@ Three parts:
   over grey-matter voxels with positive thickness. :func:`thickness_batch` runs many volumes in
   parallel processes and reports failures per row. Coarse grids underestimate absolute thickness
   (at 2 mm a cortical ribbon is one or two voxels thick), so compare values at one resolution only.
-- **FreeSurfer outputs**: :func:`read_aparc_stats` and :func:`freesurfer_mean_thickness` read
-  ``?h.aparc.stats`` for users who already have FreeSurfer results.
-- **Statistics**: :func:`within_subject_slope` (synthetic corruption of the same head),
-  :func:`thickness_motion_model` (real data with covariates and sites) and
-  :func:`correct_thickness` (removing the fitted motion effect).
+- **Existing values**: :func:`read_aparc_stats` and :func:`freesurfer_mean_thickness` read
+  ``?h.aparc.stats`` for users who already have FreeSurfer results, and
+  :func:`manifest_thickness` takes one thickness per manifest row from a ``thickness`` column or
+  from FreeSurfer stats files, reporting unreadable rows.
 
-ANTs is imported lazily: the statistics and the FreeSurfer reader work without it.
+The statistics relating thickness to motion (slopes, the real-data model, the correction) are in
+:mod:`motionqc.thickness_stats`. ANTs is imported lazily: the FreeSurfer readers work without it.
 """
 
 from __future__ import annotations
@@ -43,10 +43,7 @@ __all__ = [
     "read_aparc_stats",
     "AparcStats",
     "freesurfer_mean_thickness",
-    "SlopeResult",
-    "within_subject_slope",
-    "thickness_motion_model",
-    "correct_thickness",
+    "manifest_thickness",
 ]
 
 VolumeLike = str | Path | nib.Nifti1Image | np.ndarray
@@ -653,234 +650,100 @@ def freesurfer_mean_thickness(lh: str | Path | AparcStats, rh: str | Path | Apar
 
 
 # --------------------------------------------------------------------------------------------
-# Statistics: thickness vs motion, and the correction
+# Thickness values a manifest already holds
 # --------------------------------------------------------------------------------------------
 
-
-@dataclass(frozen=True)
-class SlopeResult:
-    """The motion effect on thickness: change in thickness (mm) per unit of motion score.
-
-    Attributes:
-        slope: Estimated slope (mm of thickness per mm of motion score).
-        ci_low: Lower bound of the confidence interval.
-        ci_high: Upper bound.
-        p: Two-sided p-value of the slope.
-        n: Observations used (rows without missing values).
-        n_groups: Number of groups (subjects or sites) in the model.
-        method: ``"ols"``, ``"ols+fixed_effects"`` or ``"mixedlm"``.
-        covariates: Covariates actually in the model.
-        formula: The model formula.
-        model: The fitted statsmodels results object (not compared, for inspection).
-    """
-
-    slope: float
-    ci_low: float
-    ci_high: float
-    p: float
-    n: int
-    n_groups: int
-    method: str
-    covariates: tuple[str, ...] = ()
-    formula: str = ""
-    model: Any = dataclasses.field(default=None, repr=False, compare=False)
-
-    def as_dict(self) -> dict[str, Any]:
-        """Return the numbers (everything but the fitted model) as a plain dict."""
-        return {
-            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "model"
-        }
+MANIFEST_SOURCES: tuple[str, ...] = ("column", "aparc_stats", "freesurfer_dir")
+"""Where :func:`manifest_thickness` takes a row's value from, in order of preference."""
 
 
-def _q(column: str) -> str:
-    return f'Q("{column}")'
+def _resolve_path(value: object, base: Path | None) -> Path:
+    path = Path(str(value)).expanduser()
+    return path if path.is_absolute() or base is None else base / path
 
 
-def _require(df: pd.DataFrame, columns: Sequence[str], where: str) -> None:
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise ValueError(f"{where}: column(s) {', '.join(missing)} not in the frame")
-
-
-def _slope_from(fit: Any, term: str, alpha: float) -> tuple[float, float, float, float]:
-    ci = fit.conf_int(alpha=alpha)
+def _filled(value: object) -> bool:
     return (
-        float(fit.params[term]),
-        float(ci.loc[term, 0]),
-        float(ci.loc[term, 1]),
-        float(fit.pvalues[term]),
+        value is not None
+        and not (isinstance(value, float) and np.isnan(value))
+        and (str(value).strip() not in ("", "nan", "<NA>", "None"))
     )
 
 
-def within_subject_slope(
-    df: pd.DataFrame,
-    y: str = "thickness",
-    x: str = "score",
-    group: str | None = "subject",
-    alpha: float = 0.05,
-) -> SlopeResult:
-    """Within-subject slope of thickness on motion score (OLS with subject fixed effects).
+def manifest_thickness(
+    manifest: pd.DataFrame,
+    *,
+    column: str = "thickness",
+    base_dir: str | Path | None = None,
+) -> pd.DataFrame:
+    """One mean cortical thickness per manifest row, from a column or FreeSurfer stats files.
 
-    For the synthetic validation: the same heads are corrupted at graded motion scores, so each
-    subject contributes its own intercept (its clean thickness) and the slope is the common
-    within-subject effect of motion. With one subject (or ``group=None``) this is plain OLS.
+    Each row takes the first of these that it has:
 
-    Args:
-        df: One row per volume.
-        y: Thickness column.
-        x: Motion score column (true or predicted).
-        group: Subject column; ``None`` for no fixed effects.
-        alpha: 1 − confidence level of the interval.
+    1. ``column``: a thickness in mm computed elsewhere (any tool);
+    2. ``lh_aparc_stats`` and ``rh_aparc_stats``: paths of the two FreeSurfer stats files;
+    3. ``freesurfer_dir``: a FreeSurfer subject folder holding ``stats/lh.aparc.stats`` and
+       ``stats/rh.aparc.stats``.
 
-    Returns:
-        A :class:`SlopeResult`.
-
-    Raises:
-        ValueError: If a column is missing, ``alpha`` is not in (0, 1), or there are too few
-            rows (fewer than the model's parameters + 1) or no variation in ``x``.
-    """
-    import statsmodels.formula.api as smf
-
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-    _require(df, [y, x] + ([group] if group else []), "within_subject_slope")
-    data = df[[y, x] + ([group] if group else [])].dropna()
-    data = data.astype({y: float, x: float})
-    n_groups = int(data[group].nunique()) if group else 1
-    if data[x].nunique() < 2:
-        raise ValueError(f"within_subject_slope: {x!r} does not vary; the slope is undefined")
-    if len(data) < n_groups + 2:
-        raise ValueError(
-            f"within_subject_slope: {len(data)} complete rows for {n_groups} group(s); need at "
-            f"least {n_groups + 2}"
-        )
-    formula = f"{_q(y)} ~ {_q(x)}"
-    method = "ols"
-    if group and n_groups > 1:
-        formula += f" + C({_q(group)})"
-        method = "ols+fixed_effects"
-    fit = smf.ols(formula, data=data).fit()
-    slope, low, high, p = _slope_from(fit, _q(x), alpha)
-    return SlopeResult(slope, low, high, p, len(data), n_groups, method, (), formula, fit)
-
-
-def thickness_motion_model(
-    df: pd.DataFrame,
-    y: str = "thickness",
-    x: str = "score",
-    covariates: Sequence[str] = ("age", "sex"),
-    group: str | None = "site",
-    alpha: float = 0.05,
-) -> SlopeResult:
-    """Thickness ~ motion score + covariates, with site as a random intercept when there are sites.
-
-    For real data: covariates are used only when the frame has them and they vary (a missing
-    ``age`` column is simply left out, and listed in neither ``covariates`` nor the formula);
-    text columns (``sex``) enter as categories. With ≥ 2 sites a linear mixed model
-    (``statsmodels`` MixedLM, random intercept per site, REML) is fitted; if it fails to
-    converge, OLS with site fixed effects is used instead. With one site or none, plain OLS.
+    Both hemispheres are combined with :func:`freesurfer_mean_thickness` (vertex-weighted). A row
+    whose value cannot be had (missing or unreadable file, non-positive value) gets ``NaN`` and
+    a one-line reason; the other rows are unaffected.
 
     Args:
-        df: One row per volume.
-        y: Thickness column.
-        x: Motion score column (usually the predicted score).
-        covariates: Candidate covariates.
-        group: Site column, or ``None``.
-        alpha: 1 − confidence level.
+        manifest: One row per volume (any other columns are kept).
+        column: Name of the thickness column, when the manifest has one.
+        base_dir: Folder that relative stats paths are relative to (default: as given).
 
     Returns:
-        A :class:`SlopeResult` (``covariates`` lists those used, ``method`` the model).
+        A copy of the manifest with ``thickness`` (mm, ``NaN`` when unavailable),
+        ``thickness_source`` (one of :data:`MANIFEST_SOURCES`, or ``""``) and
+        ``thickness_error`` (empty when the value was read).
 
     Raises:
-        ValueError: If ``y`` or ``x`` is missing, ``x`` does not vary, or there are too few rows.
+        ValueError: If the manifest has none of the thickness columns.
     """
-    import warnings
-
-    import statsmodels.formula.api as smf
-
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-    _require(df, [y, x], "thickness_motion_model")
-    used: list[str] = []
-    for column in covariates:
-        if column in df.columns and df[column].notna().any() and df[column].nunique() > 1:
-            used.append(column)
-    use_group = bool(group) and group in df.columns
-    columns = [y, x] + used + ([group] if use_group else [])
-    data = df[columns].dropna().copy()
-    data[y] = data[y].astype(float)
-    data[x] = data[x].astype(float)
-    if data[x].nunique() < 2:
-        raise ValueError(f"thickness_motion_model: {x!r} does not vary; the slope is undefined")
-    terms = [_q(x)]
-    for column in used:
-        numeric = pd.api.types.is_numeric_dtype(data[column]) and not pd.api.types.is_bool_dtype(
-            data[column]
-        )
-        terms.append(_q(column) if numeric else f"C({_q(column)})")
-    n_groups = int(data[group].nunique()) if use_group else 1
-    n_params = 1 + len(terms) + (n_groups - 1 if n_groups > 1 else 0)
-    if len(data) < n_params + 1:
+    has_column = column in manifest.columns
+    has_stats = {"lh_aparc_stats", "rh_aparc_stats"} <= set(manifest.columns)
+    has_dir = "freesurfer_dir" in manifest.columns
+    if not (has_column or has_stats or has_dir):
         raise ValueError(
-            f"thickness_motion_model: {len(data)} complete rows for {n_params} parameters"
+            f"manifest_thickness: the manifest needs a {column!r} column, lh_aparc_stats + "
+            "rh_aparc_stats, or freesurfer_dir"
         )
-    formula = f"{_q(y)} ~ " + " + ".join(terms)
-    if use_group and n_groups >= 2:
+    base = Path(base_dir).expanduser() if base_dir is not None else None
+    values: list[float] = []
+    sources: list[str] = []
+    errors: list[str] = []
+    for k, (_, row) in enumerate(manifest.iterrows()):
+        name = str(row["volume_id"]) if "volume_id" in manifest.columns else f"row {k}"
+        value, source, error = float("nan"), "", ""
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", category=Warning)  # non-convergence → fallback
-                fit = smf.mixedlm(formula, data=data, groups=data[group]).fit(reml=True)
-            slope, low, high, p = _slope_from(fit, _q(x), alpha)
-            if np.isfinite([slope, low, high, p]).all():
-                return SlopeResult(
-                    slope, low, high, p, len(data), n_groups, "mixedlm", tuple(used), formula, fit
+            if has_column and _filled(row[column]):
+                source = "column"
+                value = float(row[column])
+            elif has_stats and _filled(row["lh_aparc_stats"]) and _filled(row["rh_aparc_stats"]):
+                source = "aparc_stats"
+                value = freesurfer_mean_thickness(
+                    _resolve_path(row["lh_aparc_stats"], base),
+                    _resolve_path(row["rh_aparc_stats"], base),
                 )
-        except Exception:  # noqa: BLE001 - singular or non-converged fits fall back to OLS
-            pass
-        formula += f" + C({_q(group)})"
-        fit = smf.ols(formula, data=data).fit()
-        slope, low, high, p = _slope_from(fit, _q(x), alpha)
-        return SlopeResult(
-            slope, low, high, p, len(data), n_groups, "ols+fixed_effects", tuple(used), formula, fit
-        )
-    fit = smf.ols(formula, data=data).fit()
-    slope, low, high, p = _slope_from(fit, _q(x), alpha)
-    return SlopeResult(slope, low, high, p, len(data), n_groups, "ols", tuple(used), formula, fit)
-
-
-def correct_thickness(
-    thickness: float | np.ndarray | pd.Series,
-    score: float | np.ndarray | pd.Series,
-    slope: float | SlopeResult,
-    reference_score: float = 0.0,
-) -> float | np.ndarray | pd.Series:
-    """Remove the linear motion effect from thickness.
-
-    ``corrected = thickness − slope · (score − reference_score)``: each value is moved to what
-    the model predicts at the reference motion score (0 = motion-free).
-
-    Args:
-        thickness: Thickness values (mm).
-        score: Motion scores of the same volumes (same shape, or a scalar).
-        slope: Fitted slope (mm per unit score) or a :class:`SlopeResult`.
-        reference_score: Score the values are corrected to.
-
-    Returns:
-        Corrected thickness, of the same type as ``thickness`` (a Series keeps its index).
-
-    Raises:
-        ValueError: If the slope or reference is not finite, or the shapes do not match.
-    """
-    beta = slope.slope if isinstance(slope, SlopeResult) else float(slope)
-    if not np.isfinite(beta) or not np.isfinite(reference_score):
-        raise ValueError(f"slope and reference_score must be finite, got {beta}, {reference_score}")
-    t = np.asarray(thickness, dtype=float)
-    s = np.asarray(score, dtype=float)
-    if s.ndim and s.shape != t.shape:
-        raise ValueError(f"score shape {s.shape} does not match thickness shape {t.shape}")
-    corrected = t - beta * (s - float(reference_score))
-    if isinstance(thickness, pd.Series):
-        return pd.Series(corrected, index=thickness.index, name=thickness.name)
-    if corrected.ndim == 0:
-        return float(corrected)
-    return corrected
+            elif has_dir and _filled(row["freesurfer_dir"]):
+                source = "freesurfer_dir"
+                stats = _resolve_path(row["freesurfer_dir"], base) / "stats"
+                value = freesurfer_mean_thickness(
+                    stats / "lh.aparc.stats", stats / "rh.aparc.stats"
+                )
+            else:
+                error = f"{name}: no thickness value and no FreeSurfer stats"
+            if source and not (np.isfinite(value) and value > 0):
+                raise ValueError(f"thickness {value} is not a positive number of mm")
+        except (ValueError, TypeError, OSError) as exc:
+            value, error = float("nan"), _one_line(f"{name}: {exc}")
+        values.append(value)
+        sources.append(source if not error else "")
+        errors.append(error)
+    out = manifest.copy()
+    out["thickness"] = values
+    out["thickness_source"] = sources
+    out["thickness_error"] = errors
+    return out

@@ -362,6 +362,7 @@ class Trainer:
         history: One dict per finished epoch (also written to ``metrics.csv``).
         epoch: Number of finished epochs.
         best_metric, best_epoch: The best monitored value so far and its epoch.
+        best_state: Without ``run_dir``, a copy of the best epoch's weights (else ``best.pt``).
         stopped_early: Whether early stopping ended the run.
 
     Raises:
@@ -491,6 +492,7 @@ class Trainer:
 
         # -- state ----------------------------------------------------------------------------
         self.history: list[dict[str, Any]] = []
+        self.best_state: dict[str, torch.Tensor] | None = None
         self.epoch = 0
         self.best_metric = math.inf if cfg.mode == "min" else -math.inf
         self.best_epoch = 0
@@ -737,6 +739,10 @@ class Trainer:
             improved = self._improved(value)
             if improved:
                 self.best_metric, self.best_epoch, self.bad_epochs = value, epoch + 1, 0
+                if self.run_dir is None:  # no best.pt: keep the best weights in memory
+                    self.best_state = {
+                        k: v.detach().clone() for k, v in self.module.state_dict().items()
+                    }
             else:
                 self.bad_epochs += 1
             row["best"] = improved

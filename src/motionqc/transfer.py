@@ -177,6 +177,8 @@ def _fit(
     if trainer.best_path is not None and trainer.best_path.is_file():
         best = torch.load(trainer.best_path, map_location="cpu", weights_only=True)
         trainer.module.load_state_dict(best["model"])
+    elif trainer.best_state is not None:
+        trainer.module.load_state_dict(trainer.best_state)
     trainer.module.eval()
     trainer.close()
     return QCRun(trainer.module, history, Path(run_dir) if run_dir is not None else None)
