@@ -313,6 +313,9 @@ def _cmd_score(args: argparse.Namespace) -> int:
     except ValueError as exc:
         _error(exc)
         return 2
+    except RuntimeError as exc:  # e.g. a loader process killed (out of memory)
+        _error(f"{exc} (what was written is kept: run the same command again to resume)")
+        return 1
     print(
         f"{summary.table}: {summary.scored} scored, {summary.errors} error(s), "
         f"{summary.skipped} already there; {summary.ok_total}/{summary.selected} scored in all"
@@ -488,6 +491,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         0 on success, 1 when nothing could be done, 2 for unusable arguments, 130 on Ctrl-C.
     """
+    # Transparent huge pages for torch's CPU allocator (fewer page faults on the large 3D
+    # activations); only takes effect when torch is not imported yet, as in the console script.
+    if "torch" not in sys.modules:
+        os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -55,6 +55,7 @@ __all__ = [
     "ParticipantSummary",
     "default_num_workers",
     "default_threads",
+    "group_table",
     "load_preprocessed",
     "mosaic_path",
     "resolve_device",
@@ -474,6 +475,7 @@ class ParticipantSummary:
         ok_total: Volumes of the selection with a score in the table (now or before).
         report: The HTML report when written.
         interrupted: The run stopped early (Ctrl-C); what was written is kept.
+        error_names: The volumes that failed now.
     """
 
     table: Path

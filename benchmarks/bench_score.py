@@ -1,0 +1,280 @@
+"""Benchmark: scoring throughput (load + preprocess + forward) on CPU, plain fp32 eval vs the pipeline.
+
+Both sides score the same volumes with the same SFCN weights at 1 mm (160x192x160 after
+preprocessing), in the same process and environment:
+
+- reference: plain fp32 eval, one volume after the other: ``motionqc.data.preprocess`` (load,
+  resample, crop/pad, mean scaling), then the model's forward pass (contiguous memory, torch's
+  default threads), batch 1;
+- pipeline: ``motionqc.scoring.score_volumes`` as ``motionqc score`` runs it: loading and
+  preprocessing in DataLoader workers (one thread each; resampling skipped when a volume is already
+  on the target grid), channels-last-3d, bf16 autocast, the scoring process on the cores the
+  workers leave free. Mosaics are off (they are not part of the scoring throughput).
+
+The inputs are the sample heads as distributed (ROBEX atlas 1.5 mm, Colin27 and MNI152 2009 at
+1 mm), cycled to ``--n-volumes`` files. Throughput is measured with a randomly initialised SFCN
+(weights do not change the cost). The accuracy of bf16 is checked on the trained encoder at
+``checkpoints/sample/encoder.pt`` when present (at its own geometry), else on a random SFCN with
+BatchNorm statistics calibrated on the inputs at the sample geometry (the output says which), on
+the sample heads and motion-corrupted copies of them (0.5-3 mm). The script re-executes itself
+with ``THP_MEM_ALLOC_ENABLE=1`` (transparent huge pages for torch's allocator, as ``motionqc
+score`` sets it) unless the variable is already set, so both sides run under the same setting.
+
+Writes figures/tables/bench_score.csv and prints the table.
+
+    .venv/bin/python benchmarks/bench_score.py [--n-volumes 24] [--quick] [--workers N]
+    MOTIONQC_BENCH_N=4 .venv/bin/python benchmarks/bench_score.py --no-ablation
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if "THP_MEM_ALLOC_ENABLE" not in os.environ:  # as `motionqc score` sets it; before torch loads
+    os.environ["THP_MEM_ALLOC_ENABLE"] = "1"
+    os.execv(sys.executable, [sys.executable, *sys.argv])
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from motionqc import paths  # noqa: E402
+from motionqc.cli import default_num_workers, usable_cores  # noqa: E402
+from motionqc.data import preprocess, sample_manifest  # noqa: E402
+from motionqc.encoder import load_encoder, save_encoder  # noqa: E402
+from motionqc.models import SFCN  # noqa: E402
+from motionqc.motion import simulate_motion  # noqa: E402
+from motionqc.profiles import get_profile  # noqa: E402
+from motionqc.scoring import Scorer, default_threads, score_volumes  # noqa: E402
+from motionqc.soft_labels import decode  # noqa: E402
+from motionqc.synthetic import sample_motion  # noqa: E402
+
+GOAL_VOL_PER_MIN = 40.0
+GOAL_MAX_DIFF_MM = 0.05
+
+
+def reference_run(model: SFCN, meta: dict, files: list[str]) -> tuple[float, np.ndarray]:
+    """Plain fp32 eval, one volume at a time: returns (seconds, scores)."""
+    scores = []
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for path in files:
+            x = preprocess(path, meta["spacing_mm"], meta["shape"]).data.float()[None]
+            scores.append(float(decode(model(x), meta["bin_range"])[0]))
+    return time.perf_counter() - start, np.asarray(scores)
+
+
+def pipeline_run(
+    scorer: Scorer, files: list[str], workers: int, batch: int
+) -> tuple[float, np.ndarray]:
+    """The ``motionqc score`` pipeline: returns (seconds, scores)."""
+    start = time.perf_counter()
+    rows = list(score_volumes(scorer, files, batch_size=batch, num_workers=workers))
+    seconds = time.perf_counter() - start
+    bad = [r["error"] for r in rows if r["status"] != "ok"]
+    if bad:
+        raise RuntimeError(f"pipeline failed on a volume: {bad[0]}")
+    return seconds, np.asarray([r["motion_mm"] for r in rows])
+
+
+def warm_up(model: SFCN, shape: tuple[int, ...]) -> None:
+    """One forward per configuration so that oneDNN primitive creation is not timed."""
+    x = torch.rand(1, 1, *shape)
+    with torch.inference_mode():
+        model(x)
+        for dtype in (None, torch.bfloat16):
+            m = model.to(memory_format=torch.channels_last_3d)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None):
+                m(x.contiguous(memory_format=torch.channels_last_3d))
+        model.to(memory_format=torch.contiguous_format)
+
+
+def _inputs(heads: list[str], spacing: float, shape: tuple[int, ...]) -> torch.Tensor:
+    """The sample heads and motion-corrupted copies (0.5-3 mm), preprocessed."""
+    images = []
+    for k, head in enumerate(heads):
+        base = preprocess(head, spacing, shape, normalise=False)
+        images.append(base.data / base.data.mean())
+        for j, target in enumerate((0.5, 1.0, 2.0, 3.0)):
+            motion = sample_motion(target, seed=100 * k + j, affine=base.affine, shape=shape)
+            moved = simulate_motion(
+                base.data[0], motion["degrees"], motion["translation"], motion["times"], base.affine
+            )[None]
+            images.append(moved / moved.mean())
+    return torch.stack(images).float()
+
+
+def _calibrated_random_encoder(x: torch.Tensor, path: Path, spacing: float) -> Path:
+    """A random SFCN whose BatchNorm statistics are those of ``x``: its outputs vary with the input
+    (an uncalibrated random SFCN predicts the same near-uniform distribution for every volume,
+    which would make the bf16 comparison vacuous)."""
+    torch.manual_seed(0)
+    model = SFCN()
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm3d):
+            module.momentum = None  # cumulative average over the calibration passes
+            module.reset_running_stats()
+    model.train()
+    with torch.no_grad():
+        for i in range(0, len(x), 4):
+            model(x[i : i + 4])
+    model.eval()
+    return save_encoder(path, model, spacing_mm=spacing, shape=tuple(x.shape[2:]))
+
+
+def accuracy_check(heads: list[str], tmp: Path) -> dict[str, object]:
+    """Max |score fp32 - score bf16 channels-last| over sample heads and corrupted copies."""
+    trained = paths.checkpoints_dir() / "sample" / "encoder.pt"
+    if trained.is_file():
+        encoder = trained
+        note = f"trained encoder {trained.relative_to(paths.repo_root())}"
+        meta = load_encoder(trained)[1]
+        x = _inputs(heads, meta["spacing_mm"], meta["shape"])
+    else:
+        sample = get_profile("sample")
+        x = _inputs(heads, sample.spacing_mm, sample.shape)
+        encoder = _calibrated_random_encoder(x, tmp / "calibrated.pt", sample.spacing_mm)
+        note = (
+            "RANDOM-INIT SFCN, BatchNorm calibrated on the inputs (no checkpoints/sample/"
+            "encoder.pt: run notebook 03 for the real check)"
+        )
+    ref = Scorer(encoder, device="cpu", precision="fp32", channels_last=False)
+    ours = Scorer(encoder, device="cpu", precision="bf16", channels_last=True)
+    a = np.concatenate([ref.predict(x[i : i + 4])["motion_mm"] for i in range(0, len(x), 4)])
+    b = np.concatenate([ours.predict(x[i : i + 4])["motion_mm"] for i in range(0, len(x), 4)])
+    return {
+        "accuracy_model": note,
+        "accuracy_geometry": f"{ref.spacing_mm:g} mm {'x'.join(map(str, ref.shape))}",
+        "accuracy_n": len(x),
+        "accuracy_score_range": f"{a.min():.2f}-{a.max():.2f}",
+        "max_abs_diff_bf16_mm": float(np.abs(a - b).max()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--n-volumes",
+        type=int,
+        default=int(os.environ.get("MOTIONQC_BENCH_N", 24)),
+        help="volumes per configuration (env MOTIONQC_BENCH_N)",
+    )
+    parser.add_argument("--quick", action="store_true", help="4 volumes, no ablation rows")
+    parser.add_argument("--spacing", type=float, default=1.0, help="voxel size, mm")
+    parser.add_argument("--shape", type=int, nargs=3, default=(160, 192, 160), help="input grid")
+    parser.add_argument("--workers", type=int, default=default_num_workers(), help="loaders")
+    parser.add_argument("--threads", type=int, default=0, help="pipeline threads (0: default)")
+    parser.add_argument("--batch-size", type=int, default=2, help="pipeline batch size")
+    parser.add_argument(
+        "--no-ablation",
+        dest="ablation",
+        action="store_false",
+        help="skip the rows that take the pipeline apart (fp32 pipeline, bf16 without workers)",
+    )
+    args = parser.parse_args()
+    if args.quick or os.environ.get("MOTIONQC_BENCH_QUICK"):
+        args.n_volumes, args.ablation = min(args.n_volumes, 4), False
+
+    heads = sample_manifest(verify=False)["path"].tolist()
+    files = [heads[i % len(heads)] for i in range(args.n_volumes)]
+    shape = tuple(args.shape)
+    tmp = Path(tempfile.mkdtemp(prefix="bench_score_"))
+    torch.manual_seed(0)
+    encoder = save_encoder(
+        tmp / "encoder.pt",
+        SFCN(),
+        spacing_mm=args.spacing,
+        shape=shape,
+        info={"note": "random init: throughput only"},
+    )
+    model, meta = load_encoder(encoder)
+    threads = args.threads or default_threads(torch.device("cpu"), args.workers)
+    print(
+        f"{args.n_volumes} volumes ({', '.join(Path(h).name for h in heads)}, cycled) -> "
+        f"{args.spacing:g} mm {'x'.join(map(str, shape))}; randomly initialised SFCN "
+        f"(throughput only); {usable_cores()} core(s), load avg {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
+    warm_up(model, shape)
+
+    default_threads_n = torch.get_num_threads()
+    configs = [("reference: plain fp32 eval", None)]
+    configs.append(("pipeline: workers + channels-last + bf16", ("bf16", True, args.workers)))
+    if args.ablation:
+        configs.append(("pipeline in fp32: workers + channels-last", ("fp32", True, args.workers)))
+        configs.append(("channels-last + bf16, no workers", ("bf16", True, 0)))
+    rows, reference = [], None
+    for label, config in configs:
+        torch.set_num_threads(default_threads_n)
+        if config is None:
+            seconds, scores = reference_run(model, meta, files)
+            reference = scores
+            row = {"workers": 0, "threads": default_threads_n, "batch": 1}
+            row.update({"precision": "fp32", "channels_last": False})
+        else:
+            precision, channels_last, workers = config
+            n_threads = threads if workers else default_threads_n
+            scorer = Scorer(
+                encoder,
+                device="cpu",
+                precision=precision,
+                channels_last=channels_last,
+                threads=n_threads,
+            )
+            seconds, scores = pipeline_run(scorer, files, workers, args.batch_size)
+            row = {"workers": workers, "threads": n_threads, "batch": args.batch_size}
+            row.update({"precision": precision, "channels_last": channels_last})
+        row = {
+            "config": label,
+            "n_volumes": args.n_volumes,
+            "spacing_mm": args.spacing,
+            "shape": "x".join(map(str, shape)),
+            "seconds": seconds,
+            "s_per_volume": seconds / args.n_volumes,
+            "volumes_per_min": 60 * args.n_volumes / seconds,
+            **row,
+            "max_abs_diff_vs_reference_mm": float(np.abs(scores - reference).max()),
+        }
+        rows.append(row)
+        print(
+            f"{label:45s} {row['seconds']:7.1f} s  {row['volumes_per_min']:6.1f} vol/min  "
+            f"max |diff| vs fp32 {row['max_abs_diff_vs_reference_mm']:.4f} mm (random weights)",
+            flush=True,
+        )
+    torch.set_num_threads(default_threads_n)
+    table = pd.DataFrame(rows)
+    table["ratio_vs_reference"] = table["volumes_per_min"] / table["volumes_per_min"].iloc[0]
+    accuracy = accuracy_check(heads, tmp)
+    for key, value in accuracy.items():
+        table[key] = value
+    table["model"] = "random init (throughput)"
+    table["thp_mem_alloc"] = os.environ.get("THP_MEM_ALLOC_ENABLE")
+    table["cpu_count"] = usable_cores()
+    table["load_avg_1min"] = os.getloadavg()[0]
+    table["torch"] = torch.__version__
+    table["machine"] = platform.machine()
+    out = paths.tables_dir() / "bench_score.csv"
+    table.to_csv(out, index=False)
+    cols = ["config", "workers", "threads", "seconds", "volumes_per_min", "ratio_vs_reference"]
+    print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    ours = table.iloc[1]
+    print(
+        f"pipeline: {ours['volumes_per_min']:.1f} volumes/min at {args.spacing:g} mm "
+        f"({ours['ratio_vs_reference']:.2f}x plain fp32 eval; goal >= {GOAL_VOL_PER_MIN:g})"
+    )
+    print(
+        f"bf16 vs fp32 on {accuracy['accuracy_model']} ({accuracy['accuracy_geometry']}, "
+        f"{accuracy['accuracy_n']} volumes, scores {accuracy['accuracy_score_range']} mm): max "
+        f"|diff| {accuracy['max_abs_diff_bf16_mm']:.4f} mm (goal <= {GOAL_MAX_DIFF_MM:g})"
+    )
+    print(f"written: {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,374 @@
+"""motionqc.cli: `motionqc score` end to end on a small BIDS tree, group, simulate, train-qc.
+
+The encoder is a randomly initialised SFCN at the smoke geometry (4 mm, 40x48x40): these tests
+check the plumbing (tables, metadata, shards, resume, report), not the accuracy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import head_phantom, write_nifti
+
+from motionqc.cli import main, simulate_file
+from motionqc.data import preprocess
+from motionqc.derivatives import GROUP_TABLE
+from motionqc.encoder import save_encoder
+from motionqc.models import SFCN
+from motionqc.score import score_motion
+from motionqc.scoring import COLUMNS
+
+SMOKE = {"spacing_mm": 4.0, "shape": (40, 48, 40)}
+GOOD = ["sub-colin_ses-01_T1w", "sub-mni_T1w", "sub-robex_T1w"]
+BAD = {
+    "sub-broken_T1w": "unreadable or truncated",
+    "sub-fourd_T1w": "expected a 3D volume",
+    "sub-nan_T1w": "NaN/Inf",
+}
+ALL = sorted(GOOD + list(BAD))
+FAST = ["--num-workers", "0", "--threads", "1", "--no-mosaics", "--no-progress", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("encoder") / "encoder.pt"
+    return save_encoder(path, SFCN(), info={"note": "random init, plumbing tests"}, **SMOKE)
+
+
+@pytest.fixture(scope="module")
+def bids(tmp_path_factory: pytest.TempPathFactory, sample: pd.DataFrame) -> Path:
+    """Three real sample heads (resampled to 2 mm to keep the test light) and three bad files."""
+    root = tmp_path_factory.mktemp("data") / "bids"
+    heads = sample.set_index("volume_id")["path"]
+    where = {
+        "robex_atlas": "sub-robex/anat/sub-robex_T1w.nii.gz",
+        "colin27": "sub-colin/ses-01/anat/sub-colin_ses-01_T1w.nii.gz",
+        "mni152_2009": "sub-mni/anat/sub-mni_T1w.nii.gz",
+    }
+    for volume_id, rel in where.items():
+        image = preprocess(heads[volume_id], 2.0, (96, 112, 96), normalise=False)
+        write_nifti(root / rel, image.data[0].numpy(), image.affine)
+    good = (root / where["robex_atlas"]).read_bytes()
+    broken = root / "sub-broken/anat/sub-broken_T1w.nii.gz"
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(good[: len(good) // 3])  # truncated gzip: a copy cut short
+    write_nifti(root / "sub-fourd/anat/sub-fourd_T1w.nii.gz", np.stack([head_phantom()] * 2, -1))
+    nan = head_phantom()
+    nan[3, 4, 5] = np.nan
+    write_nifti(root / "sub-nan/anat/sub-nan_T1w.nii.gz", nan)
+    (root / "dataset_description.json").write_text('{"Name": "tiny", "BIDSVersion": "1.9.0"}')
+    return root
+
+
+def _table(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+
+
+def _check_scores(table: pd.DataFrame, names: list[str]) -> None:
+    assert sorted(table["bids_name"]) == sorted(names)
+    ok = table[table["status"] == "ok"]
+    assert sorted(ok["bids_name"]) == sorted(n for n in names if n not in BAD)
+    assert np.isfinite(ok["motion_mm"].astype(float)).all()
+    assert (ok["motion_std"].astype(float) >= 0).all() and (ok["error"] == "").all()
+    for name, message in BAD.items():
+        if name in names:
+            row = table.set_index("bids_name").loc[name]
+            assert row["status"] == "error" and message in row["error"]
+            assert row["motion_mm"] == ""
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory: pytest.TempPathFactory, bids: Path, encoder: Path) -> tuple[Path, str]:
+    """One full `motionqc score` run (one loader worker, mosaics, report): its folder and output."""
+    out = tmp_path_factory.mktemp("scored") / "derivatives" / "motionqc"
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        rc = main(
+            [
+                "score",
+                str(bids),
+                str(out),
+                "participant",
+                "--checkpoint",
+                str(encoder),
+                "--num-workers",
+                "1",
+                "--threads",
+                "1",
+                "--no-progress",
+                "--device",
+                "cpu",
+            ]
+        )
+    assert rc == 0
+    return out, stdout.getvalue()
+
+
+def test_score_end_to_end(scored: tuple[Path, str], bids: Path) -> None:
+    out, printed = scored
+    assert "3 scored, 3 error(s), 0 already there" in printed
+    table = _table(out / "motion_T1w.tsv")
+    assert list(table.columns) == list(COLUMNS)
+    _check_scores(table, ALL)
+    assert table.set_index("bids_name").loc["sub-colin_ses-01_T1w", "session"] == "01"
+    assert (table["p_qc0"] == "").all()  # no QC head given
+
+    description = json.loads((out / "dataset_description.json").read_text())
+    assert description["DatasetType"] == "derivative" and description["BIDSVersion"]
+    model = description["GeneratedBy"][0]["Model"]
+    assert model["spacing_mm"] == 4.0 and model["shape"] == [40, 48, 40]
+    assert len(model["sha256"]) == 64 and model["precision"] in ("fp32", "bf16")
+    assert description["SourceDatasets"][0]["URL"] == bids.resolve().as_uri()
+
+    for name in GOOD:  # one mosaic per scored volume, under sub-<label>/figures/
+        subject = name.split("_")[0]
+        assert (out / subject / "figures" / f"{name}_mosaic.png").is_file()
+    html = (out / "report.html").read_text()
+    assert all(name in html for name in ALL)
+    assert html.count('<tr class="ok">') == 3 and html.count('<tr class="error">') == 3
+    assert html.count("data:image/png;base64,") == 3 + 1  # mosaics + group distribution
+    ranked = table[table["status"] == "ok"].sort_values("motion_mm", key=lambda s: -s.astype(float))
+    positions = [html.index(n) for n in ranked["bids_name"]]
+    assert positions == sorted(positions)  # worst first
+    assert _table(out / GROUP_TABLE).shape[0] == len(ALL)
+
+
+def test_rerun_scores_nothing_new(
+    scored: tuple[Path, str],
+    tmp_path: Path,
+    bids: Path,
+    encoder: Path,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    out = tmp_path / "copy"
+    shutil.copytree(scored[0], out)
+    args = ["score", str(bids), str(out), "participant", "--checkpoint", str(encoder), *FAST]
+    before = (out / "motion_T1w.tsv").read_text()
+    assert main(args) == 0
+    assert "0 scored, 0 error(s), 6 already there" in capsys.readouterr().out
+    assert (out / "motion_T1w.tsv").read_text() == before  # nothing written twice
+    # --retry-errors tries the bad files again (they fail again); the scores stay
+    assert main([*args, "--retry-errors"]) == 0
+    assert "0 scored, 3 error(s), 3 already there" in capsys.readouterr().out
+    _check_scores(_table(out / GROUP_TABLE), ALL)  # the merged table keeps one row each
+    # another encoder in the same folder is refused (the scores would mix)
+    torch.manual_seed(1)
+    other = save_encoder(tmp_path / "other.pt", SFCN(), **SMOKE)
+    assert (
+        main(["score", str(bids), str(out), "participant", "--checkpoint", str(other), *FAST]) == 2
+    )
+    assert "another encoder" in capsys.readouterr().err
+
+
+def test_score_resumes_after_interruption(tmp_path: Path, bids: Path, encoder: Path) -> None:
+    out = tmp_path / "out"
+    args = ["score", str(bids), str(out), "participant", "--checkpoint", str(encoder), *FAST]
+    assert main([*args, "--participant-label", "mni", "sub-nan"]) == 0
+    with open(out / "motion_T1w.tsv", "a") as handle:  # a kill in the middle of a row
+        handle.write("sub-robex_T1w\t\t\t0.4")
+    assert main(args) == 0
+    table = _table(out / "motion_T1w.tsv")
+    _check_scores(table, ALL)  # every volume once, the cut row gone
+    assert table["bids_name"].tolist()[:2] == ["sub-mni_T1w", "sub-nan_T1w"]
+
+
+def test_shards_cover_everything_once_and_group_merges(
+    tmp_path: Path, bids: Path, encoder: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "out"
+    args = ["score", str(bids), str(out), "participant", "--checkpoint", str(encoder), *FAST]
+    # sorted by path, shard 0 holds sub-broken, sub-fourd and sub-nan: nothing to score there
+    assert main([*args, "--shard", "0/2"]) == 1
+    assert main([*args, "--shard", "1/2"]) == 0
+    shards = [_table(out / f"motion_T1w_shard-{i:04d}of0002.tsv") for i in range(2)]
+    names = [set(s["bids_name"]) for s in shards]
+    assert names[0] and names[1] and not names[0] & names[1]  # no overlap
+    assert sorted(names[0] | names[1]) == ALL  # nothing missing
+    assert not (out / "report.html").exists()  # sharded runs leave the report to `group`
+    capsys.readouterr()
+
+    assert main(["group", str(out)]) == 0
+    assert "6 volume(s), 3 scored" in capsys.readouterr().out
+    merged = _table(out / GROUP_TABLE)
+    _check_scores(merged, ALL)
+    html = (out / "report.html").read_text()
+    assert all(name in html for name in ALL)
+
+
+def test_output_inside_bids_is_refused(
+    tmp_path: Path, bids: Path, encoder: Path, capsys: pytest.CaptureFixture
+) -> None:
+    inside = bids / "derivatives" / "motionqc"
+    rc = main(["score", str(bids), str(inside), "participant", "--checkpoint", str(encoder)])
+    assert rc == 2 and "must not be inside the BIDS dataset" in capsys.readouterr().err
+    assert not (bids / "derivatives").exists()
+
+
+def test_nothing_scored_exits_non_zero(
+    tmp_path: Path, bids: Path, encoder: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "out"
+    args = ["score", str(bids), str(out), "participant", "--checkpoint", str(encoder), *FAST]
+    assert main([*args, "--participant-label", "broken", "nan"]) == 1
+    assert "nothing could be scored" in capsys.readouterr().err
+    assert _table(out / "motion_T1w.tsv").shape[0] == 2  # the errors are still listed
+    assert main([*args, "--participant-label", "nobody"]) == 1
+    assert (
+        main(
+            [
+                "score",
+                str(bids),
+                str(tmp_path / "o2"),
+                "participant",
+                "--checkpoint",
+                str(tmp_path / "missing.pt"),
+                *FAST,
+            ]
+        )
+        == 2
+    )
+    assert "no encoder file" in capsys.readouterr().err
+    assert main(["group", str(tmp_path / "empty")]) == 1
+
+
+def test_console_script_subprocess(tmp_path: Path, bids: Path, encoder: Path) -> None:
+    script = Path(sys.executable).with_name("motionqc")
+    command = [str(script)] if script.is_file() else [sys.executable, "-m", "motionqc.cli"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    helped = subprocess.run(
+        [*command, "score", "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=True,
+    )
+    assert "--shard I/N" in helped.stdout and "(default: auto)" in helped.stdout
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [
+            *command,
+            "score",
+            str(bids),
+            str(out),
+            "participant",
+            "--checkpoint",
+            str(encoder),
+            "--participant-label",
+            "mni",
+            "broken",
+            *FAST,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    _check_scores(_table(out / "motion_T1w.tsv"), ["sub-broken_T1w", "sub-mni_T1w"])
+    assert (out / "report.html").is_file()
+
+
+def test_report_renders_in_headless_chromium(scored: tuple[Path, str], tmp_path: Path) -> None:
+    from test_report import _chromium
+
+    browser = _chromium()
+    if browser is None:
+        pytest.skip(
+            "Chromium is not installed and cannot be installed here (needs root and apt-get)"
+        )
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
+    page = (scored[0] / "report.html").as_uri()
+    dom = subprocess.run(
+        [browser, *flags, "--dump-dom", page],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=True,
+    ).stdout
+    assert all(name in dom for name in ALL)  # the rendered page lists every volume
+    assert dom.count('<tr class="ok">') == 3 and dom.count('<tr class="error">') == 3
+    shot = tmp_path / "report.png"
+    subprocess.run(
+        [browser, *flags, f"--screenshot={shot}", "--window-size=1000,1400", page],
+        capture_output=True,
+        timeout=180,
+        check=True,
+    )
+    from PIL import Image
+
+    image = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    assert image.shape == (1400, 1000) and image.std() > 10
+
+
+def test_simulate_hits_the_target_score(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    affine = np.diag([2.0, 2.0, 2.5, 1.0])
+    affine[:3, 3] = [-30, -40, -30]
+    source = write_nifti(tmp_path / "in_T1w.nii.gz", head_phantom((32, 40, 28)), affine)
+    out = tmp_path / "sim" / "out_T1w.nii.gz"
+    args = ["simulate", str(source), str(out), "--score", "1.5", "--seed", "3"]
+    assert main([*args, "--n-transforms", "4"]) == 0
+    sidecar = json.loads((tmp_path / "sim" / "out_T1w.json").read_text())
+    assert abs(sidecar["Score"] - 1.5) < 1e-4 and sidecar["NTransforms"] == 4
+    assert np.asarray(sidecar["Degrees"]).shape == (4, 3) and len(sidecar["Times"]) == 4
+    # the sidecar's parameters give the same score when scored independently
+    shape = nib.load(str(source)).shape
+    again = score_motion(sidecar["Degrees"], sidecar["Translation"], affine, shape)
+    assert abs(again - 1.5) < 1e-3
+    moved, original = nib.load(str(out)), nib.load(str(source))
+    assert moved.shape == original.shape and np.allclose(moved.affine, original.affine)
+    a, b = np.asarray(moved.dataobj), np.asarray(original.dataobj)
+    assert np.isfinite(a).all() and np.abs(a - b).mean() > 0.01 * np.abs(b).mean()
+    # same seed, same result; the parameters are drawn from the seed
+    twin = simulate_file(source, tmp_path / "twin.nii.gz", 1.5, seed=3, n_transforms=4)
+    assert twin["Degrees"] == sidecar["Degrees"]
+    assert "motion score 1.5" in capsys.readouterr().out
+    assert main(["simulate", str(tmp_path / "nope.nii.gz"), str(out)]) == 1
+
+
+def test_simulate_refuses_a_corrupt_volume(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(gzip.compress(b"not a nifti"))
+    assert main(["simulate", str(bad), str(tmp_path / "o.nii.gz")]) == 1
+    assert "bad.nii.gz" in capsys.readouterr().err
+
+
+def test_train_qc_is_wired_to_transfer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import types
+
+    calls = []
+    fake = types.ModuleType("motionqc.transfer")
+    fake.train_qc_cli = lambda *a: calls.append(a) or Path(a[2]) / "qc_results.csv"
+    monkeypatch.setitem(sys.modules, "motionqc.transfer", fake)
+    rc = main(
+        ["train-qc", "--manifest", "r.tsv", "--checkpoint", "e.pt", str(tmp_path), "--seeds", "2"]
+    )
+    assert rc == 0 and calls == [(Path("r.tsv"), Path("e.pt"), tmp_path, 2)]
+    monkeypatch.setitem(sys.modules, "motionqc.transfer", None)  # import fails
+    assert main(["train-qc", "--manifest", "r.tsv", "--checkpoint", "e.pt", str(tmp_path)]) == 2
+    assert "needs motionqc.transfer" in capsys.readouterr().err

@@ -1,0 +1,178 @@
+"""motionqc.scoring: loading in workers, error records, inference, QC head, resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import head_phantom, write_nifti
+
+from motionqc.data import preprocess
+from motionqc.encoder import load_encoder, predict_motion, save_encoder
+from motionqc.models import SFCN, QCHead
+from motionqc.scoring import (
+    Scorer,
+    VolumeDataset,
+    _batch_rows,
+    _collate,
+    load_preprocessed,
+    resolve_precision,
+    run_participant,
+    score_volumes,
+)
+
+SPACING, SHAPE = 4.0, (40, 48, 40)
+
+
+def _affine(spacing: float) -> np.ndarray:
+    affine = np.diag([spacing, spacing, spacing, 1.0])
+    affine[:3, 3] = [-70.0, -90.0, -60.0]
+    return affine
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("enc") / "encoder.pt"
+    return save_encoder(path, SFCN(), spacing_mm=SPACING, shape=SHAPE)
+
+
+@pytest.fixture(scope="module")
+def volumes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("vols")
+    nan = head_phantom((36, 44, 38), seed=2)
+    nan[1, 2, 3] = np.inf
+    empty = root / "empty_T1w.nii.gz"
+    empty.write_bytes(b"")
+    return {
+        "at_4mm": write_nifti(root / "a_T1w.nii.gz", head_phantom((36, 50, 38)), _affine(4.0)),
+        "at_3mm": write_nifti(root / "b_T1w.nii", head_phantom((44, 60, 50), 1), _affine(3.0)),
+        "nan": write_nifti(root / "nan_T1w.nii.gz", nan, _affine(4.0)),
+        "fourd": write_nifti(root / "4d_T1w.nii.gz", np.zeros((8, 8, 8, 3)), _affine(4.0)),
+        "empty": empty,
+        "missing": root / "missing_T1w.nii.gz",
+    }
+
+
+def test_fast_path_equals_preprocess(volumes: dict[str, Path]) -> None:
+    for key in ("at_4mm", "at_3mm"):  # same grid: resampling skipped; other grid: resampled
+        fast = load_preprocessed(volumes[key], SPACING, SHAPE)
+        reference = preprocess(volumes[key], SPACING, SHAPE).data.float()
+        assert fast.shape == (1, *SHAPE) and fast.dtype == torch.float32
+        torch.testing.assert_close(fast, reference, rtol=1e-6, atol=1e-6)
+
+
+def test_bad_volumes_give_error_records(volumes: dict[str, Path]) -> None:
+    names = list(volumes)
+    dataset = VolumeDataset([volumes[k] for k in names], SPACING, SHAPE, names=names, mosaics=True)
+    records = {r["bids_name"]: r for r in (dataset[i] for i in range(len(dataset)))}
+    assert records["at_4mm"]["error"] == "" and records["at_4mm"]["mosaic"][:4] == b"\x89PNG"
+    expected = {
+        "nan": "NaN/Inf",
+        "fourd": "expected a 3D volume",
+        "empty": "empty file",
+        "missing": "file not found",
+    }
+    for key, message in expected.items():
+        record = records[key]
+        assert record["image"] is None and message in record["error"]
+        assert "\n" not in record["error"] and str(volumes[key]) in record["error"]
+    batch = _collate([records["nan"], records["at_4mm"]])
+    assert batch["images"].shape == (1, 1, *SHAPE) and batch["good"] == [0]
+
+
+def test_scorer_matches_plain_eval(encoder: Path, volumes: dict[str, Path]) -> None:
+    x = torch.stack([load_preprocessed(volumes[k], SPACING, SHAPE) for k in ("at_4mm", "at_3mm")])
+    model, meta = load_encoder(encoder)
+    ref_score, ref_std = predict_motion(model, x, bin_range=meta["bin_range"])
+    plain = Scorer(encoder, device="cpu", precision="fp32", channels_last=False).predict(x)
+    np.testing.assert_allclose(plain["motion_mm"], ref_score, atol=1e-5)
+    np.testing.assert_allclose(plain["motion_std"], ref_std, atol=1e-5)
+    fast = Scorer(encoder, device="cpu", precision="bf16", channels_last=True).predict(x)
+    assert np.abs(fast["motion_mm"] - ref_score).max() < 0.05
+    assert "p_qc" not in fast
+
+
+def test_score_volumes_in_order_with_workers(encoder: Path, volumes: dict[str, Path]) -> None:
+    scorer = Scorer(encoder, device="cpu", precision="fp32", threads=1)
+    names = list(volumes)
+    paths = [volumes[k] for k in names]
+    rows = {}
+    for workers in (0, 2):
+        rows[workers] = list(
+            score_volumes(scorer, paths, names=names, batch_size=2, num_workers=workers)
+        )
+    for got in rows.values():
+        assert [r["bids_name"] for r in got] == names
+        assert [r["status"] for r in got] == ["ok", "ok", "error", "error", "error", "error"]
+    assert [r.get("motion_mm") for r in rows[0]] == [r.get("motion_mm") for r in rows[2]]
+
+
+def test_inference_failure_is_one_volumes_error() -> None:
+    class Picky:
+        def predict(self, images: torch.Tensor) -> dict[str, np.ndarray]:
+            if len(images) > 1 or float(images.mean()) > 5:
+                raise RuntimeError("out of memory")
+            n = len(images)
+            return {"motion_mm": np.full(n, 0.5), "motion_std": np.full(n, 0.1)}
+
+    records = [
+        {
+            "index": i,
+            "bids_name": f"v{i}",
+            "path": "",
+            "image": torch.full((1, 2, 2, 2), v),
+            "error": "",
+            "mosaic": None,
+        }
+        for i, v in enumerate([1.0, 9.0, 1.0])
+    ]
+    rows = _batch_rows(Picky(), _collate(records))
+    assert [r["status"] for r in rows] == ["ok", "error", "ok"]
+    assert "inference failed: RuntimeError: out of memory" in rows[1]["error"]
+
+
+def test_precision_names() -> None:
+    cpu = torch.device("cpu")
+    assert resolve_precision("fp32", cpu) is None
+    assert resolve_precision("bf16", cpu) is torch.bfloat16
+    assert resolve_precision("auto", cpu) in (None, torch.bfloat16)
+    with pytest.raises(ValueError, match="precision"):
+        resolve_precision("fp8", cpu)
+
+
+def test_qc_head_probabilities_and_rescoring(
+    tmp_path: Path, encoder: Path, volumes: dict[str, Path]
+) -> None:
+    transfer = pytest.importorskip("motionqc.transfer")
+    bids = tmp_path / "bids"
+    for sub, key in (("01", "at_4mm"), ("02", "at_3mm")):
+        target = bids / f"sub-{sub}" / "anat" / f"sub-{sub}_T1w.nii.gz"
+        image = preprocess(volumes[key], 4.0, (36, 44, 38), normalise=False)
+        write_nifti(target, image.data[0].numpy(), image.affine)
+    out = tmp_path / "out"
+    common = {"device": "cpu", "num_workers": 0, "progress": False, "mosaics": False}
+    first = run_participant(bids, out, encoder, **common)
+    assert first.scored == 2 and first.report is not None
+    torch.manual_seed(0)
+    size = SFCN().embedding_size(SHAPE)
+    head = torch.nn.Sequential(
+        transfer._Standardise(torch.zeros(size), torch.ones(size)), QCHead(size)
+    ).eval()
+    head_file = transfer.save_qc_head(tmp_path / "qc_head.pt", transfer.QCRun(head), encoder, {})
+    again = run_participant(bids, out, encoder, qc_head=head_file, **common)
+    assert again.scored == 2 and again.skipped == 0  # rows without QC classes are redone
+    from motionqc.scoring import group_table
+
+    merged = group_table(out)
+    p = merged[["p_qc0", "p_qc1", "p_qc2"]].astype(float).to_numpy()
+    assert len(merged) == 2 and np.allclose(p.sum(1), 1, atol=1e-4)
+    assert (merged["qc_class"].astype(int).to_numpy() == p.argmax(1)).all()
+    assert "rated" in (out / "report.html").read_text()
+    assert run_participant(bids, out, encoder, qc_head=head_file, **common).scored == 0
+    torch.manual_seed(1)
+    other = save_encoder(tmp_path / "other.pt", SFCN(), spacing_mm=SPACING, shape=SHAPE)
+    with pytest.raises(ValueError, match="another encoder"):
+        Scorer(other, qc_head=head_file)
