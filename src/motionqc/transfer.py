@@ -243,14 +243,19 @@ def train_transfer(
     )
     ytr = torch.as_tensor(np.asarray(y_train), dtype=torch.long)
     yva = torch.as_tensor(np.asarray(y_val), dtype=torch.long)
-    return _fit(
-        head,
-        TensorDataset(z_train.float(), ytr),
-        TensorDataset(z_val.float(), yva),
-        class_weights(ytr.numpy()),
-        cfg,
-        run_dir,
-    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a 10-unit MLP: thread start-up costs more than the maths
+    try:
+        return _fit(
+            head,
+            TensorDataset(z_train.float(), ytr),
+            TensorDataset(z_val.float(), yva),
+            class_weights(ytr.numpy()),
+            cfg,
+            run_dir,
+        )
+    finally:
+        torch.set_num_threads(threads)
 
 
 class _Standardise(nn.Module):
