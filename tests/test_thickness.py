@@ -1,5 +1,6 @@
 """Tests for motionqc.thickness: real ANTs runs on one sample head (coarse, few iterations),
-the FreeSurfer stats reader, and the motion statistics on data with a known slope.
+the FreeSurfer stats reader and the manifest thickness reader. The motion statistics are tested
+in test_thickness_stats.py.
 
 The ANTs part is kept cheap (5 mm, 5 DiReCT iterations; about 10 s of CPU per run);
 the whole file runs in roughly a minute on 2 cores.
@@ -16,15 +17,12 @@ from conftest import write_nifti
 
 from motionqc.thickness import (
     AparcStats,
-    SlopeResult,
     ThicknessError,
-    correct_thickness,
     cortical_thickness,
     freesurfer_mean_thickness,
+    manifest_thickness,
     read_aparc_stats,
     thickness_batch,
-    thickness_motion_model,
-    within_subject_slope,
 )
 
 FAST = {"spacing_mm": 5.0, "iterations": 5}
@@ -255,98 +253,53 @@ def test_aparc_reader_rejects_bad_files(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
-# Statistics on data with a known motion effect
+# Thickness values a manifest already holds
 # --------------------------------------------------------------------------------------------
 
-TRUE_SLOPE = -0.12  # mm of thickness per mm of motion score
 
-
-def _synthetic(seed: int = 0, n_subjects: int = 12, n_scores: int = 6, noise: float = 0.03):
-    """Clean thickness per subject, graded motion scores, thickness = clean + slope·score + ε."""
-    rng = np.random.default_rng(seed)
-    clean = rng.normal(2.5, 0.15, n_subjects)
-    rows = []
-    for s in range(n_subjects):
-        scores = np.concatenate([[0.0], rng.uniform(0.1, 3.0, n_scores - 1)])
-        for score in scores:
-            rows.append(
-                {
-                    "subject": f"sub-{s:02d}",
-                    "score": score,
-                    "clean": clean[s],
-                    "thickness": clean[s] + TRUE_SLOPE * score + rng.normal(0, noise),
-                }
-            )
-    return pd.DataFrame(rows)
-
-
-def test_within_subject_slope_ci_contains_true_slope():
-    df = _synthetic()
-    fit = within_subject_slope(df, y="thickness", x="score", group="subject")
-    assert isinstance(fit, SlopeResult)
-    assert fit.method == "ols+fixed_effects" and fit.n == len(df) and fit.n_groups == 12
-    assert fit.ci_low < TRUE_SLOPE < fit.ci_high
-    assert fit.slope == pytest.approx(TRUE_SLOPE, abs=0.02)
-    assert fit.p < 1e-6
-    assert set(fit.as_dict()) >= {"slope", "ci_low", "ci_high", "p", "n"}
-
-
-def test_correct_thickness_recovers_clean_values():
-    df = _synthetic(seed=1)
-    fit = within_subject_slope(df)
-    corrected = correct_thickness(df["thickness"], df["score"], fit)
-    assert isinstance(corrected, pd.Series) and corrected.index.equals(df.index)
-    before = np.sqrt(np.mean((df["thickness"] - df["clean"]) ** 2))
-    after = np.sqrt(np.mean((corrected - df["clean"]) ** 2))
-    assert after < 0.045  # close to the noise (0.03 mm)
-    assert after < before / 3
-    assert correct_thickness(2.0, 1.5, -0.1, reference_score=0.5) == pytest.approx(2.1)
-
-
-def test_correct_thickness_checks_inputs():
-    with pytest.raises(ValueError, match="finite"):
-        correct_thickness([2.0], [1.0], float("nan"))
-    with pytest.raises(ValueError, match="shape"):
-        correct_thickness(np.ones(3), np.ones(2), -0.1)
-
-
-def test_within_subject_slope_rejects_bad_frames():
-    with pytest.raises(ValueError, match="not in the frame"):
-        within_subject_slope(pd.DataFrame({"thickness": [1.0, 2.0]}))
-    flat = pd.DataFrame({"thickness": [1.0, 2.0, 3.0], "score": [1.0] * 3, "subject": ["a"] * 3})
-    with pytest.raises(ValueError, match="does not vary"):
-        within_subject_slope(flat)
-
-
-def _real_like(seed: int = 2, n: int = 240, n_sites: int = 6) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    site = rng.integers(0, n_sites, n)
-    site_effect = rng.normal(0, 0.1, n_sites)[site]
-    age = rng.uniform(18, 40, n)
-    sex = rng.choice(["F", "M"], n)
-    score = rng.gamma(2.0, 0.5, n)
-    thickness = (
-        2.6
-        - 0.005 * (age - 30)
-        + 0.03 * (sex == "M")
-        + site_effect
-        + TRUE_SLOPE * score
-        + rng.normal(0, 0.05, n)
+def test_manifest_thickness_column_stats_and_freesurfer_dir(tmp_path):
+    for folder in ("s2", "fs/sub-03/stats"):
+        (tmp_path / folder).mkdir(parents=True)
+    lh = _write_aparc(tmp_path / "s2" / "lh.aparc.stats", "lh")
+    rh = _write_aparc(tmp_path / "s2" / "rh.aparc.stats", "rh", shift=0.2)
+    subject_dir = tmp_path / "fs" / "sub-03"
+    _write_aparc(subject_dir / "stats" / "lh.aparc.stats", "lh", shift=0.1)
+    _write_aparc(subject_dir / "stats" / "rh.aparc.stats", "rh", shift=0.1)
+    manifest = pd.DataFrame(
+        {
+            "volume_id": ["v1", "v2", "v3", "v4", "v5", "v6"],
+            "thickness": [2.41, None, None, None, None, -1.0],
+            "lh_aparc_stats": [None, "s2/lh.aparc.stats", None, "s2/missing.stats", None, None],
+            "rh_aparc_stats": [None, "s2/rh.aparc.stats", None, "s2/rh.aparc.stats", None, None],
+            "freesurfer_dir": [None, None, str(subject_dir), None, None, None],
+            "age": [20, 21, 22, 23, 24, 25],
+        }
     )
-    return pd.DataFrame(
-        {"thickness": thickness, "score": score, "age": age, "sex": sex, "site": site.astype(str)}
+    out = manifest_thickness(manifest, base_dir=tmp_path)
+    assert list(out["volume_id"]) == list(manifest["volume_id"]) and "age" in out.columns
+    assert out["thickness_source"].tolist() == [
+        "column",
+        "aparc_stats",
+        "freesurfer_dir",
+        "",
+        "",
+        "",
+    ]
+    assert out.loc[0, "thickness"] == pytest.approx(2.41)
+    assert out.loc[1, "thickness"] == pytest.approx(freesurfer_mean_thickness(lh, rh))
+    base = read_aparc_stats(lh).mean_thickness_mm
+    assert out.loc[2, "thickness"] == pytest.approx(base + 0.1, abs=1e-4)
+    assert out.loc[:2, "thickness_error"].eq("").all()
+    assert out.loc[3:, "thickness"].isna().all()
+    assert (
+        out.loc[3, "thickness_error"].startswith("v4: ")
+        and "not found" in out.loc[3, "thickness_error"]
     )
+    assert out.loc[4, "thickness_error"] == "v5: no thickness value and no FreeSurfer stats"
+    assert "not a positive number" in out.loc[5, "thickness_error"]
+    assert "thickness_source" not in manifest.columns  # the input is not modified
 
 
-def test_thickness_motion_model_mixed_with_sites_and_covariates():
-    fit = thickness_motion_model(_real_like())
-    assert fit.method in ("mixedlm", "ols+fixed_effects")
-    assert fit.covariates == ("age", "sex") and fit.n_groups == 6
-    assert fit.ci_low < TRUE_SLOPE < fit.ci_high
-
-
-def test_thickness_motion_model_uses_only_available_columns():
-    df = _real_like().drop(columns=["age", "site"])
-    fit = thickness_motion_model(df)
-    assert fit.method == "ols" and fit.covariates == ("sex",)
-    assert fit.ci_low < TRUE_SLOPE < fit.ci_high
+def test_manifest_thickness_needs_a_source():
+    with pytest.raises(ValueError, match="needs a 'thickness' column"):
+        manifest_thickness(pd.DataFrame({"volume_id": ["a"]}))
