@@ -290,11 +290,18 @@ def cortical_thickness(
     msk = ants.threshold_image(msk, 0.5, 1e9, 1, 0)
     if float(msk.sum()) == 0:
         raise ThicknessError(f"{name}: brain mask is empty after resampling to {spacing_mm} mm")
-    # N4 needs positive intensities.
+    # N4 works on log intensities, so it needs positive values inside the mask. Voxels <= 0
+    # (ringing from k-space motion keeps the real part, which can be negative) are raised to a
+    # small floor: shifting the whole image instead would change its contrast by an amount set
+    # by the single most negative voxel.
     arr = img.numpy()
-    low = float(arr[msk.numpy() > 0].min())
-    if low <= 0:
-        img = img - low + 1.0
+    inside = arr[msk.numpy() > 0]
+    if float(inside.min()) <= 0:
+        floor = 1e-3 * float(np.percentile(inside, 99))
+        if floor > 0:
+            img = img.new_image_like(np.maximum(arr, floor).astype(arr.dtype))
+        else:  # mostly non-positive inside the mask: shift (contrast is already unusual)
+            img = img - float(inside.min()) + 1.0
 
     try:
         n4 = ants.n4_bias_field_correction(
