@@ -82,12 +82,12 @@ def embed(
     ids = [str(v) for v in volume_ids]
     if len(ids) != len(images):
         raise ValueError(f"{len(images)} volumes but {len(ids)} ids")
-    store: dict[str, torch.Tensor] = {}
     cache = Path(cache) if cache is not None else None
     key = f"pooled={pooled}"
+    saved: dict[str, dict[str, torch.Tensor]] = {}
     if cache is not None and cache.is_file():
         saved = torch.load(cache, map_location="cpu", weights_only=True)
-        store = dict(saved.get(key, {}))
+    store: dict[str, torch.Tensor] = dict(saved.get(key, {}))
     todo = [i for i, v in enumerate(ids) if v not in store]
     model.eval()
     for start in tqdm(
@@ -99,7 +99,6 @@ def embed(
             store[ids[i]] = f.clone()
     if cache is not None and todo:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        saved = torch.load(cache, weights_only=True) if cache.is_file() else {}
         saved[key] = store
         tmp = cache.with_name(cache.name + ".tmp")
         torch.save(saved, tmp)
