@@ -23,9 +23,12 @@ What is measured (all fields are in the JSON; see :meth:`ResourceMonitor.summary
   the sampled sum and that high-water mark. Spikes of a child that last less than one sampling
   interval can be missed; shared pages (e.g. copy-on-write after ``fork``) are counted once per
   process, so the sum over processes can over-count.
-- **Memory the run added** (``peak_rss_increase_bytes``): peak RSS minus the RSS at entry, for
-  runs that share a process with earlier work (a notebook kernel already holding data and
-  libraries), where the peak RSS itself mostly measures what was there before.
+- **Memory the run added** (``peak_rss_increase_bytes``): for runs that share a process with
+  earlier work (a notebook kernel already holding data and libraries), where the peak RSS itself
+  mostly measures what was there before. It is counted per part — this process's peak (sampled
+  or ``VmHWM``) minus its RSS at entry, plus the children's sampled peak minus theirs at entry,
+  each floored at 0 — so a descendant that was alive at entry and exits during the run (a worker
+  pool of earlier work) cannot hide what this process allocated.
 - **GPU power** on NVIDIA GPUs: NVML (``pynvml``, package ``nvidia-ml-py``) board power sampled by
   the same thread (``max_power_w``, ``mean_power_w``), and the energy counter difference
   (``energy_j``) where the GPU has one. Without an NVIDIA GPU or NVML these fields are ``null``
@@ -231,6 +234,8 @@ class ResourceMonitor:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._rss_entry = 0
+        self._rss_entry_self = 0
+        self._rss_entry_children = 0
 
     # -- sampling ---------------------------------------------------------------------------
     def _sample(self) -> None:
@@ -275,7 +280,8 @@ class ResourceMonitor:
             self._hwm_reset = False
         self._start_iso = _now_iso()
         self._t0 = time.perf_counter()
-        self._rss_entry = sum(rss_bytes(self.include_children))
+        self._rss_entry_self, self._rss_entry_children = rss_bytes(self.include_children)
+        self._rss_entry = self._rss_entry_self + self._rss_entry_children
         self._sample()
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="ResourceMonitor", daemon=True)
@@ -347,7 +353,8 @@ class ResourceMonitor:
             "peak_rss_children_bytes": self._peak_children,
             "rss_hwm_bytes": hwm,
             "rss_at_entry_bytes": self._rss_entry,
-            "peak_rss_increase_bytes": max(0, peak_rss - self._rss_entry),
+            "peak_rss_increase_bytes": max(0, max(self._peak_self, hwm or 0) - self._rss_entry_self)
+            + max(0, self._peak_children - self._rss_entry_children),
             "rss_method": (
                 "sampled self+children" + (" and VmHWM of self" if hwm is not None else "")
                 if psutil is not None
