@@ -19,7 +19,6 @@ from motionqc.efficiency import (
     parse_hms,
 )
 from motionqc.poster import POSTER_EFFICIENCY
-from motionqc.resources import ResourceMonitor
 
 
 def test_poster_percentages_from_its_own_numbers() -> None:
