@@ -31,8 +31,12 @@ __all__ = [
     "class_weights",
     "embed",
     "file_digest",
+    "best_run",
     "load_qc_head",
+    "predict_classes",
+    "run_transfer_seeds",
     "save_qc_head",
+    "stratified_split",
     "train_qc_cli",
     "train_scratch",
     "train_transfer",
@@ -394,6 +398,125 @@ def load_qc_head(
     return head, meta
 
 
+def stratified_split(
+    y: Sequence[int] | np.ndarray,
+    fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
+    seed: int = 0,
+) -> np.ndarray:
+    """Draw a seeded train/val/test split of volumes, stratified by QC class where possible.
+
+    Args:
+        y: QC classes per volume.
+        fractions: Train, validation and test shares (summing to 1).
+        seed: Seed of the draw.
+
+    Returns:
+        An object array of ``"train"``, ``"val"`` and ``"test"`` per volume. Stratification is
+        dropped (plain random split) when a class has fewer than 3 volumes.
+
+    Raises:
+        ValueError: If the fractions do not sum to 1 or any is not positive.
+    """
+    from sklearn.model_selection import train_test_split
+
+    if len(fractions) != 3 or min(fractions) <= 0 or not np.isclose(sum(fractions), 1.0):
+        raise ValueError(f"fractions must be three positive shares summing to 1, got {fractions}")
+    y = np.asarray(y)
+    idx = np.arange(len(y))
+    present = np.unique(y, return_counts=True)[1]
+    strat = y if len(present) > 1 and present.min() >= 3 else None
+    tr, rest = train_test_split(idx, test_size=1 - fractions[0], random_state=seed, stratify=strat)
+    va, te = train_test_split(
+        rest,
+        test_size=fractions[2] / (fractions[1] + fractions[2]),
+        random_state=seed,
+        stratify=y[rest] if strat is not None else None,
+    )
+    split = np.empty(len(idx), dtype=object)
+    split[tr], split[va], split[te] = "train", "val", "test"
+    return split
+
+
+def run_transfer_seeds(
+    z: torch.Tensor,
+    y: Sequence[int] | np.ndarray,
+    split: Sequence[str] | np.ndarray,
+    volume_ids: Sequence[str],
+    seeds: Sequence[int],
+    *,
+    run_root: str | Path | None = None,
+    **head: Any,
+) -> tuple[pd.DataFrame, list[QCRun]]:
+    """Train one transfer head per seed on fixed embeddings and predict the test split.
+
+    The protocol shared by notebook 04 and ``motionqc train-qc``: the same train/val/test split
+    for every seed, only the seed of the head changes.
+
+    Args:
+        z: Embeddings ``(N, D)`` of every volume.
+        y: QC classes 0/1/2 per volume.
+        split: ``"train"``, ``"val"`` or ``"test"`` per volume.
+        volume_ids: Volume identifiers (for the prediction table).
+        seeds: Seeds, one run each.
+        run_root: Folder for per-seed trainer folders (``seed<N>/``); ``None`` keeps runs in
+            memory.
+        **head: Keyword arguments of :func:`train_transfer` (``dropout``, ``lr``, ...).
+
+    Returns:
+        ``(predictions, runs)``: a long table ``setting, seed, volume_id, y_true, y_pred`` over
+        the test volumes (the input of :func:`motionqc.qc_metrics.seed_table`) and the runs.
+    """
+    y = np.asarray(y)
+    split = np.asarray(split)
+    ids = np.asarray(volume_ids)
+    m = {s: split == s for s in ("train", "val", "test")}
+    for name, mask in m.items():
+        if not mask.any():
+            raise ValueError(f"the {name} split is empty")
+    preds, runs = [], []
+    for seed in seeds:
+        run = train_transfer(
+            z[m["train"]],
+            y[m["train"]],
+            z[m["val"]],
+            y[m["val"]],
+            seed,
+            run_dir=None if run_root is None else Path(run_root) / f"seed{seed}",
+            **head,
+        )
+        proba = predict_classes(run.model, z[m["test"]])
+        runs.append(run)
+        preds.append(
+            pd.DataFrame(
+                {
+                    "setting": "transfer",
+                    "seed": seed,
+                    "volume_id": ids[m["test"]],
+                    "y_true": y[m["test"]],
+                    "y_pred": proba.argmax(1),
+                }
+            )
+        )
+    return pd.concat(preds, ignore_index=True), runs
+
+
+def best_run(runs: Sequence[QCRun], monitor: str = "val_balanced_accuracy") -> int:
+    """Index of the run with the best validation score (never chosen on the test split).
+
+    Args:
+        runs: Runs whose history rows carry ``monitor``.
+        monitor: Column to maximise.
+
+    Returns:
+        The index of the run whose best epoch scored highest (the first on ties).
+    """
+    scores = [
+        max((float(r[monitor]) for r in run.history if monitor in r), default=-np.inf)
+        for run in runs
+    ]
+    return int(np.argmax(scores))
+
+
 def train_qc_cli(
     manifest: str | Path, checkpoint: str | Path, out_dir: str | Path, seeds: int = 5
 ) -> Path:
@@ -402,7 +525,8 @@ def train_qc_cli(
     The manifest needs ``volume_id, path, qc_score`` (and optionally ``split``: train/val/test;
     otherwise a stratified 60/20/20 split is drawn with seed 0). Volumes are preprocessed with
     the encoder's geometry and embedded once; a head is trained per seed; the per-seed metrics,
-    the median table and the best seed's head (``qc_head.pt``) are written to ``out_dir``.
+    the median table and the head of the seed with the best validation balanced accuracy
+    (``qc_head.pt``) are written to ``out_dir``.
 
     Args:
         manifest: Ratings TSV.
@@ -413,8 +537,6 @@ def train_qc_cli(
     Returns:
         The path of ``qc_results.csv``.
     """
-    from sklearn.model_selection import train_test_split
-
     from motionqc.data import load_manifest, preprocess, qc_class
     from motionqc.encoder import load_encoder
     from motionqc.qc_metrics import median_table, seed_table
@@ -438,50 +560,21 @@ def train_qc_cli(
     if "split" in table and table["split"].isin(["train", "val", "test"]).all():
         split = table["split"].to_numpy()
     else:
-        idx = np.arange(len(table))
-        strat = y if np.bincount(y).min() >= 3 else None
-        tr, rest = train_test_split(idx, test_size=0.4, random_state=0, stratify=strat)
-        va, te = train_test_split(
-            rest, test_size=0.5, random_state=0, stratify=y[rest] if strat is not None else None
-        )
-        split = np.empty(len(idx), dtype=object)
-        split[tr], split[va], split[te] = "train", "val", "test"
+        split = stratified_split(y, seed=0)
     z = embed(
         model,
         torch.stack(images),
         table["volume_id"].astype(str).tolist(),
         cache=out / f"embeddings_{file_digest(checkpoint)}.pt",
     )
-    preds, runs = [], []
-    m = {s: split == s for s in ("train", "val", "test")}
-    for seed in range(seeds):
-        run = train_transfer(
-            z[m["train"]],
-            y[m["train"]],
-            z[m["val"]],
-            y[m["val"]],
-            seed,
-            run_dir=out / "runs" / f"seed{seed}",
-        )
-        proba = predict_classes(run.model, z[m["test"]])
-        runs.append(run)
-        preds.append(
-            pd.DataFrame(
-                {
-                    "setting": "transfer",
-                    "seed": seed,
-                    "volume_id": table.loc[m["test"], "volume_id"].to_numpy(),
-                    "y_true": y[m["test"]],
-                    "y_pred": proba.argmax(1),
-                }
-            )
-        )
-    predictions = pd.concat(preds, ignore_index=True)
+    predictions, runs = run_transfer_seeds(
+        z, y, split, table["volume_id"].astype(str).tolist(), range(seeds), run_root=out / "runs"
+    )
     seeds_df = seed_table(predictions)
     seeds_df.to_csv(out / "qc_results.csv", index=False)
     median_table(seeds_df).to_csv(out / "qc_median.csv", index=False)
     predictions.to_csv(out / "qc_predictions.tsv", sep="\t", index=False)
-    best = int(seeds_df["balanced_accuracy"].to_numpy().argmax())
+    best = best_run(runs)  # chosen on validation, never on the test split
     save_qc_head(
         out / "qc_head.pt",
         runs[best],

@@ -1,0 +1,161 @@
+"""motionqc.transfer: class weights, the embedding cache, splits, the seed protocol, train-qc end to end.
+
+`train_qc_cli` runs on real NIfTI files (the sample heads with graded noise, plus one broken file)
+and a randomly initialised SFCN at the smoke geometry: it checks the plumbing and the report, and
+the seed protocol is checked for accuracy on embeddings whose classes are separable.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import write_nifti
+from sklearn.metrics import balanced_accuracy_score
+from sklearn.utils.class_weight import compute_class_weight
+
+from motionqc.data import preprocess
+from motionqc.encoder import save_encoder
+from motionqc.models import SFCN
+from motionqc.qc_metrics import seed_table
+from motionqc.transfer import (
+    QCRun,
+    WeightedCE,
+    best_run,
+    class_weights,
+    embed,
+    file_digest,
+    load_qc_head,
+    run_transfer_seeds,
+    stratified_split,
+    train_qc_cli,
+)
+
+SMOKE = {"spacing_mm": 4.0, "shape": (40, 48, 40)}
+
+
+def test_class_weights_match_scikit_learn_balanced() -> None:
+    y = np.array([0] * 3 + [1] * 17 + [2] * 40)
+    ref = compute_class_weight("balanced", classes=np.arange(3), y=y)
+    ours = class_weights(y).numpy()
+    assert np.allclose(ours, ref / ref.mean(), atol=1e-6)
+    absent = class_weights(np.array([1, 1, 2])).numpy()
+    assert absent[0] == 0 and absent[2] > absent[1] > 0  # rarer class, larger weight
+
+
+def test_weighted_ce_matches_torch() -> None:
+    g = torch.Generator().manual_seed(0)
+    logits, y = torch.randn(12, 3, generator=g), torch.randint(0, 3, (12,), generator=g)
+    w = class_weights(y.numpy())
+    ref = torch.nn.functional.cross_entropy(logits, y, weight=w)
+    assert torch.allclose(WeightedCE(w)(logits, y), ref)
+
+
+def test_stratified_split_is_seeded_and_stratified() -> None:
+    y = np.array([0] * 10 + [1] * 30 + [2] * 60)
+    a, b = stratified_split(y, seed=3), stratified_split(y, seed=3)
+    assert (a == b).all() and not (a == stratified_split(y, seed=4)).all()
+    counts = pd.crosstab(a, y)
+    expected = {"train": [6, 18, 36], "val": [2, 6, 12], "test": [2, 6, 12]}
+    for name, per_class in expected.items():  # stratified: every class in proportion, +-1
+        assert np.abs(counts.loc[name].to_numpy() - per_class).max() <= 1, counts
+    with pytest.raises(ValueError, match="fractions"):
+        stratified_split(y, fractions=(0.5, 0.5, 0.5))
+
+
+def _separable(n: int = 150, d: int = 20, seed: int = 0) -> tuple[torch.Tensor, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.choice(3, size=n, p=[0.15, 0.35, 0.5])
+    centres = rng.normal(0, 3, (3, d))
+    z = centres[y] + rng.normal(0, 1, (n, d))
+    return torch.tensor(z, dtype=torch.float32), y
+
+
+def test_seed_protocol_learns_separable_classes() -> None:
+    z, y = _separable()
+    split = stratified_split(y, seed=0)
+    ids = [f"v{i}" for i in range(len(y))]
+    preds, runs = run_transfer_seeds(z, y, split, ids, [0, 1], lr=3e-3)
+    assert len(runs) == 2 and set(preds["seed"]) == {0, 1}
+    assert list(preds.columns) == ["setting", "seed", "volume_id", "y_true", "y_pred"]
+    assert set(preds["volume_id"]) == {ids[i] for i in np.flatnonzero(split == "test")}
+    for _, rows in preds.groupby("seed"):
+        assert balanced_accuracy_score(rows["y_true"], rows["y_pred"]) > 0.9
+    again, _ = run_transfer_seeds(z, y, split, ids, [0, 1], lr=3e-3)
+    pd.testing.assert_frame_equal(preds, again)  # seeded: same numbers on CPU
+    with pytest.raises(ValueError, match="val split is empty"):
+        run_transfer_seeds(z, y, np.where(split == "val", "train", split), ids, [0])
+
+
+def test_best_run_uses_validation_only() -> None:
+    def run(*scores: float) -> QCRun:
+        hist = [{"epoch": i, "val_balanced_accuracy": s} for i, s in enumerate(scores)]
+        return QCRun(torch.nn.Identity(), hist)
+
+    assert best_run([run(0.4, 0.5), run(0.7, 0.6), run(0.7)]) == 1
+
+
+@pytest.fixture(scope="module")
+def ratings(tmp_path_factory: pytest.TempPathFactory, sample: pd.DataFrame) -> Path:
+    """18 rated NIfTI volumes (sample heads + graded noise, score 4 = clean) and one broken file."""
+    root = tmp_path_factory.mktemp("ratings")
+    rng = np.random.default_rng(0)
+    rows = []
+    for head in sample.itertuples():
+        image = preprocess(head.path, 4.0, (40, 48, 40), normalise=False)
+        data = image.data[0].numpy()
+        for k, score in enumerate([1, 2, 3, 3, 4, 4]):
+            noisy = data + rng.normal(0, (5 - score) * 0.08 * data.std(), data.shape)
+            vid = f"{head.volume_id}_{k}"
+            write_nifti(root / f"{vid}.nii.gz", noisy.astype(np.float32), image.affine)
+            rows.append({"volume_id": vid, "path": f"{vid}.nii.gz", "qc_score": score})
+    good = (root / f"{rows[0]['volume_id']}.nii.gz").read_bytes()
+    (root / "broken.nii.gz").write_bytes(good[: len(good) // 3])
+    rows.append({"volume_id": "broken", "path": "broken.nii.gz", "qc_score": 2})
+    table = pd.DataFrame(rows).assign(dataset="lab", site="s1", subject=lambda d: d["volume_id"])
+    path = root / "ratings.tsv"
+    table.to_csv(path, sep="\t", index=False)
+    return path
+
+
+def test_train_qc_end_to_end_on_nifti(tmp_path: Path, ratings: Path) -> None:
+    torch.manual_seed(0)
+    encoder = save_encoder(tmp_path / "encoder.pt", SFCN(), info={"note": "random"}, **SMOKE)
+    out = tmp_path / "qc"
+    results = train_qc_cli(ratings, encoder, out, seeds=2)
+    seeds = pd.read_csv(results)
+    assert list(seeds["setting"]) == ["transfer", "transfer"] and list(seeds["seed"]) == [0, 1]
+    preds = pd.read_csv(out / "qc_predictions.tsv", sep="\t")
+    recomputed = seed_table(preds)
+    assert np.allclose(recomputed["balanced_accuracy"], seeds["balanced_accuracy"])
+    assert "broken" not in set(preds["volume_id"])
+    errors = json.loads((out / "errors.json").read_text())
+    assert [e["volume_id"] for e in errors] == ["broken"] and "broken.nii.gz" in errors[0]["error"]
+    assert (out / "qc_median.csv").is_file()
+    head, meta = load_qc_head(out / "qc_head.pt", encoder)
+    assert meta["info"]["seed"] in (0, 1) and meta["encoder_digest"] == file_digest(encoder)
+    # The embedding cache is keyed by the encoder digest and reused by a re-run: same numbers.
+    assert (out / f"embeddings_{file_digest(encoder)}.pt").is_file()
+    train_qc_cli(ratings, encoder, out, seeds=2)
+    pd.testing.assert_frame_equal(pd.read_csv(results), seeds)
+
+
+def test_embed_cache_keeps_computed_values(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = SFCN().eval()
+    images = torch.randn(3, 1, 40, 48, 40)
+    cache = tmp_path / "emb.pt"
+    first = embed(model, images, ["a", "b", "c"], cache=cache, progress=False)
+    with torch.inference_mode():
+        direct = model.features(images)
+    assert torch.allclose(first, direct, atol=1e-5)
+    # Ids already cached are not recomputed: a different model returns the cached values.
+    poisoned = SFCN().eval()
+    for p in poisoned.parameters():
+        p.data.fill_(0.0)
+    again = embed(poisoned, images[[2, 0]], ["c", "a"], cache=cache, progress=False)
+    assert torch.equal(again, first[[2, 0]])
