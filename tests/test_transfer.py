@@ -150,8 +150,10 @@ def test_embed_cache_keeps_computed_values(tmp_path: Path) -> None:
     images = torch.randn(3, 1, 40, 48, 40)
     cache = tmp_path / "emb.pt"
     first = embed(model, images, ["a", "b", "c"], cache=cache, progress=False)
+    from motionqc.encoder import unit_range
+
     with torch.inference_mode():
-        direct = model.features(images)
+        direct = model.features(unit_range(images))
     assert torch.allclose(first, direct, atol=1e-5)
     # Ids already cached are not recomputed: a different model returns the cached values.
     poisoned = SFCN().eval()
@@ -159,3 +161,24 @@ def test_embed_cache_keeps_computed_values(tmp_path: Path) -> None:
         p.data.fill_(0.0)
     again = embed(poisoned, images[[2, 0]], ["c", "a"], cache=cache, progress=False)
     assert torch.equal(again, first[[2, 0]])
+
+
+def test_inference_sees_the_training_intensity_range() -> None:
+    from motionqc.encoder import predict_motion, unit_range
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 1, 40, 48, 40, generator=g) * torch.tensor([1.0, 4.0, 250.0]).view(
+        3, 1, 1, 1, 1
+    )
+    u = unit_range(x)
+    assert torch.allclose(u.amin(dim=(1, 2, 3, 4)), torch.zeros(3))
+    assert torch.allclose(u.amax(dim=(1, 2, 3, 4)), torch.ones(3))
+    assert torch.allclose(unit_range(u), u)  # idempotent on the training range
+    torch.manual_seed(0)
+    model = SFCN().eval()
+    # Mean-scaled and min-max inputs of the same volume give the same scores and embeddings.
+    a, _ = predict_motion(model, x[:1] * 7.0 + 3.0)
+    b, _ = predict_motion(model, x[:1])
+    assert np.allclose(a, b, atol=1e-5)
+    za = embed(model, x[:1] * 7.0 + 3.0, ["a"], progress=False)
+    assert torch.allclose(za, embed(model, x[:1], ["a"], progress=False), atol=1e-5)

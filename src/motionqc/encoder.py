@@ -22,6 +22,7 @@ from motionqc.models import SFCN
 from motionqc.soft_labels import BIN_RANGE, N_BINS, SIGMA, decode, predictive_std
 
 __all__ = [
+    "unit_range",
     "ENCODER_FORMAT",
     "EncoderError",
     "default_encoder_path",
@@ -133,6 +134,28 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> tuple[
     return model, meta
 
 
+def unit_range(x: torch.Tensor) -> torch.Tensor:
+    """Rescale each volume of a batch to [0, 1] (min-max), the intensity range the encoder trained on.
+
+    Training samples pass through the authors' augmentations, which end with a min-max rescale
+    (``RescaleIntensity`` to [0, ~1]); :func:`motionqc.data.preprocess` scales by the mean instead.
+    Every inference path (:func:`predict_motion`, :func:`motionqc.transfer.embed`, the scorer)
+    applies this first, so inference sees the training range. It is idempotent on data already in
+    [0, 1] with a zero minimum, and a constant volume maps to zeros.
+
+    Args:
+        x: ``(B, C, X, Y, Z)`` batch.
+
+    Returns:
+        The rescaled batch (float32).
+    """
+    x = x.float()
+    dims = tuple(range(1, x.dim()))
+    lo = x.amin(dim=dims, keepdim=True)
+    span = (x.amax(dim=dims, keepdim=True) - lo).clamp_min(1e-8)
+    return (x - lo) / span
+
+
 @torch.inference_mode()
 def predict_motion(
     model: SFCN,
@@ -165,7 +188,8 @@ def predict_motion(
     items = list(images) if not isinstance(images, torch.Tensor) else list(images.unbind(0))
     scores, stds = [], []
     for start in range(0, len(items), batch_size):
-        x = torch.stack([t.float() for t in items[start : start + batch_size]]).to(device)
+        x = unit_range(torch.stack([t.float() for t in items[start : start + batch_size]]))
+        x = x.to(device)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):

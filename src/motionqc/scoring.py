@@ -44,7 +44,7 @@ from motionqc.derivatives import (
     shard_table,
     write_dataset_description,
 )
-from motionqc.encoder import load_encoder
+from motionqc.encoder import load_encoder, unit_range
 from motionqc.soft_labels import decode, predictive_std
 
 __all__ = [
@@ -338,7 +338,7 @@ class Scorer:
         Returns:
             ``motion_mm`` and ``motion_std`` ``(B,)``; with a QC head also ``p_qc`` ``(B, 3)``.
         """
-        x = images.to(self.device, non_blocking=True).float()
+        x = unit_range(images.to(self.device, non_blocking=True))  # the training intensity range
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
         with torch.autocast(

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from motionqc.encoder import unit_range
 from motionqc.models import SFCN, QCHead
 from motionqc.trainer import TrainConfig, Trainer, kaiming_init, seed_everything
 
@@ -98,7 +99,7 @@ def embed(
         range(0, len(todo), batch_size), desc="embed", disable=not progress, leave=False
     ):
         idx = todo[start : start + batch_size]
-        feats = model.features(images[idx].float(), pooled=pooled).float()
+        feats = model.features(unit_range(images[idx]), pooled=pooled).float()
         for i, f in zip(idx, feats, strict=True):
             store[ids[i]] = f.clone()
     if cache is not None and todo:
