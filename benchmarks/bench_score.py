@@ -47,7 +47,7 @@ import torch  # noqa: E402
 from motionqc import paths  # noqa: E402
 from motionqc.cli import default_num_workers, usable_cores  # noqa: E402
 from motionqc.data import preprocess, sample_manifest  # noqa: E402
-from motionqc.encoder import load_encoder, save_encoder  # noqa: E402
+from motionqc.encoder import load_encoder, save_encoder, unit_range  # noqa: E402
 from motionqc.models import SFCN  # noqa: E402
 from motionqc.motion import simulate_motion  # noqa: E402
 from motionqc.profiles import get_profile  # noqa: E402
@@ -60,12 +60,12 @@ GOAL_MAX_DIFF_MM = 0.05
 
 
 def reference_run(model: SFCN, meta: dict, files: list[str]) -> tuple[float, np.ndarray]:
-    """Plain fp32 eval, one volume at a time: returns (seconds, scores)."""
+    """Plain fp32 eval, one volume at a time (preprocess, the encoder's input range, forward)."""
     scores = []
     start = time.perf_counter()
     with torch.inference_mode():
         for path in files:
-            x = preprocess(path, meta["spacing_mm"], meta["shape"]).data.float()[None]
+            x = unit_range(preprocess(path, meta["spacing_mm"], meta["shape"]).data[None])
             scores.append(float(decode(model(x), meta["bin_range"])[0]))
     return time.perf_counter() - start, np.asarray(scores)
 
@@ -123,7 +123,7 @@ def _calibrated_random_encoder(x: torch.Tensor, path: Path, spacing: float) -> P
     model.train()
     with torch.no_grad():
         for i in range(0, len(x), 4):
-            model(x[i : i + 4])
+            model(unit_range(x[i : i + 4]))  # the inputs the scorer feeds it
     model.eval()
     return save_encoder(path, model, spacing_mm=spacing, shape=tuple(x.shape[2:]))
 
