@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -176,3 +177,10 @@ def test_qc_head_probabilities_and_rescoring(
     other = save_encoder(tmp_path / "other.pt", SFCN(), spacing_mm=SPACING, shape=SHAPE)
     with pytest.raises(ValueError, match="another encoder"):
         Scorer(other, qc_head=head_file)
+    # A folder scored before inputs were rescaled to the training range is refused, not mixed.
+    description = out / "dataset_description.json"
+    meta = json.loads(description.read_text())
+    del meta["GeneratedBy"][0]["Model"]["input_intensity"]
+    description.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="input scaling mean"):
+        run_participant(bids, out, encoder, **common)

@@ -161,6 +161,10 @@ def test_embed_cache_keeps_computed_values(tmp_path: Path) -> None:
         p.data.fill_(0.0)
     again = embed(poisoned, images[[2, 0]], ["c", "a"], cache=cache, progress=False)
     assert torch.equal(again, first[[2, 0]])
+    # A cache written before inputs were rescaled (its key names no input scaling) is not reused.
+    torch.save({"pooled=False": {"a": torch.full_like(first[0], 9.0)}}, cache)
+    fresh = embed(model, images[:1], ["a"], cache=cache, progress=False)
+    assert torch.allclose(fresh, first[:1])
 
 
 def test_inference_sees_the_training_intensity_range() -> None:

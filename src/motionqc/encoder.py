@@ -22,13 +22,14 @@ from motionqc.models import SFCN
 from motionqc.soft_labels import BIN_RANGE, N_BINS, SIGMA, decode, predictive_std
 
 __all__ = [
-    "unit_range",
     "ENCODER_FORMAT",
+    "INPUT_INTENSITY",
     "EncoderError",
     "default_encoder_path",
     "load_encoder",
     "predict_motion",
     "save_encoder",
+    "unit_range",
 ]
 
 ENCODER_FORMAT = "motionqc-encoder/1"
@@ -132,6 +133,11 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> tuple[
     meta["shape"] = tuple(meta["shape"])
     meta["path"] = str(path)
     return model, meta
+
+
+INPUT_INTENSITY = "unit_range"
+"""How inference scales the encoder's inputs (:func:`unit_range`). Embedding caches and scoring
+derivatives record it, so that values computed with another scaling are never reused."""
 
 
 def unit_range(x: torch.Tensor) -> torch.Tensor:

@@ -44,7 +44,7 @@ from motionqc.derivatives import (
     shard_table,
     write_dataset_description,
 )
-from motionqc.encoder import load_encoder, unit_range
+from motionqc.encoder import INPUT_INTENSITY, load_encoder, unit_range
 from motionqc.soft_labels import decode, predictive_std
 
 __all__ = [
@@ -326,6 +326,7 @@ class Scorer:
             "spacing_mm": self.spacing_mm,
             "shape": list(self.shape),
             "bin_range": list(self.meta["bin_range"]),
+            "input_intensity": INPUT_INTENSITY,
             "precision": self.precision,
             "device": self.device.type,
             "qc_head": self.qc_head is not None,
@@ -501,6 +502,12 @@ def _check_same_model(output_dir: Path, model: dict[str, object]) -> None:
         raise ValueError(
             f"{output_dir}: holds scores from another encoder ({previous.get('checkpoint')}); "
             "use a new output folder"
+        )
+    if previous.get("sha256") and previous.get("input_intensity") != model["input_intensity"]:
+        raise ValueError(
+            f"{output_dir}: holds scores made with input scaling "
+            f"{previous.get('input_intensity') or 'mean (motionqc < unit_range)'}, not "
+            f"{model['input_intensity']}; use a new output folder"
         )
 
 

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from motionqc.encoder import unit_range
+from motionqc.encoder import INPUT_INTENSITY, unit_range
 from motionqc.models import SFCN, QCHead
 from motionqc.trainer import TrainConfig, Trainer, kaiming_init, seed_everything
 
@@ -88,7 +88,7 @@ def embed(
     if len(ids) != len(images):
         raise ValueError(f"{len(images)} volumes but {len(ids)} ids")
     cache = Path(cache) if cache is not None else None
-    key = f"pooled={pooled}"
+    key = f"pooled={pooled},input={INPUT_INTENSITY}"
     saved: dict[str, dict[str, torch.Tensor]] = {}
     if cache is not None and cache.is_file():
         saved = torch.load(cache, map_location="cpu", weights_only=True)
