@@ -72,7 +72,7 @@ def test_table_from_real_monitor_logs(tmp_path: Path) -> None:
     for setting, size_mb in (("pretrain", 200), ("scratch", 100), ("transfer", 5)):
         path = tmp_path / setting / "resources.json"
         code = (
-            "import sys, numpy as np; from motionqc.resources import ResourceMonitor\n"
+            "import numpy as np; from motionqc.resources import ResourceMonitor\n"
             f"with ResourceMonitor({str(path)!r}, label={setting!r}):\n"
             f"    block = np.ones({size_mb} * 2**20 // 8); block.sum()\n"
         )
