@@ -106,3 +106,27 @@ def test_memory_added_is_not_hidden_by_a_child_exiting(tmp_path):
     assert mon.record["rss_at_entry_bytes"] > 150 * MB
     assert mon.record["peak_rss_increase_bytes"] >= 48 * MB
     del block
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RssAnon is read from /proc")
+def test_memory_added_is_not_hidden_by_dropped_file_pages(tmp_path):
+    # The CI failure: resident pages of mapped files (libraries) dropped during the run hid an
+    # equal new allocation from the total RSS. Unmapping a resident file mapping does the same,
+    # deterministically: the total RSS stays flat while 64 MiB of heap is added.
+    import mmap
+
+    path = tmp_path / "mapped.bin"
+    path.write_bytes(b"\1" * (64 * MB))
+    with open(path, "rb") as fh:
+        mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    assert sum(mapped[i] for i in range(0, len(mapped), 4096)) == 64 * MB // 4096  # resident
+    with ResourceMonitor(device="cpu", interval_s=0.01) as mon:
+        mapped.close()
+        block = bytearray(64 * MB)
+        for i in range(0, len(block), 4096):
+            block[i] = 1
+        mon.sample_now()
+    rec = mon.record
+    assert rec["peak_anon_bytes"] - rec["anon_at_entry_bytes"] >= 60 * MB
+    assert rec["peak_rss_increase_bytes"] >= 60 * MB
+    del block
