@@ -30,6 +30,8 @@ from motionqc.transfer import (
     embed,
     file_digest,
     load_qc_head,
+    run_scratch_seeds,
+    run_seeds,
     run_transfer_seeds,
     stratified_split,
     train_qc_cli,
@@ -89,6 +91,26 @@ def test_seed_protocol_learns_separable_classes() -> None:
     pd.testing.assert_frame_equal(preds, again)  # seeded: same numbers on CPU
     with pytest.raises(ValueError, match="val split is empty"):
         run_transfer_seeds(z, y, np.where(split == "val", "train", split), ids, [0])
+
+
+def test_scratch_seeds_share_the_protocol() -> None:
+    # SFCN from random init per seed on the same split: the same table as the transfer runs.
+    g = torch.Generator().manual_seed(0)
+    y = np.array([0, 1, 2] * 6)
+    images = torch.rand(len(y), 1, 32, 32, 32, generator=g) + torch.as_tensor(y).view(
+        -1, 1, 1, 1, 1
+    )
+    split = stratified_split(y, seed=0)
+    ids = [f"v{i}" for i in range(len(y))]
+    kw = {"max_epochs": 1, "batch_size": 4}
+    preds, runs = run_scratch_seeds(images, y, split, ids, [0, 1], **kw)
+    assert len(runs) == 2 and set(preds["setting"]) == {"scratch"} and set(preds["seed"]) == {0, 1}
+    assert list(preds.columns) == ["setting", "seed", "volume_id", "y_true", "y_pred"]
+    assert set(preds["volume_id"]) == {ids[i] for i in np.flatnonzero(split == "test")}
+    again, _ = run_seeds("scratch", images, y, split, ids, [0, 1], predict_batch_size=8, **kw)
+    pd.testing.assert_frame_equal(preds, again)
+    with pytest.raises(ValueError, match="setting must be"):
+        run_seeds("finetune", images, y, split, ids, [0])
 
 
 def test_best_run_uses_validation_only() -> None:

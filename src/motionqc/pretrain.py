@@ -6,6 +6,13 @@ spatial augmentations (affine + elastic: new head shapes, same tissue contrast),
 real head so the test split is anatomy the network never saw, and (3) renders the synthetic samples
 once (motion + the authors' augmentations, in worker processes) into an in-memory tensor, so the
 training epochs spend every CPU cycle on SFCN rather than on re-simulating motion.
+
+On GPUs (the ``paper`` profile: 462 heads × 300 samples at 1 mm, far too many to render) the
+motion is simulated *inside the training loop on the accelerator*: :class:`MotionSourceSet`
+serves each row's clean source (after the CPU-side flip and elastic deformation) with its motion
+and intensity parameters, and :class:`DeviceMotion`, given to the trainer as its
+``batch_transform``, applies k-space motion (``simulate_motion(..., backend="torch")``), gamma,
+bias field and the min-max rescale to the batch on the device.
 """
 
 from __future__ import annotations
@@ -19,12 +26,19 @@ import numpy as np
 import pandas as pd
 import torch
 import torchio as tio
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
-from motionqc.synthetic import SyntheticMotionDataset
+from motionqc.encoder import predict_motion
+from motionqc.motion import simulate_motion
+from motionqc.soft_labels import BIN_RANGE
+from motionqc.synthetic import SyntheticMotionDataset, _row_params
 
 __all__ = [
+    "DeviceMotion",
+    "MotionSourceSet",
     "RenderedSet",
+    "bias_field",
+    "predict_split",
     "augment_heads",
     "head_of",
     "head_splits",
@@ -237,3 +251,277 @@ def render_synthetic(
         torch.save({"images": out.images, "labels": out.labels}, tmp)
         tmp.replace(cache)
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# motion on the training device
+# --------------------------------------------------------------------------------------------
+_BIAS_ORDER = 3
+_N_BIAS = sum(
+    1
+    for i in range(_BIAS_ORDER + 1)
+    for j in range(_BIAS_ORDER + 1 - i)
+    for _ in range(_BIAS_ORDER + 1 - i - j)
+)  # 20 polynomial coefficients
+
+
+def bias_field(
+    shape: Sequence[int],
+    coefficients: torch.Tensor | Sequence[float],
+    order: int = _BIAS_ORDER,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """TorchIO's polynomial bias field (``tio.BiasField``) computed in torch, on any device.
+
+    ``exp(Σ c_ijk x^i y^j z^k)`` over coordinates normalised to [-1, 1] as TorchIO builds them
+    (voxel centres ``arange(-n/2, n/2) + 0.5`` divided by their maximum), with TorchIO's
+    coefficient order (x outermost, z innermost).
+
+    Args:
+        shape: Spatial shape ``(X, Y, Z)``.
+        coefficients: The polynomial coefficients (20 for order 3).
+        order: Polynomial order.
+        device: Device of the result (default: the coefficients' device, else CPU).
+
+    Returns:
+        The multiplicative field, float32, shape ``(X, Y, Z)``.
+
+    Raises:
+        ValueError: If the number of coefficients does not match the order.
+    """
+    coef = torch.as_tensor(coefficients, dtype=torch.float64, device=device).flatten()
+    needed = sum(
+        1 for i in range(order + 1) for j in range(order + 1 - i) for _ in range(order + 1 - i - j)
+    )
+    if len(coef) != needed:
+        raise ValueError(
+            f"a bias field of order {order} needs {needed} coefficients, got {len(coef)}"
+        )
+    axes = []
+    for n in shape:
+        r = torch.arange(-n / 2, n / 2, dtype=torch.float64, device=coef.device) + 0.5
+        if r.max() > 0:
+            r = r / r.max()
+        axes.append(r)
+    x, y, z = axes[0][:, None, None], axes[1][None, :, None], axes[2][None, None, :]
+    field = torch.zeros(tuple(int(n) for n in shape), dtype=torch.float64, device=coef.device)
+    i = 0
+    for xo in range(order + 1):
+        for yo in range(order + 1 - xo):
+            for zo in range(order + 1 - (xo + yo)):
+                field = field + coef[i] * x**xo * y**yo * z**zo
+                i += 1
+    return torch.exp(field).float()
+
+
+class MotionSourceSet(Dataset):
+    """Clean sources and their motion rows, for motion simulated on the training device.
+
+    The CPU-side part of :class:`motionqc.synthetic.SyntheticMotionDataset`: per row, the source
+    with the left-right flip and elastic deformation (the same seeded draws as that dataset, so
+    the same geometry), plus every parameter the device needs for the rest of the authors' chain
+    — the motion (padded to the table's largest number of transforms; ``n`` says how many are
+    real), gamma exponent, bias-field coefficients and rescale maximum. The flip/elastic/intensity
+    decisions and the rescale maximum are the row's, as in the CPU dataset; the gamma exponent and
+    bias coefficients are drawn from the row's seeded generator (same distributions as TorchIO's
+    ``RandomGamma(log_gamma=(-0.1, 0.1))`` and ``RandomBiasField(coefficients=(0, 0.35))``), not
+    from TorchIO's torch generator, so those two values differ from the CPU dataset's.
+
+    Args:
+        table: Parameter table (:func:`motionqc.synthetic.build_parameter_table`).
+        volumes: Source id → preprocessed ``tio.ScalarImage`` (one channel).
+        split: Keep only this split (``None``: all rows).
+        augment: Draw the extra augmentations (else motion only, as ``augment=False`` there).
+        p_elastic, p_flip, p_intensity: Probabilities, as in the CPU dataset.
+    """
+
+    def __init__(
+        self,
+        table: pd.DataFrame,
+        volumes: Mapping[str, tio.ScalarImage],
+        split: str | None = None,
+        *,
+        augment: bool = True,
+        p_elastic: float = 0.7,
+        p_flip: float = 0.5,
+        p_intensity: float = 0.5,
+    ) -> None:
+        self._cpu = SyntheticMotionDataset(
+            table,
+            volumes,
+            split,
+            augment=augment,
+            p_elastic=p_elastic,
+            p_flip=p_flip,
+            p_intensity=p_intensity,
+        )
+        self.table = self._cpu.table
+        self.augment = augment
+        self.max_transforms = max(1, int(self.table["n"].max())) if len(self.table) else 1
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """``(N,)`` float32 labels (mm), in row order."""
+        return torch.as_tensor(self.table["label"].to_numpy(), dtype=torch.float32)
+
+    def __getitem__(self, index: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Return ``(inputs, label)``; ``inputs`` holds ``image`` (1, X, Y, Z) and the parameters."""
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} samples")
+        cpu = self._cpu
+        row = self.table.iloc[index]
+        source = cpu.volumes[row["source"]]
+        rng = np.random.default_rng(int(row["seed"]) + 1)
+        image = tio.ScalarImage(tensor=source.data.clone().float(), affine=source.affine)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(row["seed"]))
+            if self.augment and rng.uniform() < cpu.p_flip:
+                image = tio.Flip(axes=(0,))(image)
+            if self.augment and rng.uniform() < cpu.p_elastic:
+                image = tio.RandomElasticDeformation(
+                    num_control_points=7, max_displacement=8, image_interpolation="linear"
+                )(image)
+        gamma, bias, rescale = 1.0, np.zeros(_N_BIAS), 0.0
+        if self.augment:
+            use_gamma = rng.uniform() < cpu.p_intensity
+            use_bias = rng.uniform() < cpu.p_intensity
+            rescale = float(rng.uniform(0.9, 1.1))
+            if use_gamma:
+                gamma = float(np.exp(rng.uniform(-0.1, 0.1)))
+            if use_bias:
+                bias = rng.uniform(0.0, 0.35, _N_BIAS)
+        deg, tra, tim = _row_params(row)
+        m = self.max_transforms
+        n = len(tim)
+        pad_deg, pad_tra = np.zeros((m, 3)), np.zeros((m, 3))
+        pad_tim = np.ones(m, dtype=np.float32)
+        pad_deg[:n], pad_tra[:n], pad_tim[:n] = deg, tra, tim
+        inputs = {
+            "image": image.data.float(),
+            "affine": torch.as_tensor(np.asarray(image.affine), dtype=torch.float64),
+            "n": torch.tensor(n, dtype=torch.int64),
+            "degrees": torch.as_tensor(pad_deg),
+            "translation": torch.as_tensor(pad_tra),
+            "times": torch.as_tensor(pad_tim),
+            "gamma": torch.tensor(gamma, dtype=torch.float32),
+            "bias": torch.as_tensor(bias, dtype=torch.float32),
+            "rescale_max": torch.tensor(rescale, dtype=torch.float32),
+        }
+        return inputs, torch.tensor(float(row["label"]), dtype=torch.float32)
+
+
+class DeviceMotion:
+    """Batch transform: k-space motion and the authors' intensity augmentations on the device.
+
+    Give it to :class:`motionqc.trainer.Trainer` as ``batch_transform`` with a
+    :class:`MotionSourceSet`: each batch arrives on the training device as the dict that set
+    collates, and leaves as ``(B, 1, X, Y, Z)`` float32 images, in the authors' order — motion
+    (``simulate_motion`` with the pure-torch backend, items grouped by number of transforms;
+    motion-free items untouched), gamma ``sign(x)·|x|^γ``, bias field, min-max rescale to
+    ``[0, rescale_max]`` (TorchIO's ``RescaleIntensity``; skipped where ``rescale_max`` is 0).
+
+    Args:
+        backend: Motion backend: ``"torch"`` (any device) or ``"auto"``.
+    """
+
+    def __init__(self, backend: str = "torch") -> None:
+        self.backend = backend
+
+    def __call__(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Apply motion and augmentations to a collated :class:`MotionSourceSet` batch."""
+        x = batch["image"].float()
+        if x.dim() != 5 or x.shape[1] != 1:
+            raise ValueError(f"expected images (B, 1, X, Y, Z), got shape {tuple(x.shape)}")
+        out = x[:, 0].clone()
+        counts = batch["n"].cpu()
+        for k in sorted(set(counts.tolist()) - {0}):
+            idx = torch.nonzero(counts == k).flatten()
+            out[idx.to(out.device)] = simulate_motion(
+                out[idx.to(out.device)],
+                batch["degrees"][idx, :k].cpu(),
+                batch["translation"][idx, :k].cpu(),
+                batch["times"][idx, :k].cpu(),
+                batch["affine"][idx].cpu(),
+                backend=self.backend,
+            )
+        gamma = batch["gamma"].to(out.device).float()
+        if bool((gamma != 1).any()):
+            g = gamma.view(-1, 1, 1, 1)
+            out = torch.where(g != 1, out.sign() * out.abs() ** g, out)
+        bias = batch["bias"].to(out.device)
+        for i in torch.nonzero(bias.abs().sum(dim=1) > 0).flatten().tolist():
+            out[i] = out[i] * bias_field(out.shape[1:], bias[i])
+        top = batch["rescale_max"].to(out.device).float()
+        for i in torch.nonzero(top > 0).flatten().tolist():
+            lo, hi = out[i].min(), out[i].max()
+            if hi > lo:
+                out[i] = (out[i] - lo) / (hi - lo) * top[i]
+        return out[:, None]
+
+
+def predict_split(
+    model: torch.nn.Module,
+    dataset: RenderedSet | MotionSourceSet,
+    indices: Sequence[int] | np.ndarray | None = None,
+    *,
+    batch_transform: DeviceMotion | None = None,
+    batch_size: int = 16,
+    precision: str = "fp32",
+    channels_last: bool = False,
+    bin_range: Sequence[float] = BIN_RANGE,
+) -> pd.DataFrame:
+    """Score samples of a synthetic split with the encoder: truth, prediction, spread, source.
+
+    Works on both kinds of split: a :class:`RenderedSet` (images in memory) and a
+    :class:`MotionSourceSet` (clean sources; pass ``batch_transform=DeviceMotion()`` so each
+    batch is corrupted on the model's device first). Inputs go through
+    :func:`motionqc.encoder.predict_motion`, so they are scaled as at inference.
+
+    Args:
+        model: The trained SFCN.
+        dataset: The split.
+        indices: Rows to score (default: all), in this order.
+        batch_transform: Applied to each batch on the model's device (motion on the device).
+        batch_size: Volumes per forward pass.
+        precision: ``"fp32"`` or ``"bf16"``.
+        channels_last: Run with ``channels_last_3d``.
+        bin_range: The bins the model was trained with.
+
+    Returns:
+        One row per sample: ``true``, ``pred``, ``std`` (mm) and ``source``.
+    """
+    keep = np.arange(len(dataset)) if indices is None else np.asarray(indices, dtype=np.int64)
+    device = next(model.parameters()).device
+    loader = DataLoader(Subset(dataset, keep.tolist()), batch_size=batch_size)
+    scores, stds = [], []
+    for x, _ in loader:
+        if isinstance(x, Mapping):
+            if batch_transform is None:
+                raise ValueError(
+                    "this split holds clean sources: pass batch_transform=DeviceMotion()"
+                )
+            x = batch_transform({k: v.to(device) for k, v in x.items()})
+        elif batch_transform is not None:
+            x = batch_transform(x.to(device))
+        score, std = predict_motion(
+            model,
+            x,
+            bin_range=bin_range,
+            batch_size=batch_size,
+            precision=precision,
+            channels_last=channels_last,
+        )
+        scores.append(score)
+        stds.append(std)
+    empty = np.zeros(0, np.float32)
+    return pd.DataFrame(
+        {
+            "true": dataset.labels.numpy()[keep],
+            "pred": np.concatenate(scores) if scores else empty,
+            "std": np.concatenate(stds) if stds else empty,
+            "source": dataset.table["source"].to_numpy()[keep],
+        }
+    )

@@ -357,6 +357,10 @@ class Trainer:
         unpack: ``unpack(batch) -> (input, target)`` for other batch layouts.
         monitor_resources: Record wall time, peak memory and GPU power of :meth:`fit` into
             ``run_dir/resources.json`` (``resources_resume_<epoch>.json`` for a resumed run).
+        batch_transform: ``batch_transform(input) -> tensor``, applied to every training and
+            evaluation input once it is on the device, without gradients and outside autocast:
+            data generation on the accelerator (e.g. :class:`motionqc.pretrain.DeviceMotion`
+            simulating k-space motion on the GPU inside the training loop). Not checkpointed.
 
     Attributes:
         history: One dict per finished epoch (also written to ``metrics.csv``).
@@ -382,6 +386,7 @@ class Trainer:
         resume: bool = True,
         unpack: Callable[[Any], tuple[Any, Any]] = _default_unpack,
         monitor_resources: bool = True,
+        batch_transform: Callable[[Any], Any] | None = None,
     ) -> None:
         self.config = cfg = config or TrainConfig()
         if val_data is None and cfg.monitor != "train_loss":
@@ -392,6 +397,7 @@ class Trainer:
         self.loss_fn = loss_fn
         self.metrics_fn = metrics_fn
         self.unpack = unpack
+        self.batch_transform = batch_transform
         self.train_data = train_data
         self.val_data = val_data
         self.run_dir = Path(run_dir) if run_dir is not None else None
@@ -551,6 +557,9 @@ class Trainer:
 
     def _prepare_input(self, x: Any) -> Any:
         x = _to(x, self.device)
+        if self.batch_transform is not None:
+            with torch.no_grad():
+                x = self.batch_transform(x)
         if self.channels_last and torch.is_tensor(x) and x.dim() == 5:
             x = x.contiguous(memory_format=torch.channels_last_3d)
         return x
