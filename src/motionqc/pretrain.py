@@ -17,6 +17,7 @@ bias field and the min-max rescale to the batch on the device.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
@@ -241,9 +242,15 @@ def render_synthetic(
         persistent_workers=False,
     )
     images, labels = [], []
-    for x, y in tqdm(loader, desc=f"render {split}", disable=not progress, leave=False):
+    batches = iter(loader)
+    for x, y in tqdm(batches, desc=f"render {split}", disable=not progress, leave=False):
         images.append(x)
         labels.append(y)
+    # Drop the exhausted iterator now: left to a later garbage collection, it can be collected
+    # inside the next loader's forked workers, whose check "can only test a child process" fails
+    # (noise printed in the notebook, not an error).
+    del batches
+    gc.collect()
     out = RenderedSet(torch.cat(images), torch.cat(labels), rows)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
