@@ -7,13 +7,35 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 import torch
 
 from motionqc.resources import ResourceMonitor, device_name, rss_bytes
 
 MB = 1 << 20
+
+
+def _fresh(body: str, tmp_path) -> dict:
+    """Run ``body`` (indented into a ``with ResourceMonitor(...) as mon:`` block) in a new process.
+
+    A process that ran earlier tests keeps freed memory resident (the allocator does not return
+    it), so a new allocation there may not grow the RSS at all: the memory tests measure in a
+    fresh interpreter, as each notebook runs in a fresh kernel.
+    """
+    import textwrap
+
+    code = (
+        "import json, mmap, subprocess, sys, time\n"
+        "import numpy as np\n"
+        "from motionqc.resources import ResourceMonitor\n"
+        "MB = 1 << 20\n"
+        "pre = {}\n" + textwrap.dedent(body)
+    )
+    script = tmp_path / "probe.py"
+    script.write_text(code)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def test_cpu_record_fields_and_null_power(tmp_path):
@@ -36,17 +58,24 @@ def test_cpu_record_fields_and_null_power(tmp_path):
     assert rec["status"] == "ok"
 
 
-def test_peak_rss_grows_with_a_big_array():
-    with ResourceMonitor(device="cpu", interval_s=0.02) as small:
-        time.sleep(0.05)
-    with ResourceMonitor(device="cpu", interval_s=0.02) as big:
-        a = np.ones(150 * MB // 8)  # 150 MB, every page touched
-        time.sleep(0.1)
-        del a
-    grew = big.record["peak_rss_bytes"] - small.record["peak_rss_bytes"]
-    assert grew > 120 * MB
+def test_peak_rss_grows_with_a_big_array(tmp_path):
+    rec = _fresh(
+        """
+        from motionqc.resources import rss_bytes
+        with ResourceMonitor(device="cpu", interval_s=0.02) as small:
+            time.sleep(0.05)
+        with ResourceMonitor(device="cpu", interval_s=0.02) as big:
+            a = np.ones(150 * MB // 8)  # 150 MB, every page touched
+            time.sleep(0.1)
+            del a
+        print(json.dumps({"small": small.record["peak_rss_bytes"],
+                          "big": big.record["peak_rss_bytes"], "now": rss_bytes()[0]}))
+        """,
+        tmp_path,
+    )
+    assert rec["big"] - rec["small"] > 120 * MB
     # Freed before exit: the peak outlives the array.
-    assert big.record["peak_rss_bytes"] > rss_bytes()[0] + 100 * MB
+    assert rec["big"] > rec["now"] + 100 * MB
 
 
 def test_peak_rss_counts_child_processes():
@@ -74,24 +103,29 @@ def test_bad_arguments():
 
 
 def test_memory_added_by_the_run_is_recorded(tmp_path):
-    with ResourceMonitor(tmp_path / "r.json", device="cpu", interval_s=0.01) as mon:
-        block = bytearray(64 * 1024 * 1024)  # 64 MiB touched
-        for i in range(0, len(block), 4096):
-            block[i] = 1
-        mon.sample_now()
-    rec = mon.record
+    rec = _fresh(
+        """
+        with ResourceMonitor(device="cpu", interval_s=0.01) as mon:
+            block = bytearray(64 * MB)  # 64 MiB touched
+            for i in range(0, len(block), 4096):
+                block[i] = 1
+            mon.sample_now()
+        print(json.dumps(mon.record))
+        """,
+        tmp_path,
+    )
     assert rec["rss_at_entry_bytes"] > 0
-    assert rec["peak_rss_increase_bytes"] >= 48 * 1024 * 1024
+    assert rec["peak_rss_increase_bytes"] >= 48 * MB
     assert rec["peak_rss_increase_bytes"] <= rec["peak_rss_bytes"]
-    del block
 
 
 def test_memory_added_is_not_hidden_by_a_child_exiting(tmp_path):
     # A child alive at entry (a worker of earlier work) that exits during the run must not
     # cancel what this process allocated.
-    code = "import sys, time; x = b'1' * (150 << 20); print('ready', flush=True); time.sleep(30)"
-    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    try:
+    rec = _fresh(
+        """
+        code = "import time; x = b'1' * (150 << 20); print('ready', flush=True); time.sleep(30)"
+        child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
         assert child.stdout.readline().strip() == "ready"
         with ResourceMonitor(device="cpu", interval_s=0.01) as mon:
             child.kill()
@@ -100,12 +134,12 @@ def test_memory_added_is_not_hidden_by_a_child_exiting(tmp_path):
             for i in range(0, len(block), 4096):
                 block[i] = 1
             mon.sample_now()
-    finally:
-        if child.poll() is None:
-            child.kill()
-    assert mon.record["rss_at_entry_bytes"] > 150 * MB
-    assert mon.record["peak_rss_increase_bytes"] >= 48 * MB
-    del block
+        print(json.dumps(mon.record))
+        """,
+        tmp_path,
+    )
+    assert rec["rss_at_entry_bytes"] > 150 * MB
+    assert rec["peak_rss_increase_bytes"] >= 48 * MB
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RssAnon is read from /proc")
@@ -113,20 +147,22 @@ def test_memory_added_is_not_hidden_by_dropped_file_pages(tmp_path):
     # The CI failure: resident pages of mapped files (libraries) dropped during the run hid an
     # equal new allocation from the total RSS. Unmapping a resident file mapping does the same,
     # deterministically: the total RSS stays flat while 64 MiB of heap is added.
-    import mmap
-
     path = tmp_path / "mapped.bin"
     path.write_bytes(b"\1" * (64 * MB))
-    with open(path, "rb") as fh:
-        mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-    assert sum(mapped[i] for i in range(0, len(mapped), 4096)) == 64 * MB // 4096  # resident
-    with ResourceMonitor(device="cpu", interval_s=0.01) as mon:
-        mapped.close()
-        block = bytearray(64 * MB)
-        for i in range(0, len(block), 4096):
-            block[i] = 1
-        mon.sample_now()
-    rec = mon.record
+    rec = _fresh(
+        f"""
+        with open({str(path)!r}, "rb") as fh:
+            mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        assert sum(mapped[i] for i in range(0, len(mapped), 4096)) == 64 * MB // 4096  # resident
+        with ResourceMonitor(device="cpu", interval_s=0.01) as mon:
+            mapped.close()
+            block = bytearray(64 * MB)
+            for i in range(0, len(block), 4096):
+                block[i] = 1
+            mon.sample_now()
+        print(json.dumps(mon.record))
+        """,
+        tmp_path,
+    )
     assert rec["peak_anon_bytes"] - rec["anon_at_entry_bytes"] >= 60 * MB
     assert rec["peak_rss_increase_bytes"] >= 60 * MB
-    del block
