@@ -385,12 +385,7 @@ class MotionSourceSet(Dataset):
         image = tio.ScalarImage(tensor=source.data.clone().float(), affine=source.affine)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(row["seed"]))
-            if self.augment and rng.uniform() < cpu.p_flip:
-                image = tio.Flip(axes=(0,))(image)
-            if self.augment and rng.uniform() < cpu.p_elastic:
-                image = tio.RandomElasticDeformation(
-                    num_control_points=7, max_displacement=8, image_interpolation="linear"
-                )(image)
+            image = cpu.pre_motion(image, rng)
         gamma, bias, rescale = 1.0, np.zeros(_N_BIAS), 0.0
         if self.augment:
             use_gamma = rng.uniform() < cpu.p_intensity

@@ -437,6 +437,20 @@ class SyntheticMotionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.table)
 
+    def pre_motion(self, image: tio.ScalarImage, rng: np.random.Generator) -> tio.ScalarImage:
+        """The augmentations before the motion: left-right flip, then elastic deformation.
+
+        Draws each decision from ``rng`` (the row's generator) and the elastic field from torch's
+        global generator, which the caller seeds with the row's seed.
+        """
+        if self.augment and rng.uniform() < self.p_flip:
+            image = tio.Flip(axes=(0,))(image)
+        if self.augment and rng.uniform() < self.p_elastic:
+            image = tio.RandomElasticDeformation(
+                num_control_points=7, max_displacement=8, image_interpolation="linear"
+            )(image)
+        return image
+
     def __getitem__(self, index: int) -> dict[str, object]:
         """Return ``{"image": (1, X, Y, Z) float32, "label", "score", "source", "index"}``."""
         if not -len(self) <= index < len(self):
@@ -447,12 +461,7 @@ class SyntheticMotionDataset(Dataset):
         image = tio.ScalarImage(tensor=source.data.clone().float(), affine=source.affine)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(row["seed"]))
-            if self.augment and rng.uniform() < self.p_flip:
-                image = tio.Flip(axes=(0,))(image)
-            if self.augment and rng.uniform() < self.p_elastic:
-                image = tio.RandomElasticDeformation(
-                    num_control_points=7, max_displacement=8, image_interpolation="linear"
-                )(image)
+            image = self.pre_motion(image, rng)
             deg, tra, tim = _row_params(row)
             data = image.data
             if len(tim):
