@@ -34,10 +34,10 @@ data: venv
 test: test-py test-notebooks
 
 test-py: data
-	$(PY) -m pytest tests
+	$(PY) -m pytest --durations=20 tests
 
 test-notebooks: data
-	MOTIONQC_PROFILE=smoke $(PY) -m pytest -p no:cacheprovider --nbval-lax --nbval-current-env \
+	MOTIONQC_PROFILE=smoke $(PY) -m pytest -p no:cacheprovider --durations=10 --nbval-lax --nbval-current-env \
 		--nbval-sanitize-with notebooks/sanitize.cfg $(NOTEBOOKS)
 
 reproduce: data

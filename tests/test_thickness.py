@@ -103,6 +103,18 @@ def test_batch_reports_bad_item_and_keeps_the_others(batch):
 # --------------------------------------------------------------------------------------------
 
 
+def test_ants_leaves_no_files_in_the_temporary_directory(robex, tmp_path, monkeypatch):
+    # ants.atropos writes its three posterior images to tempfile.mktemp() names and never
+    # deletes them; a run must leave the temporary directory as it found it.
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    result = cortical_thickness(robex.path, robex.mask_path, name="robex", **FAST)
+    assert result.thickness_mm > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    assert tempfile.tempdir == str(tmp_path)  # restored after the run
+
+
 def test_empty_mask_raises_one_line_error_naming_the_volume(robex, empty_mask):
     with pytest.raises(ThicknessError) as info:
         cortical_thickness(robex.path, empty_mask, **FAST)

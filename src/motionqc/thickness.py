@@ -21,12 +21,14 @@ The statistics relating thickness to motion (slopes, the real-data model, the co
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import dataclasses
 import multiprocessing as mp
 import os
 import re
+import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,6 +119,24 @@ def _import_ants() -> Any:
             "cortical thickness needs ANTsPy: `pip install antspyx` (or `pip install motionqc[thickness]`)"
         ) from exc
     return ants
+
+
+@contextlib.contextmanager
+def _private_tempdir() -> Iterator[str]:
+    """Point :mod:`tempfile` at a private directory, removed with everything in it on exit.
+
+    ``ants.atropos`` writes its posterior images to ``tempfile.mktemp()`` names and never deletes
+    them (three NIfTI files per call in the system temporary directory); its glob for them also
+    matches stale files there. A directory of our own keeps every call's files apart and removes
+    them. ``tempfile.tempdir`` is process-wide: batch workers are single-threaded processes.
+    """
+    previous = tempfile.tempdir
+    with tempfile.TemporaryDirectory(prefix="motionqc-ants-") as tmp:
+        tempfile.tempdir = tmp
+        try:
+            yield tmp
+        finally:
+            tempfile.tempdir = previous
 
 
 def _volume_name(volume: VolumeLike, name: str | None) -> str:
@@ -304,21 +324,22 @@ def cortical_thickness(
             img = img - float(inside.min()) + 1.0
 
     try:
-        n4 = ants.n4_bias_field_correction(
-            img,
-            mask=msk,
-            shrink_factor=int(n4_shrink_factor),
-            convergence={"iters": [int(i) for i in n4_iterations], "tol": 1e-4},
-        )
-        seg = ants.atropos(
-            a=n4,
-            x=msk,
-            i="Kmeans[3]",
-            m=f"[{mrf_weight},1x1x1]",
-            c=f"[{int(atropos_iterations)},0]",
-            u=0,  # fixed internal seed instead of a random one
-            g=0,  # synchronous ICM updates: the asynchronous default visits voxels in random order
-        )
+        with _private_tempdir():  # Atropos leaves its posteriors in the temp directory
+            n4 = ants.n4_bias_field_correction(
+                img,
+                mask=msk,
+                shrink_factor=int(n4_shrink_factor),
+                convergence={"iters": [int(i) for i in n4_iterations], "tol": 1e-4},
+            )
+            seg = ants.atropos(
+                a=n4,
+                x=msk,
+                i="Kmeans[3]",
+                m=f"[{mrf_weight},1x1x1]",
+                c=f"[{int(atropos_iterations)},0]",
+                u=0,  # fixed internal seed instead of a random one
+                g=0,  # synchronous ICM updates: the asynchronous default visits voxels in random order
+            )
     except Exception as exc:  # ANTsPy raises bare Exception when Atropos fails
         detail = _one_line(exc).replace(". Run with verbose=1 to see error messages", "")
         raise ThicknessError(f"{name}: segmentation failed ({detail})") from exc
