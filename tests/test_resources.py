@@ -78,6 +78,22 @@ def test_peak_rss_grows_with_a_big_array(tmp_path):
     assert rec["big"] > rec["now"] + 100 * MB
 
 
+def test_a_process_without_torch_is_measured_without_importing_it(tmp_path):
+    # Importing torch inside the monitor would add hundreds of MB to the memory being measured.
+    rec = _fresh(
+        """
+        with ResourceMonitor(device="cpu", interval_s=0.02) as mon:
+            a = np.ones(20 * MB // 8)
+        print(json.dumps({"torch": "torch" in sys.modules, **mon.record}))
+        """,
+        tmp_path,
+    )
+    assert rec["torch"] is False
+    assert rec["device"] == "cpu" and rec["peak_memory_kind"] == "peak_rss"
+    assert rec["num_threads"] is None and rec["max_power_w"] is None
+    assert isinstance(rec["torch_version"], str) and rec["torch_version"]
+
+
 def test_peak_rss_counts_child_processes():
     code = "import time; x = b'1' * (200 << 20); time.sleep(1.0)"
     with ResourceMonitor(device="cpu", interval_s=0.05) as mon:

@@ -43,6 +43,7 @@ What is measured (all fields are in the JSON; see :meth:`ResourceMonitor.summary
 from __future__ import annotations
 
 import datetime as _dt
+import importlib.metadata
 import json
 import os
 import platform
@@ -51,9 +52,10 @@ import threading
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["ResourceMonitor", "anon_bytes", "device_name", "rss_bytes"]
 
@@ -121,6 +123,34 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
+def _torch(required: bool = False) -> Any | None:
+    """The torch module when needed: always for CUDA work, else only if the process has it loaded.
+
+    A process that never imported torch ran nothing on a GPU; importing torch just to record that
+    would cost seconds and a few hundred MB of the very memory being measured.
+    """
+    if required or "torch" in sys.modules:
+        import torch
+
+        return torch
+    return None
+
+
+def _torch_version() -> str | None:
+    """Installed torch version, read from package metadata (without importing torch)."""
+    try:
+        return importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _device_str(device: torch.device | str) -> str:
+    """Normalised device string (``"cpu"``, ``"cuda:0"``); checked by torch when it is loaded."""
+    text = str(device)
+    torch = _torch(required=text.startswith("cuda"))
+    return str(torch.device(device)) if torch is not None else text
+
+
 def device_name(device: torch.device | str) -> str:
     """Human-readable name of a device: the GPU model for CUDA, the CPU model otherwise.
 
@@ -130,9 +160,10 @@ def device_name(device: torch.device | str) -> str:
     Returns:
         E.g. ``"NVIDIA H100 80GB HBM3"`` or ``"Intel(R) Xeon(R) Processor"``.
     """
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
+    text = _device_str(device)
+    if text.startswith("cuda"):
+        torch = _torch(required=True)
+        return torch.cuda.get_device_name(torch.device(text))
     return _cpu_name()
 
 
@@ -151,6 +182,7 @@ class _NvmlPower:
         except Exception:  # no driver / no NVIDIA GPU
             return
         self._nvml = pynvml
+        torch = _torch(required=True)
         index = device.index if device.index is not None else torch.cuda.current_device()
         handle = None
         uuid = getattr(torch.cuda.get_device_properties(index), "uuid", None)
@@ -228,8 +260,9 @@ class ResourceMonitor:
             raise ValueError(f"interval_s must be a positive number of seconds, got {interval_s!r}")
         self.path = Path(path) if path is not None else None
         if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+            torch = _torch()
+            device = "cuda" if torch is not None and torch.cuda.is_available() else "cpu"
+        self.device = _device_str(device)
         if profile is None:
             from motionqc.profiles import get_profile
 
@@ -284,11 +317,14 @@ class ResourceMonitor:
         self._n_samples = 0
         self._peak_total = self._peak_self = self._peak_children = self._peak_anon = 0
         self._power: list[float] = []
-        self._cuda = self.device.type == "cuda" and torch.cuda.is_available()
+        torch = _torch(required=self.device.startswith("cuda"))
+        self._cuda = (
+            torch is not None and self.device.startswith("cuda") and torch.cuda.is_available()
+        )
         if self._cuda:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
-        self._nvml = _NvmlPower(self.device) if self._cuda else None
+        self._nvml = _NvmlPower(torch.device(self.device)) if self._cuda else None
         self._energy0 = self._nvml.energy_j() if self._nvml is not None else None
         try:  # reset the kernel's RSS high-water mark of this process (Linux)
             with open("/proc/self/clear_refs", "w") as fh:
@@ -314,7 +350,7 @@ class ResourceMonitor:
         tb: TracebackType | None,
     ) -> None:
         if self._cuda:
-            torch.cuda.synchronize(self.device)
+            _torch(required=True).cuda.synchronize(self.device)
         wall = time.perf_counter() - self._t0
         end_iso = _now_iso()
         self._stop.set()
@@ -349,6 +385,7 @@ class ResourceMonitor:
         if self._anon_entry is not None:
             added_self = max(added_self, self._peak_anon - self._anon_entry)
         cuda_alloc = cuda_reserved = None
+        torch = _torch()
         if self._cuda:
             cuda_alloc = int(torch.cuda.max_memory_allocated(self.device))
             cuda_reserved = int(torch.cuda.max_memory_reserved(self.device))
@@ -362,9 +399,9 @@ class ResourceMonitor:
             "profile": self.profile,
             "device": str(self.device),
             "device_name": device_name(self.device),
-            "torch_version": torch.__version__,
+            "torch_version": torch.__version__ if torch is not None else _torch_version(),
             "python_version": sys.version.split()[0],
-            "num_threads": torch.get_num_threads(),
+            "num_threads": torch.get_num_threads() if torch is not None else None,
             "start_time": self._start_iso,
             "end_time": end_iso,
             "wall_time_s": wall_s,
