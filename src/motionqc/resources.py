@@ -240,6 +240,7 @@ class ResourceMonitor:
         extra: More fields to store in the JSON (must be JSON-serialisable).
 
     Attributes:
+        device: The device as a string (``"cpu"``, ``"cuda:0"``).
         record: The summary dict, filled at exit (``None`` before).
 
     Raises:
