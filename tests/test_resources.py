@@ -29,6 +29,11 @@ def _fresh(body: str, tmp_path) -> dict:
         "import numpy as np\n"
         "from motionqc.resources import ResourceMonitor\n"
         "MB = 1 << 20\n"
+        "def touched(n_bytes):  # a new buffer with every page written (resident)\n"
+        "    block = bytearray(n_bytes)\n"
+        "    for i in range(0, n_bytes, 4096):\n"
+        "        block[i] = 1\n"
+        "    return block\n"
         "pre = {}\n" + textwrap.dedent(body)
     )
     script = tmp_path / "probe.py"
@@ -122,9 +127,7 @@ def test_memory_added_by_the_run_is_recorded(tmp_path):
     rec = _fresh(
         """
         with ResourceMonitor(device="cpu", interval_s=0.01) as mon:
-            block = bytearray(64 * MB)  # 64 MiB touched
-            for i in range(0, len(block), 4096):
-                block[i] = 1
+            block = touched(64 * MB)
             mon.sample_now()
         print(json.dumps(mon.record))
         """,
@@ -146,9 +149,7 @@ def test_memory_added_is_not_hidden_by_a_child_exiting(tmp_path):
         with ResourceMonitor(device="cpu", interval_s=0.01) as mon:
             child.kill()
             child.wait(timeout=30)
-            block = bytearray(64 * MB)
-            for i in range(0, len(block), 4096):
-                block[i] = 1
+            block = touched(64 * MB)
             mon.sample_now()
         print(json.dumps(mon.record))
         """,
@@ -172,9 +173,7 @@ def test_memory_added_is_not_hidden_by_dropped_file_pages(tmp_path):
         assert sum(mapped[i] for i in range(0, len(mapped), 4096)) == 64 * MB // 4096  # resident
         with ResourceMonitor(device="cpu", interval_s=0.01) as mon:
             mapped.close()
-            block = bytearray(64 * MB)
-            for i in range(0, len(block), 4096):
-                block[i] = 1
+            block = touched(64 * MB)
             mon.sample_now()
         print(json.dumps(mon.record))
         """,
