@@ -318,14 +318,13 @@ class ResourceMonitor:
         self._n_samples = 0
         self._peak_total = self._peak_self = self._peak_children = self._peak_anon = 0
         self._power: list[float] = []
-        torch = _torch(required=self.device.startswith("cuda"))
-        self._cuda = (
-            torch is not None and self.device.startswith("cuda") and torch.cuda.is_available()
-        )
+        self._cuda = self.device.startswith("cuda") and _torch(required=True).cuda.is_available()
+        self._nvml = None
         if self._cuda:
+            torch = _torch(required=True)
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
-        self._nvml = _NvmlPower(torch.device(self.device)) if self._cuda else None
+            self._nvml = _NvmlPower(torch.device(self.device))
         self._energy0 = self._nvml.energy_j() if self._nvml is not None else None
         try:  # reset the kernel's RSS high-water mark of this process (Linux)
             with open("/proc/self/clear_refs", "w") as fh:
