@@ -232,7 +232,7 @@ def test_ddp_two_gloo_processes_match_single_process(tmp_path):
         str(tmp_path / "ddp"),
         *args,
     ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     single = torch.load(tmp_path / "single" / "last.pt", weights_only=False)

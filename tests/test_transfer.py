@@ -107,8 +107,11 @@ def test_scratch_seeds_share_the_protocol() -> None:
     assert len(runs) == 2 and set(preds["setting"]) == {"scratch"} and set(preds["seed"]) == {0, 1}
     assert list(preds.columns) == ["setting", "seed", "volume_id", "y_true", "y_pred"]
     assert set(preds["volume_id"]) == {ids[i] for i in np.flatnonzero(split == "test")}
-    again, _ = run_seeds("scratch", images, y, split, ids, [0, 1], predict_batch_size=8, **kw)
-    pd.testing.assert_frame_equal(preds, again)
+    # Seeded: seed 1 alone, through run_seeds, gives the same predictions as in the 2-seed run.
+    again, _ = run_seeds("scratch", images, y, split, ids, [1], predict_batch_size=8, **kw)
+    pd.testing.assert_frame_equal(
+        preds[preds["seed"] == 1].reset_index(drop=True), again.reset_index(drop=True)
+    )
     with pytest.raises(ValueError, match="setting must be"):
         run_seeds("finetune", images, y, split, ids, [0])
 
