@@ -5,7 +5,7 @@ on the MNI152 2009 sample head at 1 mm (182x218x182) and 2 mm (91x109x91), n in 
 transforms, batches of 1 and 8 (TorchIO has no batch: it loops). Runs interleave the two
 implementations and report the best of ``--repeats`` wall times; peak memory is the peak rise of
 the process's maximum resident set during one call, measured in a fresh process. The script re-executes itself once with
-``THP_MEM_ALLOC_ENABLE=1`` (transparent huge pages for torch's allocator) unless that variable is
+glibc malloc settings that keep freed memory for reuse (``motionqc.allocator``) unless they are
 already set, so both implementations always run under the same environment.
 
 Writes figures/tables/bench_motion.csv and prints the table.
@@ -23,8 +23,10 @@ import sys
 import tempfile
 import time
 
-if "THP_MEM_ALLOC_ENABLE" not in os.environ:  # same env for both sides; set before torch loads
-    os.environ["THP_MEM_ALLOC_ENABLE"] = "1"
+from motionqc.allocator import ALLOCATOR_ENV, set_env
+
+if not all(name in os.environ for name in ALLOCATOR_ENV):  # glibc reads them at start-up
+    set_env()
     os.execv(sys.executable, [sys.executable, *sys.argv])
 
 import numpy as np  # noqa: E402
@@ -184,6 +186,7 @@ def main() -> None:
     table = pd.DataFrame(rows)
     table["threads"] = torch.get_num_threads()
     table["cpu_count"] = os.cpu_count()
+    table["malloc_mmap_threshold"] = os.environ.get("MALLOC_MMAP_THRESHOLD_")
     table["thp_mem_alloc"] = os.environ.get("THP_MEM_ALLOC_ENABLE")
     table["torch"] = torch.__version__
     table["torchio"] = tio.__version__

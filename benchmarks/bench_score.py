@@ -17,8 +17,8 @@ The inputs are the sample heads as distributed (ROBEX atlas 1.5 mm, Colin27 and 
 ``checkpoints/sample/encoder.pt`` when present (at its own geometry), else on a random SFCN with
 BatchNorm statistics calibrated on the inputs at the sample geometry (the output says which), on
 the sample heads and motion-corrupted copies of them (0.5-3 mm). The script re-executes itself
-with ``THP_MEM_ALLOC_ENABLE=1`` (transparent huge pages for torch's allocator, as ``motionqc
-score`` sets it) unless the variable is already set, so both sides run under the same setting.
+with glibc malloc settings that keep freed memory for reuse (``motionqc.allocator``, as ``motionqc
+score`` applies them) unless they are already set, so both sides run under the same setting.
 
 Writes figures/tables/bench_score.csv and prints the table.
 
@@ -36,8 +36,10 @@ import tempfile
 import time
 from pathlib import Path
 
-if "THP_MEM_ALLOC_ENABLE" not in os.environ:  # as `motionqc score` sets it; before torch loads
-    os.environ["THP_MEM_ALLOC_ENABLE"] = "1"
+from motionqc.allocator import ALLOCATOR_ENV, set_env
+
+if not all(name in os.environ for name in ALLOCATOR_ENV):  # glibc reads them at start-up
+    set_env()
     os.execv(sys.executable, [sys.executable, *sys.argv])
 
 import numpy as np  # noqa: E402
@@ -254,6 +256,7 @@ def main() -> None:
     for key, value in accuracy.items():
         table[key] = value
     table["model"] = "random init (throughput)"
+    table["malloc_mmap_threshold"] = os.environ.get("MALLOC_MMAP_THRESHOLD_")
     table["thp_mem_alloc"] = os.environ.get("THP_MEM_ALLOC_ENABLE")
     table["cpu_count"] = usable_cores()
     table["load_avg_1min"] = os.getloadavg()[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -10,6 +11,7 @@ import time
 import pytest
 import torch
 
+from motionqc.allocator import ALLOCATOR_ENV
 from motionqc.resources import ResourceMonitor, device_name, rss_bytes
 
 MB = 1 << 20
@@ -20,7 +22,9 @@ def _fresh(body: str, tmp_path) -> dict:
 
     A process that ran earlier tests keeps freed memory resident (the allocator does not return
     it), so a new allocation there may not grow the RSS at all: the memory tests measure in a
-    fresh interpreter, as each notebook runs in a fresh kernel.
+    fresh interpreter, as each notebook runs in a fresh kernel. That interpreter runs with glibc's
+    default allocator (the settings of ``motionqc.allocator``, which ``make test`` exports, keep
+    freed memory resident on purpose, and some checks here watch memory being given back).
     """
     import textwrap
 
@@ -38,7 +42,10 @@ def _fresh(body: str, tmp_path) -> dict:
     )
     script = tmp_path / "probe.py"
     script.write_text(code)
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    env = {k: v for k, v in os.environ.items() if k not in ALLOCATOR_ENV}
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 

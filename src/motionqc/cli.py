@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import motionqc
+from motionqc.allocator import keep_freed_memory
 
 __all__ = ["build_parser", "default_num_workers", "main", "simulate_file", "usable_cores"]
 
@@ -491,10 +492,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         0 on success, 1 when nothing could be done, 2 for unusable arguments, 130 on Ctrl-C.
     """
-    # Transparent huge pages for torch's CPU allocator (fewer page faults on the large 3D
-    # activations); only takes effect when torch is not imported yet, as in the console script.
-    if "torch" not in sys.modules:
-        os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+    # Freed activations stay in the process for the next volume instead of being faulted in again.
+    keep_freed_memory()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

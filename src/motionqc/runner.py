@@ -5,8 +5,9 @@ profile named by ``MOTIONQC_PROFILE`` (or ``--profile``), writing the executed c
 ``build/notebooks/<profile>/`` and a ``runs.tsv`` with each notebook's wall time and the peak
 RSS of its kernel. Notebooks write their tables and figures into ``figures/`` themselves.
 
-Kernels start with ``THP_MEM_ALLOC_ENABLE=1`` unless the variable is set (transparent huge pages
-for torch's CPU allocator).
+Kernels start with glibc malloc settings that keep freed memory for reuse
+(:data:`motionqc.allocator.ALLOCATOR_ENV`, unless those variables are set): a CPU training step
+then stops faulting its activations in again every time.
 
 ``--inplace`` executes notebooks into their own files (used under ``smoke`` so that the
 committed outputs are the ones nbval compares against in CI).
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from motionqc import paths
+from motionqc import allocator, paths
 from motionqc.profiles import get_profile
 
 __all__ = ["run_notebook", "main"]
@@ -105,9 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         help="papermill parameter (value parsed as YAML)",
     )
     args = parser.parse_args(argv)
-    # Kernels inherit the environment: transparent huge pages for torch's CPU allocator (read when
-    # torch loads) cut the page-fault time of large 3-D tensors, as `motionqc score` does.
-    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+    # Kernels inherit the environment; glibc reads these settings when a kernel starts.
+    allocator.set_env()
     if args.profile:
         os.environ["MOTIONQC_PROFILE"] = args.profile
     profile = get_profile()

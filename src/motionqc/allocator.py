@@ -1,0 +1,88 @@
+"""glibc malloc settings that keep freed memory in the process (fewer page faults on CPU).
+
+A 3-D CNN step on CPU allocates and frees activations of tens to hundreds of MB. glibc serves
+blocks that large with ``mmap`` and gives them back with ``munmap`` when they are freed, so the
+next step faults every page in again; in a VM each fault is expensive. Raising the ``mmap``
+threshold and the trim threshold keeps those blocks on the heap for reuse. The peak resident set
+does not grow (the memory was in use at the peak anyway), but the process no longer returns it
+between peaks.
+
+Measured on the 2-core VM used for this project (SFCN training step, 40×48×40, batch 8, bf16,
+10 steps): 0.90 million minor page faults and 10 s of system time → 0.12 million and 3 s;
+wall time 18–19 s → 13–14 s. Torch's ``THP_MEM_ALLOC_ENABLE=1`` (transparent huge pages) cut
+the faults but was slower there (21–23 s): zeroing and compacting huge pages cost more.
+
+Two ways to apply the settings, both used by the package:
+
+- :data:`ALLOCATOR_ENV` in a child's environment (glibc reads it when the process starts):
+  the notebook runner's kernels, the test suite's nbval kernels, the benchmarks;
+- :func:`keep_freed_memory` in a running process (``mallopt``): the ``motionqc`` command line.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+from collections.abc import MutableMapping
+
+__all__ = ["ALLOCATOR_ENV", "MMAP_THRESHOLD", "TRIM_THRESHOLD", "keep_freed_memory", "set_env"]
+
+MMAP_THRESHOLD = 2**31 - 1
+"""Blocks below 2 GiB come from the heap (glibc's default: 128 KiB, adapting up to 32 MiB;
+a 1 mm SFCN's first feature map is 0.6 GiB per volume in fp32)."""
+
+TRIM_THRESHOLD = 2**31 - 1
+"""Free memory at the top of the heap is returned to the system only above 2 GiB (default 128 KiB)."""
+
+ALLOCATOR_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD),
+    "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD),
+}
+"""The same settings as environment variables, for processes started from this one."""
+
+_M_TRIM_THRESHOLD = -1  # <malloc.h>
+_M_MMAP_THRESHOLD = -3
+
+
+def set_env(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
+    """Put :data:`ALLOCATOR_ENV` into an environment, keeping values already set there.
+
+    Args:
+        environ: The environment to change (default: ``os.environ``, inherited by children).
+
+    Returns:
+        The allocator variables as the environment now has them.
+    """
+    env = os.environ if environ is None else environ
+    for name, value in ALLOCATOR_ENV.items():
+        env.setdefault(name, value)
+    return {name: env[name] for name in ALLOCATOR_ENV}
+
+
+def keep_freed_memory() -> bool:
+    """Apply the settings to the running process with glibc's ``mallopt``.
+
+    Variables of :data:`ALLOCATOR_ENV` already in the environment win (glibc applied them at
+    start-up) and are left alone.
+
+    Returns:
+        ``True`` when glibc accepted both settings (or the environment had set them), ``False``
+        on a C library without ``mallopt`` (musl, macOS, Windows), where nothing changes.
+    """
+    if all(name in os.environ for name in ALLOCATOR_ENV):
+        return True
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    ok = True
+    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        ok = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and ok
+    if "MALLOC_TRIM_THRESHOLD_" not in os.environ:
+        ok = mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1 and ok
+    return ok
