@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+
+
+def env_without_allocator_settings() -> dict[str, str]:
+    """This environment minus ``motionqc.allocator``'s variables (``make test`` exports them): for
+    a child that must run with glibc's default allocator."""
+    from motionqc.allocator import ALLOCATOR_ENV
+
+    return {k: v for k, v in os.environ.items() if k not in ALLOCATOR_ENV}
 
 
 def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> Path:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import env_without_allocator_settings
 
 from motionqc import allocator
 from motionqc.paths import repo_root
@@ -36,8 +37,7 @@ glibc_only = pytest.mark.skipif(
 
 
 def _faults(mode: str, extra_env: dict[str, str]) -> int:
-    env = {k: v for k, v in os.environ.items() if k not in allocator.ALLOCATOR_ENV}
-    env.update(extra_env)
+    env = env_without_allocator_settings() | extra_env
     out = subprocess.run(
         [sys.executable, "-c", PROBE, mode], env=env, capture_output=True, text=True, check=True
     )
@@ -95,7 +95,7 @@ def test_runner_gives_kernels_the_settings(tmp_path: Path):
     )
     path = tmp_path / "env_probe.ipynb"
     nbformat.write(nb, path)
-    env = {k: v for k, v in os.environ.items() if k not in allocator.ALLOCATOR_ENV}
+    env = env_without_allocator_settings()
     subprocess.run(
         [sys.executable, "-m", "motionqc.runner", "--inplace", "--profile", "smoke", str(path)],
         env=env,

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
 
 import pytest
 import torch
+from conftest import env_without_allocator_settings
 
-from motionqc.allocator import ALLOCATOR_ENV
 from motionqc.resources import ResourceMonitor, device_name, rss_bytes
 
 MB = 1 << 20
@@ -42,9 +41,12 @@ def _fresh(body: str, tmp_path) -> dict:
     )
     script = tmp_path / "probe.py"
     script.write_text(code)
-    env = {k: v for k, v in os.environ.items() if k not in ALLOCATOR_ENV}
     out = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env_without_allocator_settings(),
     )
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])

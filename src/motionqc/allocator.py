@@ -22,7 +22,6 @@ Two ways to apply the settings, both used by the package:
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 from collections.abc import MutableMapping
 
@@ -41,8 +40,7 @@ ALLOCATOR_ENV = {
 }
 """The same settings as environment variables, for processes started from this one."""
 
-_M_TRIM_THRESHOLD = -1  # <malloc.h>
-_M_MMAP_THRESHOLD = -3
+_MALLOPT = {"MALLOC_MMAP_THRESHOLD_": -3, "MALLOC_TRIM_THRESHOLD_": -1}  # <malloc.h> M_* options
 
 
 def set_env(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
@@ -70,19 +68,14 @@ def keep_freed_memory() -> bool:
         ``True`` when glibc accepted both settings (or the environment had set them), ``False``
         on a C library without ``mallopt`` (musl, macOS, Windows), where nothing changes.
     """
-    if all(name in os.environ for name in ALLOCATOR_ENV):
+    pending = {name: option for name, option in _MALLOPT.items() if name not in os.environ}
+    if not pending:
         return True
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # symbols already loaded: no library search at start-up
     except (OSError, AttributeError, TypeError):
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    ok = True
-    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
-        ok = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and ok
-    if "MALLOC_TRIM_THRESHOLD_" not in os.environ:
-        ok = mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1 and ok
-    return ok
+    accepted = [mallopt(option, int(ALLOCATOR_ENV[name])) == 1 for name, option in pending.items()]
+    return all(accepted)  # every setting tried, even after a refusal
