@@ -6,15 +6,19 @@ preprocessing), in the same process and environment:
 - reference: plain fp32 eval, one volume after the other: ``motionqc.data.preprocess`` (load,
   resample, crop/pad, mean scaling), then the model's forward pass (contiguous memory, torch's
   default threads), batch 1;
-- pipeline: ``motionqc.scoring.score_volumes`` as ``motionqc score`` runs it: loading and
-  preprocessing in DataLoader workers (one thread each; resampling skipped when a volume is already
-  on the target grid), channels-last-3d, bf16 autocast, the scoring process on the cores the
-  workers leave free. Mosaics are off (they are not part of the scoring throughput).
+- pipeline: ``motionqc.scoring.score_volumes`` with ``motionqc score``'s CPU defaults:
+  channels-last-3d, resampling skipped when a volume is already on the target grid, the batch size,
+  loader workers and threads of ``default_batch_size``/``default_num_workers``/``default_threads``
+  (on 2 cores: batches of 1, no worker, 2 threads) and ``--precision auto`` (bf16 autocast on CPUs
+  with native bf16, fp32 elsewhere). Mosaics are off (they are not part of the scoring throughput).
+
+Ablation rows change one default at a time: contiguous memory, batch 2, one loader worker, and
+bf16 autocast (only on CPUs with native bf16: emulated bf16 is 30-70x slower than fp32).
 
 The inputs are the sample heads as distributed (ROBEX atlas 1.5 mm, Colin27 and MNI152 2009 at
 1 mm), cycled to ``--n-volumes`` files. Throughput is measured with a randomly initialised SFCN
-(weights do not change the cost). The accuracy of bf16 is checked on the trained encoder at
-``checkpoints/sample/encoder.pt`` when present (at its own geometry), else on a random SFCN with
+(weights do not change the cost). The accuracy of the pipeline's model settings (channels-last,
+its precision) is checked on the trained encoder at ``checkpoints/sample/encoder.pt`` when present (at its own geometry), else on a random SFCN with
 BatchNorm statistics calibrated on the inputs at the sample geometry (the output says which), on
 the sample heads and motion-corrupted copies of them (0.5-3 mm). The script re-executes itself
 with glibc malloc settings that keep freed memory for reuse (``motionqc.allocator``, as ``motionqc
@@ -47,13 +51,19 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from motionqc import paths  # noqa: E402
-from motionqc.cli import default_num_workers, usable_cores  # noqa: E402
+from motionqc.cli import default_batch_size, default_num_workers, usable_cores  # noqa: E402
 from motionqc.data import preprocess, sample_manifest  # noqa: E402
 from motionqc.encoder import load_encoder, save_encoder, unit_range  # noqa: E402
 from motionqc.models import SFCN  # noqa: E402
 from motionqc.motion import simulate_motion  # noqa: E402
 from motionqc.profiles import get_profile  # noqa: E402
-from motionqc.scoring import Scorer, default_threads, score_volumes  # noqa: E402
+from motionqc.scoring import (  # noqa: E402
+    Scorer,
+    cpu_has_native_bf16,
+    default_threads,
+    resolve_precision,
+    score_volumes,
+)
 from motionqc.soft_labels import decode  # noqa: E402
 from motionqc.synthetic import sample_motion  # noqa: E402
 
@@ -86,14 +96,17 @@ def pipeline_run(
 
 
 def warm_up(model: SFCN, shape: tuple[int, ...]) -> None:
-    """One forward per configuration so that oneDNN primitive creation is not timed."""
-    x = torch.rand(1, 1, *shape)
+    """One forward per configuration (layout, precision, batch 1 and 2) so that oneDNN primitive
+    creation is not timed; bf16 only on CPUs with native bf16 (no bf16 row runs elsewhere)."""
+    dtypes = (None, torch.bfloat16) if cpu_has_native_bf16() else (None,)
     with torch.inference_mode():
-        model(x)
-        for dtype in (None, torch.bfloat16):
-            m = model.to(memory_format=torch.channels_last_3d)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None):
-                m(x.contiguous(memory_format=torch.channels_last_3d))
+        model(torch.rand(1, 1, *shape))
+        model.to(memory_format=torch.channels_last_3d)
+        for batch in (1, 2):
+            x = torch.rand(batch, 1, *shape).contiguous(memory_format=torch.channels_last_3d)
+            for dtype in dtypes:
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None):
+                    model(x)
         model.to(memory_format=torch.contiguous_format)
 
 
@@ -130,8 +143,9 @@ def _calibrated_random_encoder(x: torch.Tensor, path: Path, spacing: float) -> P
     return save_encoder(path, model, spacing_mm=spacing, shape=tuple(x.shape[2:]))
 
 
-def accuracy_check(heads: list[str], tmp: Path) -> dict[str, object]:
-    """Max |score fp32 - score bf16 channels-last| over sample heads and corrupted copies."""
+def accuracy_check(heads: list[str], tmp: Path, precision: str) -> dict[str, object]:
+    """Max |score of plain fp32 eval - score of the pipeline's model settings| (channels-last and
+    ``precision``) over the sample heads and motion-corrupted copies of them."""
     trained = paths.checkpoints_dir() / "sample" / "encoder.pt"
     if trained.is_file():
         encoder = trained
@@ -147,7 +161,7 @@ def accuracy_check(heads: list[str], tmp: Path) -> dict[str, object]:
             "encoder.pt: run notebook 03 for the real check)"
         )
     ref = Scorer(encoder, device="cpu", precision="fp32", channels_last=False)
-    ours = Scorer(encoder, device="cpu", precision="bf16", channels_last=True)
+    ours = Scorer(encoder, device="cpu", precision=precision, channels_last=True)
     a = np.concatenate([ref.predict(x[i : i + 4])["motion_mm"] for i in range(0, len(x), 4)])
     b = np.concatenate([ours.predict(x[i : i + 4])["motion_mm"] for i in range(0, len(x), 4)])
     return {
@@ -155,7 +169,8 @@ def accuracy_check(heads: list[str], tmp: Path) -> dict[str, object]:
         "accuracy_geometry": f"{ref.spacing_mm:g} mm {'x'.join(map(str, ref.shape))}",
         "accuracy_n": len(x),
         "accuracy_score_range": f"{a.min():.2f}-{a.max():.2f}",
-        "max_abs_diff_bf16_mm": float(np.abs(a - b).max()),
+        "accuracy_precision": precision,
+        "max_abs_diff_pipeline_mm": float(np.abs(a - b).max()),
     }
 
 
@@ -170,14 +185,19 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="4 volumes, no ablation rows")
     parser.add_argument("--spacing", type=float, default=1.0, help="voxel size, mm")
     parser.add_argument("--shape", type=int, nargs=3, default=(160, 192, 160), help="input grid")
-    parser.add_argument("--workers", type=int, default=default_num_workers(), help="loaders")
+    parser.add_argument("--workers", type=int, default=default_num_workers("cpu"), help="loaders")
     parser.add_argument("--threads", type=int, default=0, help="pipeline threads (0: default)")
-    parser.add_argument("--batch-size", type=int, default=2, help="pipeline batch size")
+    parser.add_argument(
+        "--batch-size", type=int, default=default_batch_size("cpu"), help="pipeline batch size"
+    )
+    parser.add_argument(
+        "--precision", choices=["auto", "fp32", "bf16"], default="auto", help="pipeline precision"
+    )
     parser.add_argument(
         "--no-ablation",
         dest="ablation",
         action="store_false",
-        help="skip the rows that take the pipeline apart (fp32 pipeline, bf16 without workers)",
+        help="skip the rows that change one default at a time",
     )
     args = parser.parse_args()
     if args.quick or os.environ.get("MOTIONQC_BENCH_QUICK"):
@@ -196,7 +216,8 @@ def main() -> None:
         info={"note": "random init: throughput only"},
     )
     model, meta = load_encoder(encoder)
-    threads = args.threads or default_threads(torch.device("cpu"), args.workers)
+    threads = args.threads or default_threads(torch.device("cpu"))
+    precision = "bf16" if resolve_precision(args.precision, torch.device("cpu")) else "fp32"
     print(
         f"{args.n_volumes} volumes ({', '.join(Path(h).name for h in heads)}, cycled) -> "
         f"{args.spacing:g} mm {'x'.join(map(str, shape))}; randomly initialised SFCN "
@@ -206,11 +227,32 @@ def main() -> None:
     warm_up(model, shape)
 
     default_threads_n = torch.get_num_threads()
+    # (label, (precision, channels_last, workers, batch)); None: the reference
     configs = [("reference: plain fp32 eval", None)]
-    configs.append(("pipeline: workers + channels-last + bf16", ("bf16", True, args.workers)))
+    configs.append(
+        (
+            f"pipeline: channels-last, {precision}, {args.workers} worker(s), batch {args.batch_size}",
+            (precision, True, args.workers, args.batch_size),
+        )
+    )
+    skipped = []
     if args.ablation:
-        configs.append(("pipeline in fp32: workers + channels-last", ("fp32", True, args.workers)))
-        configs.append(("channels-last + bf16, no workers", ("bf16", True, 0)))
+        configs.append(
+            ("  ablation: contiguous memory", (precision, False, args.workers, args.batch_size))
+        )
+        configs.append(("  ablation: batch 2", (precision, True, args.workers, 2)))
+        other = 0 if args.workers else 1
+        configs.append(
+            (f"  ablation: {other} loader worker(s)", (precision, True, other, args.batch_size))
+        )
+        if precision == "fp32" and cpu_has_native_bf16():
+            configs.append(
+                ("  ablation: bf16 autocast", ("bf16", True, args.workers, args.batch_size))
+            )
+        elif precision == "fp32":
+            skipped.append("bf16 autocast: this CPU has no native bf16 (emulated: 30-70x slower)")
+        else:
+            configs.append(("  ablation: fp32", ("fp32", True, args.workers, args.batch_size)))
     rows, reference = [], None
     for label, config in configs:
         torch.set_num_threads(default_threads_n)
@@ -220,18 +262,17 @@ def main() -> None:
             row = {"workers": 0, "threads": default_threads_n, "batch": 1}
             row.update({"precision": "fp32", "channels_last": False})
         else:
-            precision, channels_last, workers = config
-            n_threads = threads if workers else default_threads_n
+            precision_k, channels_last, workers, batch = config
             scorer = Scorer(
                 encoder,
                 device="cpu",
-                precision=precision,
+                precision=precision_k,
                 channels_last=channels_last,
-                threads=n_threads,
+                threads=threads,
             )
-            seconds, scores = pipeline_run(scorer, files, workers, args.batch_size)
-            row = {"workers": workers, "threads": n_threads, "batch": args.batch_size}
-            row.update({"precision": precision, "channels_last": channels_last})
+            seconds, scores = pipeline_run(scorer, files, workers, batch)
+            row = {"workers": workers, "threads": threads, "batch": batch}
+            row.update({"precision": precision_k, "channels_last": channels_last})
         row = {
             "config": label,
             "n_volumes": args.n_volumes,
@@ -249,10 +290,12 @@ def main() -> None:
             f"max |diff| vs fp32 {row['max_abs_diff_vs_reference_mm']:.4f} mm (random weights)",
             flush=True,
         )
+    for reason in skipped:
+        print(f"  ablation skipped: {reason}", flush=True)
     torch.set_num_threads(default_threads_n)
     table = pd.DataFrame(rows)
     table["ratio_vs_reference"] = table["volumes_per_min"] / table["volumes_per_min"].iloc[0]
-    accuracy = accuracy_check(heads, tmp)
+    accuracy = accuracy_check(heads, tmp, precision)
     for key, value in accuracy.items():
         table[key] = value
     table["model"] = "random init (throughput)"
@@ -272,9 +315,10 @@ def main() -> None:
         f"({ours['ratio_vs_reference']:.2f}x plain fp32 eval; goal >= {GOAL_VOL_PER_MIN:g})"
     )
     print(
-        f"bf16 vs fp32 on {accuracy['accuracy_model']} ({accuracy['accuracy_geometry']}, "
-        f"{accuracy['accuracy_n']} volumes, scores {accuracy['accuracy_score_range']} mm): max "
-        f"|diff| {accuracy['max_abs_diff_bf16_mm']:.4f} mm (goal <= {GOAL_MAX_DIFF_MM:g})"
+        f"pipeline ({precision}, channels-last) vs plain fp32 eval on {accuracy['accuracy_model']} "
+        f"({accuracy['accuracy_geometry']}, {accuracy['accuracy_n']} volumes, scores "
+        f"{accuracy['accuracy_score_range']} mm): max |diff| "
+        f"{accuracy['max_abs_diff_pipeline_mm']:.4f} mm (goal <= {GOAL_MAX_DIFF_MM:g})"
     )
     print(f"written: {out}")
 

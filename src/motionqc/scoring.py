@@ -2,8 +2,10 @@
 
 The pipeline behind ``motionqc score``:
 
-- :class:`VolumeDataset` loads and preprocesses one volume per item in DataLoader worker processes
-  (one torch/SimpleITK thread each), with the geometry recorded in the encoder file. A volume that
+- :class:`VolumeDataset` loads and preprocesses one volume per item, in DataLoader worker processes
+  (one torch/SimpleITK thread each) when there are cores to spare for them (on GPUs; on CPUs with 8
+  cores or more, see :func:`default_num_workers`), with the geometry recorded in the encoder file.
+  A volume that
   cannot be used (corrupt, truncated, 4D, empty, NaN/Inf) gives an error record instead of raising,
   so one bad file never stops a run.
 - :class:`Scorer` runs the encoder under ``torch.inference_mode`` in ``channels_last_3d`` memory
@@ -33,7 +35,7 @@ import torchio as tio
 from torch.utils.data import DataLoader, Dataset
 
 from motionqc.bids import bids_name, find_t1w, parse_entities
-from motionqc.cli import default_num_workers, usable_cores
+from motionqc.cli import default_batch_size, default_num_workers, usable_cores
 from motionqc.data import VolumeError, file_sha256, load_volume, preprocess
 from motionqc.derivatives import (
     GROUP_TABLE,
@@ -53,6 +55,8 @@ __all__ = [
     "VolumeDataset",
     "Scorer",
     "ParticipantSummary",
+    "cpu_has_native_bf16",
+    "default_batch_size",
     "default_num_workers",
     "default_threads",
     "group_table",
@@ -92,7 +96,12 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return torch.device(device)
 
 
-def _cpu_bf16() -> bool:
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN has native bf16 kernels on this CPU (AVX512-BF16 or AMX).
+
+    Elsewhere bf16 autocast is emulated: an SFCN forward pass was 30-70× slower than fp32 on an
+    AVX2-only CPU, so ``precision="auto"`` stays in fp32 there.
+    """
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except Exception:  # noqa: BLE001 - an old or unusual build: assume no fast bf16
@@ -119,16 +128,27 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
         return None
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if precision == "bf16" or _cpu_bf16():
+    if precision == "bf16" or cpu_has_native_bf16():
         return torch.bfloat16
     return None
 
 
-def default_threads(device: torch.device, num_workers: int) -> int | None:
-    """Return the scoring process's torch threads: on CPU, the cores the loader workers leave."""
+def default_threads(device: torch.device) -> int | None:
+    """Return the scoring process's torch threads: on CPU, every usable core.
+
+    Loader workers sleep most of the time (a volume loads in a fraction of its forward pass), so
+    the model keeps every core: on 2 cores with 1 worker, 2 threads scored 28 volumes/min and 1
+    thread 16 (``benchmarks/bench_score.py``).
+
+    Args:
+        device: Where the model runs (``None`` is returned for GPUs: torch's default).
+
+    Returns:
+        The thread count, or ``None``.
+    """
     if device.type != "cpu":
         return None
-    return max(1, usable_cores() - max(0, int(num_workers)))
+    return usable_cores()
 
 
 # --------------------------------------------------------------------------- loading
@@ -408,8 +428,8 @@ def score_volumes(
     paths: Sequence[str | Path],
     *,
     names: Sequence[str] | None = None,
-    batch_size: int = 2,
-    num_workers: int = 1,
+    batch_size: int | None = None,
+    num_workers: int | None = None,
     mosaics: bool = False,
     prefetch_factor: int = 2,
 ) -> Iterator[dict[str, Any]]:
@@ -419,8 +439,10 @@ def score_volumes(
         scorer: The model.
         paths: Volume files.
         names: One name per file (default: BIDS names).
-        batch_size: Volumes per forward pass.
-        num_workers: Loader processes (0: load in this process).
+        batch_size: Volumes per forward pass (default :func:`default_batch_size` of the
+            scorer's device).
+        num_workers: Loader processes (0: load in this process; default
+            :func:`default_num_workers` of the scorer's device).
         mosaics: Also render a mosaic per volume (``row["mosaic"]``, PNG bytes).
         prefetch_factor: Batches each worker prepares ahead.
 
@@ -429,6 +451,10 @@ def score_volumes(
         ``motion_mm``, ``motion_std``, with a QC head ``p_qc0..2`` and ``qc_class``, and
         ``mosaic``.
     """
+    if batch_size is None:
+        batch_size = default_batch_size(scorer.device.type)
+    if num_workers is None:
+        num_workers = default_num_workers(scorer.device.type)
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     dataset = VolumeDataset(paths, scorer.spacing_mm, scorer.shape, names=names, mosaics=mosaics)
@@ -520,7 +546,7 @@ def run_participant(
     qc_head: str | Path | None = None,
     device: str = "auto",
     precision: str = "auto",
-    batch_size: int = 2,
+    batch_size: int | None = None,
     num_workers: int | None = None,
     threads: int | None = None,
     shard: tuple[int, int] = (0, 1),
@@ -541,7 +567,7 @@ def run_participant(
         qc_head: QC head file (adds class probabilities).
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` …
         precision: ``"auto"``, ``"fp32"`` or ``"bf16"``.
-        batch_size: Volumes per forward pass.
+        batch_size: Volumes per forward pass (default :func:`default_batch_size`).
         num_workers: Loader processes (default :func:`default_num_workers`).
         threads: torch threads of this process (default :func:`default_threads`).
         shard: ``(I, N)``: score every N-th volume starting at I (sorted by path).
@@ -571,9 +597,12 @@ def run_participant(
     if not files:
         log(f"no T1w image selected in {bids_dir} (shard {index}/{count})")
         return summary
-    workers = default_num_workers() if num_workers is None else int(num_workers)
+    device_type = resolve_device(device).type
+    workers = default_num_workers(device_type) if num_workers is None else int(num_workers)
+    if batch_size is None:
+        batch_size = default_batch_size(device_type)
     if threads is None:
-        threads = default_threads(resolve_device(device), workers)
+        threads = default_threads(resolve_device(device))
     threads_before = torch.get_num_threads()
     try:
         scorer = Scorer(
