@@ -118,7 +118,8 @@ def default_num_workers(device_type: str = "cpu") -> int:
     On CUDA, half the usable cores (1 to 8): the GPU would otherwise wait on loading. On CPU, one
     per 8 usable cores (none below 8): loading and preprocessing a 1 mm T1w takes 0.1-0.4 s
     against ~1.4 s for its forward pass on 2 cores, so a worker mostly takes cores from the model
-    (measured on 2 cores, ``make bench``: 41-44 volumes/min without a worker, 29-33 with one).
+    (2 cores, ``make bench``: 60.0 volumes/min without a worker, 57.3 with one; in a sweep
+    before it, 41-44 against 29-33).
 
     Args:
         device_type: ``"cpu"`` or ``"cuda"`` (where the model runs).
@@ -135,9 +136,8 @@ def default_num_workers(device_type: str = "cpu") -> int:
 def default_batch_size(device_type: str = "cpu") -> int:
     """Volumes per forward pass by default: 16 on CUDA, 1 on CPU.
 
-    On CPU a batch of one 1 mm volume keeps the activations of each layer closer to the caches;
-    batches of 2 scored 25-31 volumes/min against 41-44 for batches of 1 on 2 cores
-    (``make bench``).
+    On CPU a batch of one 1 mm volume keeps the activations of each layer closer to the caches:
+    on 2 cores batches of 2 scored 37.7 volumes/min against 60.0 for batches of 1 (``make bench``).
 
     Args:
         device_type: ``"cpu"`` or ``"cuda"``.

@@ -138,7 +138,7 @@ def default_threads(device: torch.device) -> int | None:
 
     Loader workers sleep most of the time (a volume loads in a fraction of its forward pass), so
     the model keeps every core: on 2 cores with 1 worker, 2 threads scored 28 volumes/min and 1
-    thread 16 (``benchmarks/bench_score.py``).
+    thread 16 (a sweep with ``benchmarks/bench_score.py``'s functions).
 
     Args:
         device: Where the model runs (``None`` is returned for GPUs: torch's default).
