@@ -5,9 +5,8 @@ The pipeline behind ``motionqc score``:
 - :class:`VolumeDataset` loads and preprocesses one volume per item, in DataLoader worker processes
   (one torch/SimpleITK thread each) when there are cores to spare for them (on GPUs; on CPUs with 8
   cores or more, see :func:`default_num_workers`), with the geometry recorded in the encoder file.
-  A volume that
-  cannot be used (corrupt, truncated, 4D, empty, NaN/Inf) gives an error record instead of raising,
-  so one bad file never stops a run.
+  A volume that cannot be used (corrupt, truncated, 4D, empty, NaN/Inf) gives an error record
+  instead of raising, so one bad file never stops a run.
 - :class:`Scorer` runs the encoder under ``torch.inference_mode`` in ``channels_last_3d`` memory
   format with bf16 autocast on CPUs that support it (AMP on CUDA: bf16, or fp16 where bf16 is not
   supported) and returns the motion score (mm), its predictive standard deviation and, when a QC
@@ -597,12 +596,12 @@ def run_participant(
     if not files:
         log(f"no T1w image selected in {bids_dir} (shard {index}/{count})")
         return summary
-    device_type = resolve_device(device).type
-    workers = default_num_workers(device_type) if num_workers is None else int(num_workers)
+    target = resolve_device(device)
+    workers = default_num_workers(target.type) if num_workers is None else int(num_workers)
     if batch_size is None:
-        batch_size = default_batch_size(device_type)
+        batch_size = default_batch_size(target.type)
     if threads is None:
-        threads = default_threads(resolve_device(device))
+        threads = default_threads(target)
     threads_before = torch.get_num_threads()
     try:
         scorer = Scorer(
