@@ -23,11 +23,9 @@ import sys
 import tempfile
 import time
 
-from motionqc.allocator import ALLOCATOR_ENV, set_env
+from motionqc.allocator import restart_with_env
 
-if not all(name in os.environ for name in ALLOCATOR_ENV):  # glibc reads them at start-up
-    set_env()
-    os.execv(sys.executable, [sys.executable, *sys.argv])
+restart_with_env()  # glibc reads the malloc settings at start-up: before numpy/torch allocate
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402

@@ -18,9 +18,9 @@ bf16 autocast (only on CPUs with native bf16: emulated bf16 is 30-70x slower tha
 The inputs are the sample heads as distributed (ROBEX atlas 1.5 mm, Colin27 and MNI152 2009 at
 1 mm), cycled to ``--n-volumes`` files. Throughput is measured with a randomly initialised SFCN
 (weights do not change the cost). The accuracy of the pipeline's model settings (channels-last,
-its precision) is checked on the trained encoder at ``checkpoints/sample/encoder.pt`` when present (at its own geometry), else on a random SFCN with
-BatchNorm statistics calibrated on the inputs at the sample geometry (the output says which), on
-the sample heads and motion-corrupted copies of them (0.5-3 mm). The script re-executes itself
+its precision) is checked on the trained encoder at ``checkpoints/sample/encoder.pt`` when
+present (at its own geometry), else on a random SFCN with BatchNorm statistics calibrated on the
+inputs at the sample geometry (the output says which), on the sample heads and motion-corrupted copies of them (0.5-3 mm). The script re-executes itself
 with glibc malloc settings that keep freed memory for reuse (``motionqc.allocator``, as ``motionqc
 score`` applies them) unless they are already set, so both sides run under the same setting.
 
@@ -35,16 +35,13 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from motionqc.allocator import ALLOCATOR_ENV, set_env
+from motionqc.allocator import restart_with_env
 
-if not all(name in os.environ for name in ALLOCATOR_ENV):  # glibc reads them at start-up
-    set_env()
-    os.execv(sys.executable, [sys.executable, *sys.argv])
+restart_with_env()  # glibc reads the malloc settings at start-up: before numpy/torch allocate
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402

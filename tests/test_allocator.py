@@ -106,3 +106,24 @@ def test_runner_gives_kernels_the_settings(tmp_path: Path):
     )
     printed = nbformat.read(path, as_version=4).cells[0].outputs[0]["text"].strip()
     assert printed == repr([allocator.ALLOCATOR_ENV[n] for n in names])
+
+
+def test_restart_with_env_reexecutes_with_the_settings(tmp_path: Path):
+    """A script started without the settings is replaced by one that has them (and runs once)."""
+    script = tmp_path / "restart_probe.py"
+    names = sorted(allocator.ALLOCATOR_ENV)
+    script.write_text(
+        "import os\n"
+        "from motionqc.allocator import restart_with_env\n"
+        "restart_with_env()\n"
+        f"print([os.environ.get(n) for n in {names!r}])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, str(script)],
+        env=env_without_allocator_settings(),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    assert out.stdout.strip() == repr([allocator.ALLOCATOR_ENV[n] for n in names])

@@ -15,7 +15,8 @@ the faults but was slower there (21–23 s): zeroing and compacting huge pages c
 Two ways to apply the settings, both used by the package:
 
 - :data:`ALLOCATOR_ENV` in a child's environment (glibc reads it when the process starts):
-  the notebook runner's kernels, the test suite's nbval kernels, the benchmarks;
+  the notebook runner's kernels, the test suite's nbval kernels, the benchmarks (which restart
+  themselves with it, :func:`restart_with_env`);
 - :func:`keep_freed_memory` in a running process (``mallopt``): the ``motionqc`` command line.
 """
 
@@ -23,9 +24,17 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sys
 from collections.abc import MutableMapping
 
-__all__ = ["ALLOCATOR_ENV", "MMAP_THRESHOLD", "TRIM_THRESHOLD", "keep_freed_memory", "set_env"]
+__all__ = [
+    "ALLOCATOR_ENV",
+    "MMAP_THRESHOLD",
+    "TRIM_THRESHOLD",
+    "keep_freed_memory",
+    "restart_with_env",
+    "set_env",
+]
 
 MMAP_THRESHOLD = 2**31 - 1
 """Blocks below 2 GiB come from the heap (glibc's default: 128 KiB, adapting up to 32 MiB;
@@ -56,6 +65,19 @@ def set_env(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
     for name, value in ALLOCATOR_ENV.items():
         env.setdefault(name, value)
     return {name: env[name] for name in ALLOCATOR_ENV}
+
+
+def restart_with_env() -> None:
+    """Re-execute this Python program with :data:`ALLOCATOR_ENV` unless its variables are all set.
+
+    For scripts whose allocations must all follow the settings (glibc reads them only at start-up,
+    so :func:`keep_freed_memory` would leave earlier allocations as they were). Returns only when
+    the settings were already in the environment; otherwise the process is replaced.
+    """
+    if all(name in os.environ for name in ALLOCATOR_ENV):
+        return
+    set_env()
+    os.execv(sys.executable, [sys.executable, *sys.argv])
 
 
 def keep_freed_memory() -> bool:
