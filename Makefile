@@ -2,6 +2,7 @@
 #   make reproduce   run every numbered notebook with papermill (profile: sample) -> figures/
 #   make test        pytest + nbval over the notebooks under the fast `smoke` profile
 #   make data        gather and verify the sample volumes (no network beyond package registries)
+#   make pretrain    train the released encoder -> src/motionqc/weights/ (resumable; ~1.5 h, 2 cores)
 #   make bench       benchmarks (ratios against the reference in the same run) -> figures/tables/bench_*.csv
 #   make lint        ruff
 SHELL := /bin/bash
@@ -15,10 +16,10 @@ TORCH_SPEC ?= torch==2.13.0
 PROFILE ?= sample
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb)) notebooks/demo.ipynb
 
-.PHONY: help venv data test test-py test-notebooks test-stream-units test-stream-chain reproduce bench lint clean
+.PHONY: help venv data pretrain test test-py test-notebooks test-stream-units test-stream-chain reproduce bench lint clean
 
 help:
-	@sed -n '2,7p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,8p' Makefile | sed 's/^# \{0,1\}//'
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -69,6 +70,11 @@ test-py: $(TEST_NEEDS)
 
 test-notebooks: $(TEST_NEEDS)
 	$(NBVAL) $(NOTEBOOKS)
+
+# The released encoder: motionqc.recipe at its `release` size. Run it again after an interruption:
+# the motion pool's chunks and the training checkpoint are read back.
+pretrain: data
+	$(ALLOCATOR_ENV) $(PY) -m motionqc.release --recipe release
 
 reproduce: data
 	MOTIONQC_PROFILE=$(PROFILE) $(PY) -m motionqc.runner $(NOTEBOOKS)

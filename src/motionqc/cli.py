@@ -65,20 +65,17 @@ def _profile_name() -> str:
 
 
 def _default_checkpoint_text() -> str:
-    """The default checkpoint as shown by ``--help`` (computed without creating folders)."""
-    try:
-        from motionqc import paths
+    """The default checkpoint as shown by ``--help``."""
+    from motionqc.encoder import released_encoder_path
 
-        profile = _profile_name()
-        return str(paths.repo_root() / "checkpoints" / profile / "encoder.pt")
-    except (RuntimeError, ValueError) as exc:
-        return f"unavailable here ({' '.join(str(exc).split())})"
+    return str(released_encoder_path())
 
 
 def _default_checkpoint() -> Path:
-    from motionqc.encoder import default_encoder_path
+    """The released encoder shipped inside the package (``make pretrain`` writes it)."""
+    from motionqc.encoder import released_encoder_path
 
-    return default_encoder_path(_profile_name())
+    return released_encoder_path()
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -159,9 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {motionqc.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     checkpoint_help = (
-        "pretrained encoder file (motionqc.encoder.save_encoder); default: "
-        "checkpoints/<profile>/encoder.pt of the profile named by MOTIONQC_PROFILE, here "
-        f"{_default_checkpoint_text()}"
+        "pretrained encoder file (motionqc.encoder.save_encoder, e.g. notebook 03's "
+        "checkpoints/<profile>/encoder.pt); default: the released encoder shipped in the "
+        f"package, {_default_checkpoint_text()} (its provenance: motion_encoder.json beside it)"
     )
 
     score = sub.add_parser(
@@ -421,6 +418,7 @@ def simulate_file(
 
     from motionqc.data import load_volume
     from motionqc.motion import simulate_motion
+    from motionqc.score import SCORE_CONVENTION
     from motionqc.synthetic import sample_motion
 
     input_path, output_path = Path(input_path), Path(output_path)
@@ -430,7 +428,16 @@ def simulate_file(
     while data.ndim > 3:
         data = data[..., 0]
     affine = np.asarray(image.affine, dtype=float)
-    params = sample_motion(score, seed, n_transforms, affine=affine, shape=data.shape)
+    params = sample_motion(
+        score,
+        seed,
+        n_transforms,
+        affine=affine,
+        shape=data.shape,
+        radius=SCORE_CONVENTION.radius,
+        pairs=SCORE_CONVENTION.pairs,
+        convention=SCORE_CONVENTION.rotations,
+    )
     moved = simulate_motion(
         torch.from_numpy(np.ascontiguousarray(data)),
         params["degrees"],
@@ -459,6 +466,7 @@ def simulate_file(
             "Jenkinson RMS deviation, radius 80 mm, sphere centred on the volume, mean over "
             "consecutive pairs of [identity, T1..Tn] of the rigid head poses the simulation applies"
         ),
+        "ScoreConvention": SCORE_CONVENTION.as_dict(),
         "Seed": int(seed),
         "NTransforms": int(params["n"]),
         "Degrees": np.asarray(params["degrees"]).round(6).tolist(),

@@ -25,6 +25,7 @@ the volume centre.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy.spatial.transform import Rotation
@@ -33,6 +34,8 @@ from motionqc.motion import _check_affine, _check_params, rigid_matrices
 
 __all__ = [
     "AUTHORS_RADIUS",
+    "ScoreConvention",
+    "SCORE_CONVENTION",
     "volume_center",
     "rms_deviation",
     "motion_score",
@@ -44,6 +47,35 @@ AUTHORS_RADIUS = 82.5
 """Sphere radius (mm) of the authors' motion quantifier (from Pollak et al. 2023's code)."""
 
 _PAIRS = ("consecutive", "all")
+
+
+@dataclass(frozen=True)
+class ScoreConvention:
+    """How a motion's parameters become its score: one value passed to and recorded by every user.
+
+    Attributes:
+        rotations: ``"applied"`` (the head poses the simulation really applies: ITK Euler
+            matrices, rotation about the world origin) or ``"authors"`` (rotation vectors).
+        pairs: ``"consecutive"`` pairs of ``[I, T1, …, Tn]`` or ``"all"`` pairs.
+        radius: Sphere radius, mm.
+        center: ``"volume"`` (the centre of the image's grid, where the head is) or ``"origin"``.
+    """
+
+    rotations: str = "applied"
+    pairs: str = "consecutive"
+    radius: float = 80.0
+    center: str = "volume"
+
+    def as_dict(self) -> dict[str, object]:
+        """The convention as plain JSON types (for encoder files and derivatives)."""
+        return asdict(self)
+
+
+SCORE_CONVENTION = ScoreConvention()
+"""The one convention of motionqc's labels, targets and printed scores: the poses actually applied,
+consecutive pairs (as the authors), FSL's 80 mm sphere centred on the volume. Notebook 02 says
+why; the authors' own label (rotation vectors, 82.5 mm, world origin) stays available for
+comparison as ``ScoreConvention("authors", "consecutive", AUTHORS_RADIUS, "origin")``."""
 _CONVENTIONS = ("applied", "authors")
 
 

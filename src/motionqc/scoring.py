@@ -45,7 +45,7 @@ from motionqc.derivatives import (
     shard_table,
     write_dataset_description,
 )
-from motionqc.encoder import INPUT_INTENSITY, load_encoder, unit_range
+from motionqc.encoder import load_encoder, scale_input
 from motionqc.soft_labels import decode, predictive_std
 
 __all__ = [
@@ -345,7 +345,9 @@ class Scorer:
             "spacing_mm": self.spacing_mm,
             "shape": list(self.shape),
             "bin_range": list(self.meta["bin_range"]),
-            "input_intensity": INPUT_INTENSITY,
+            "input_intensity": self.meta["input_intensity"],
+            "temperature": self.meta["temperature"],
+            "score_convention": self.meta["score_convention"],
             "precision": self.precision,
             "device": self.device.type,
             "qc_head": self.qc_head is not None,
@@ -358,7 +360,8 @@ class Scorer:
         Returns:
             ``motion_mm`` and ``motion_std`` ``(B,)``; with a QC head also ``p_qc`` ``(B, 3)``.
         """
-        x = unit_range(images.to(self.device, non_blocking=True))  # the training intensity range
+        # the intensity scaling the encoder was trained with (recorded in its file)
+        x = scale_input(images.to(self.device, non_blocking=True), self.meta["input_intensity"])
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
         with torch.autocast(
@@ -368,7 +371,7 @@ class Scorer:
         ):
             fmap = self.model.encode(x)
             out = self.model.head(fmap)
-        out = out.float()
+        out = out.float() / self.meta["temperature"]
         result = {
             "motion_mm": decode(out, self.meta["bin_range"]).cpu().numpy(),
             "motion_std": predictive_std(out, self.meta["bin_range"]).cpu().numpy(),

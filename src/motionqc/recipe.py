@@ -1,0 +1,549 @@
+"""The pretraining recipe of the released motion encoder (``make pretrain``).
+
+Motion at the acquisition grid, new intensities every step, a one-cycle schedule that anneals
+within its budget.
+
+A user's scan moved while it was acquired, at its own (about 1 mm) resolution; ``motionqc score``
+then resamples it to the encoder's grid. The recipe builds its training samples the same way:
+
+1. *Sources*: the training heads at 1 mm on a 160×192×160 grid, multiplied into pseudo-subjects by
+   seeded affine + elastic deformations (:func:`motionqc.pretrain.augment_heads`); the last
+   pseudo-subject of each head is kept for validation, and the test heads are never touched.
+2. *Motion pool*: per sample a target score ~ U(0, ``max_score``) (a share ``p_motion_free`` of
+   exact zeros), parameters whose score under :data:`motionqc.score.SCORE_CONVENTION` equals the
+   target (:func:`motionqc.synthetic.sample_motion`), k-space motion simulated **at 1 mm**
+   (:func:`motionqc.motion.simulate_motion`, TorchIO's ``Motion``), then the inference
+   preprocessing (:func:`motionqc.data.preprocess`) to the encoder grid. Rendered once, in worker
+   processes, into chunk files keyed by everything that determines them (resumable).
+3. *Per step*: each pool sample gets a left-right flip and a fresh intensity draw — gamma, a
+   random monotone contrast curve (the "contrast shift" that let the follow-up work's synthetic-only
+   model transfer to real scans), a polynomial bias field, Rician noise — and the percentile
+   scaling of inference (:func:`motionqc.encoder.scale_input`), so the network cannot key on one
+   head's intensity profile.
+
+:func:`train` runs the steps (AdamW, one-cycle learning rate, resumable checkpoints loaded with
+``weights_only=True``); :mod:`motionqc.release` wraps it into ``make pretrain``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import multiprocessing as mp
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torchio as tio
+
+from motionqc.data import preprocess
+from motionqc.encoder import scale_input
+from motionqc.motion import simulate_motion
+from motionqc.pretrain import augment_heads, bias_field, head_of
+from motionqc.score import SCORE_CONVENTION
+from motionqc.synthetic import sample_motion
+
+__all__ = [
+    "RecipeConfig",
+    "RECIPES",
+    "load_sources",
+    "source_splits",
+    "render_pool",
+    "augment_batch",
+    "train",
+    "lr_at",
+    "predict_logits",
+    "val_inputs",
+]
+
+
+@dataclass(frozen=True)
+class RecipeConfig:
+    """Every knob of the recipe (recorded with the weights it produces).
+
+    Attributes:
+        name: Recipe name (``release``, ``sample``, ``smoke``).
+        train_heads: Real heads whose pseudo-subjects train (and validate) the encoder.
+        pseudo_subjects: Pseudo-subjects per training head (the first is the head itself; the
+            last is held out for validation).
+        sim_spacing_mm: Voxel size motion is simulated at (the acquisition grid).
+        sim_shape: Grid of the sources at that voxel size.
+        spacing_mm: The encoder's voxel size.
+        shape: The encoder's grid.
+        channels: SFCN widths.
+        dropout: SFCN dropout.
+        pool_size: Motion-corrupted training samples rendered.
+        val_size: Validation samples rendered (from the held-out pseudo-subjects).
+        max_score: Largest target score (mm).
+        p_motion_free: Share of samples without motion (label 0).
+        steps: Optimiser steps.
+        batch_size: Samples per step.
+        lr: Peak learning rate of the one-cycle schedule.
+        pct_start: Share of the steps spent warming up.
+        weight_decay: AdamW weight decay.
+        eval_every: Steps between validation passes (and checkpoints).
+        seed: Base seed of every draw.
+    """
+
+    name: str = "release"
+    train_heads: tuple[str, ...] = ("robex_atlas", "mni152_2009")
+    pseudo_subjects: int = 8
+    sim_spacing_mm: float = 1.0
+    sim_shape: tuple[int, int, int] = (160, 192, 160)
+    spacing_mm: float = 2.0
+    shape: tuple[int, int, int] = (80, 96, 80)
+    channels: tuple[int, ...] = (16, 32, 64, 128, 128, 64)
+    dropout: float = 0.3
+    pool_size: int = 3000
+    val_size: int = 96
+    max_score: float = 4.0
+    p_motion_free: float = 0.08
+    steps: int = 2000
+    batch_size: int = 8
+    lr: float = 2e-3
+    pct_start: float = 0.15
+    weight_decay: float = 0.05
+    eval_every: int = 250
+    seed: int = 0
+    augment: dict = field(
+        default_factory=lambda: {
+            "p_flip": 0.5,
+            "log_gamma": 0.5,
+            "p_contrast": 0.5,
+            "contrast_knots": 4,
+            "p_bias": 0.5,
+            "bias_coefficient": 0.4,
+            "p_noise": 0.6,
+            "noise_std": 0.06,
+        }
+    )
+
+    def replace(self, **changes: object) -> RecipeConfig:
+        """Return a copy with some knobs changed."""
+        data = asdict(self) | changes
+        return RecipeConfig(**data)
+
+    def as_dict(self) -> dict[str, object]:
+        """Return the knobs as plain JSON types."""
+        out = asdict(self)
+        for k, v in out.items():
+            if isinstance(v, tuple):
+                out[k] = list(v)
+        return out
+
+
+RECIPES: dict[str, RecipeConfig] = {
+    "release": RecipeConfig(),
+    "sample": RecipeConfig(name="sample", pool_size=1200, val_size=64, steps=1500),
+    "smoke": RecipeConfig(
+        name="smoke",
+        pseudo_subjects=2,
+        sim_spacing_mm=4.0,
+        sim_shape=(40, 48, 40),
+        spacing_mm=4.0,
+        shape=(40, 48, 40),
+        pool_size=12,
+        val_size=4,
+        steps=4,
+        batch_size=4,
+        eval_every=2,
+    ),
+}
+
+
+# ------------------------------------------------------------------------------------ sources
+def load_sources(
+    paths: Mapping[str, str | Path], config: RecipeConfig
+) -> dict[str, tio.ScalarImage]:
+    """The training heads at the simulation grid, multiplied into pseudo-subjects.
+
+    Args:
+        paths: Real head id → NIfTI file (only ``config.train_heads`` are read).
+        config: The recipe.
+
+    Returns:
+        ``"<head>~<k>"`` → canonical image at ``sim_spacing_mm`` on ``sim_shape``, intensities
+        divided by their mean.
+
+    Raises:
+        ValueError: If a training head has no file.
+    """
+    missing = [h for h in config.train_heads if h not in paths]
+    if missing:
+        raise ValueError(f"no file for training head(s): {', '.join(missing)}")
+    real = {
+        h: preprocess(paths[h], config.sim_spacing_mm, config.sim_shape) for h in config.train_heads
+    }
+    return augment_heads(real, config.pseudo_subjects, seed=config.seed)
+
+
+def source_splits(sources: Sequence[str], config: RecipeConfig) -> dict[str, str]:
+    """``train`` or ``val`` per pseudo-subject: the last of each head validates."""
+    out = {}
+    for s in sources:
+        k = int(s.split("~", 1)[1])
+        last = k == config.pseudo_subjects - 1 and config.pseudo_subjects > 1
+        out[s] = "val" if last else "train"
+    return out
+
+
+# --------------------------------------------------------------------------------- the pool
+def _sample(
+    index: int, split: str, sources: Mapping[str, tio.ScalarImage], config: RecipeConfig
+) -> tuple[np.ndarray, dict[str, object]]:
+    """Render one pool sample: motion at the simulation grid, then the inference preprocessing."""
+    names = sorted(sources)
+    split_id = {"train": 0, "val": 1}[split]
+    seq = np.random.SeedSequence([int(config.seed), split_id, int(index)])
+    rng = np.random.default_rng(seq)
+    source = names[int(rng.integers(len(names)))]
+    image = sources[source]
+    if rng.uniform() < config.p_motion_free:
+        target = 0.0
+    else:
+        target = float(rng.uniform(0.0, config.max_score))
+    motion_seed = int(seq.generate_state(1)[0])
+    p = sample_motion(
+        target,
+        motion_seed,
+        affine=image.affine,
+        shape=image.shape[1:],
+        radius=SCORE_CONVENTION.radius,
+        pairs=SCORE_CONVENTION.pairs,
+        convention=SCORE_CONVENTION.rotations,
+    )
+    data = image.data[0].float()
+    if target > 0:
+        data = simulate_motion(
+            data, p["degrees"], p["translation"], p["times"], image.affine, backend="auto"
+        )
+    moved = tio.ScalarImage(tensor=data[None], affine=image.affine)
+    out = preprocess(moved, config.spacing_mm, config.shape).data[0].numpy()
+    row = {
+        "index": int(index),
+        "split": split,
+        "source": source,
+        "head": head_of(source),
+        "label": float(p["score"]),
+        "n": int(p["n"]),
+        "degrees": json.dumps(np.round(p["degrees"], 8).tolist()),
+        "translation": json.dumps(np.round(p["translation"], 8).tolist()),
+        "times": json.dumps([float(t) for t in p["times"]]),
+    }
+    return out.astype(np.float16), row
+
+
+_WORKER: dict[str, object] = {}
+
+
+def _init_worker(sources: Mapping[str, tio.ScalarImage], config: RecipeConfig) -> None:
+    torch.set_num_threads(1)
+    _WORKER["sources"], _WORKER["config"] = sources, config
+
+
+def _render(args: tuple[int, str]) -> tuple[np.ndarray, dict[str, object]]:
+    return _sample(args[0], args[1], _WORKER["sources"], _WORKER["config"])  # type: ignore[arg-type]
+
+
+def pool_key(sources: Mapping[str, tio.ScalarImage], config: RecipeConfig) -> str:
+    """Digest of everything that determines the pool: the sources' voxels and the pool knobs."""
+    h = hashlib.sha256()
+    knobs = {
+        k: config.as_dict()[k]
+        for k in (
+            "train_heads",
+            "pseudo_subjects",
+            "sim_spacing_mm",
+            "sim_shape",
+            "spacing_mm",
+            "shape",
+            "max_score",
+            "p_motion_free",
+            "seed",
+        )
+    }
+    knobs["convention"] = SCORE_CONVENTION.as_dict()
+    h.update(json.dumps(knobs, sort_keys=True).encode())
+    for name in sorted(sources):
+        h.update(name.encode())
+        h.update(sources[name].data.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def render_pool(
+    sources: Mapping[str, tio.ScalarImage],
+    config: RecipeConfig,
+    split: str,
+    n: int,
+    *,
+    cache_dir: str | Path | None = None,
+    num_workers: int = 0,
+    chunk: int = 50,
+    progress: bool = True,
+) -> tuple[torch.Tensor, pd.DataFrame]:
+    """Render ``n`` samples of a split (resumable: finished chunks are read back).
+
+    Args:
+        sources: Pseudo-subject → image (:func:`load_sources`).
+        config: The recipe.
+        split: ``train`` or ``val``: which pseudo-subjects the samples come from.
+        n: Number of samples.
+        cache_dir: Folder of the chunk files (``None``: nothing cached).
+        num_workers: Rendering processes (0: this process).
+        chunk: Samples per chunk file.
+        progress: Show a progress bar.
+
+    Returns:
+        ``(images (n, 1, X, Y, Z) float16, table)`` with one row per sample (label, parameters).
+    """
+    from tqdm.auto import tqdm
+
+    splits = source_splits(sources, config)
+    members = {s: v for s, v in sources.items() if splits[s] == split}
+    if not members:
+        raise ValueError(f"no pseudo-subject in split {split!r}")
+    folder = None
+    if cache_dir is not None:
+        folder = Path(cache_dir) / f"pool_{pool_key(members, config)}_{split}"
+        folder.mkdir(parents=True, exist_ok=True)
+    images, rows = [], []
+    starts = range(0, n, chunk)
+    ctx = mp.get_context("fork")
+    pool = ctx.Pool(num_workers, _init_worker, (members, config)) if num_workers > 0 else None
+    try:
+        for start in tqdm(starts, desc=f"motion pool {split}", disable=not progress):
+            stop = min(n, start + chunk)
+            file = folder / f"chunk_{start:06d}_{stop:06d}.pt" if folder else None
+            if file is not None and file.is_file():
+                saved = torch.load(file, map_location="cpu", weights_only=True)
+                images.append(saved["images"])
+                rows.extend(json.loads(saved["rows"]))
+                continue
+            jobs = [(i, split) for i in range(start, stop)]
+            if pool is None:
+                done = [_sample(i, s, members, config) for i, s in jobs]
+            else:
+                done = pool.map(_render, jobs)
+            block = torch.from_numpy(np.stack([d[0] for d in done]))[:, None]
+            block_rows = [d[1] for d in done]
+            if file is not None:
+                tmp = file.with_name(file.name + ".tmp")
+                torch.save({"images": block, "rows": json.dumps(block_rows)}, tmp)
+                os.replace(tmp, file)
+            images.append(block)
+            rows.extend(block_rows)
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+    return torch.cat(images), pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- augmentation
+def _monotone_curve(v: torch.Tensor, knots: int, gen: torch.Generator) -> torch.Tensor:
+    """A random increasing piecewise-linear map of [0, 1] onto itself (identity outside)."""
+    xs = torch.sort(torch.rand(knots, generator=gen, dtype=torch.float64)).values
+    ys = torch.sort(torch.rand(knots, generator=gen, dtype=torch.float64)).values
+    xs = torch.cat([torch.zeros(1, dtype=xs.dtype), xs, torch.ones(1, dtype=xs.dtype)]).float()
+    ys = torch.cat([torch.zeros(1, dtype=ys.dtype), ys, torch.ones(1, dtype=ys.dtype)]).float()
+    inside = v.clamp(0.0, 1.0)
+    seg = torch.bucketize(inside.contiguous(), xs[1:-1])
+    x0, x1, y0, y1 = xs[seg], xs[seg + 1], ys[seg], ys[seg + 1]
+    mapped = y0 + (inside - x0) / (x1 - x0).clamp_min(1e-6) * (y1 - y0)
+    return torch.where((v >= 0) & (v <= 1), mapped, v)
+
+
+def _smooth_field(shape: Sequence[int], coefficients: torch.Tensor) -> torch.Tensor:
+    """TorchIO's polynomial bias field on a grid 4× coarser, trilinearly upsampled (it is smooth)."""
+    coarse = [max(2, int(s) // 4) for s in shape]
+    field = bias_field(coarse, coefficients)[None, None]
+    return torch.nn.functional.interpolate(field, size=tuple(shape), mode="trilinear")[0, 0]
+
+
+def augment_batch(
+    x: torch.Tensor, gen: torch.Generator, augment: Mapping[str, float], method: str = "percentile"
+) -> torch.Tensor:
+    """Draw new intensities for a batch of pool samples, then scale it as inference does.
+
+    Per volume: left-right flip, gamma ``sign(v)·|v|^γ`` (log γ ~ U(±``log_gamma``)) on the volume
+    scaled by its 99.5th percentile, a random monotone contrast curve, a polynomial bias field
+    (TorchIO's ``RandomBiasField``: order 3, coefficients ~ U(±``bias_coefficient``)), Rician noise
+    (σ ~ U(0, ``noise_std``) of that percentile), each with its probability; then
+    :func:`motionqc.encoder.scale_input`.
+
+    Args:
+        x: ``(B, 1, X, Y, Z)`` batch.
+        gen: The generator of every draw (seeded per step by :func:`train`).
+        augment: Probabilities and ranges (:attr:`RecipeConfig.augment`).
+        method: The input scaling the encoder records.
+
+    Returns:
+        The augmented, scaled batch (float32).
+    """
+    out = []
+    shape = tuple(x.shape[2:])
+    for v in x[:, 0].float():
+
+        def draw() -> float:
+            return float(torch.rand((), generator=gen))
+
+        if draw() < augment["p_flip"]:
+            v = v.flip(0)
+        top = torch.quantile(v.flatten()[::7], 0.995).clamp_min(1e-6)
+        v = v / top
+        log_gamma = (2 * draw() - 1) * augment["log_gamma"]
+        v = v.sign() * v.abs() ** math.exp(log_gamma)
+        if draw() < augment["p_contrast"]:
+            v = _monotone_curve(v, int(augment["contrast_knots"]), gen)
+        if draw() < augment["p_bias"]:
+            c = augment["bias_coefficient"]
+            coef = (2 * torch.rand(20, generator=gen, dtype=torch.float64) - 1) * c
+            v = v * _smooth_field(shape, coef)
+        if draw() < augment["p_noise"]:
+            sigma = draw() * augment["noise_std"]
+            n1 = torch.randn(v.shape, generator=gen) * sigma
+            n2 = torch.randn(v.shape, generator=gen) * sigma
+            v = torch.sqrt((v + n1) ** 2 + n2**2)
+        out.append(v)
+    return scale_input(torch.stack(out)[:, None], method)
+
+
+# ------------------------------------------------------------------------------- training
+def lr_at(step: int, steps: int, peak: float, pct_start: float) -> float:
+    """One-cycle learning rate: cosine warm-up from peak/25 to peak, cosine decay to peak/1e4."""
+    warm = max(1, int(round(steps * pct_start)))
+    if step < warm:
+        t = step / warm
+        return peak / 25 + (peak - peak / 25) * (1 - math.cos(math.pi * t)) / 2
+    t = min(1.0, (step - warm) / max(1, steps - warm))
+    return peak / 1e4 + (peak - peak / 1e4) * (1 + math.cos(math.pi * t)) / 2
+
+
+def val_inputs(val_x: torch.Tensor, config: RecipeConfig) -> torch.Tensor:
+    """The validation samples with their own fixed intensity draws (the same at every pass)."""
+    items = []
+    for i in range(len(val_x)):
+        gen = torch.Generator().manual_seed(int(config.seed) * 1_000_003 + 17 + i)
+        items.append(augment_batch(val_x[i : i + 1], gen, config.augment))
+    return torch.cat(items)
+
+
+@torch.inference_mode()
+def predict_logits(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
+    """Log-probabilities of already scaled inputs, in eval mode, batch by batch."""
+    model.eval()
+    outs = []
+    for start in range(0, len(x), batch_size):
+        xb = x[start : start + batch_size].contiguous(memory_format=torch.channels_last_3d)
+        outs.append(model(xb).float())
+    return torch.cat(outs) if outs else torch.zeros(0)
+
+
+def train(
+    model: torch.nn.Module,
+    pool: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor],
+    config: RecipeConfig,
+    run_dir: str | Path | None = None,
+    *,
+    log: bool = True,
+) -> pd.DataFrame:
+    """Train the encoder for ``config.steps`` steps (resumable from ``run_dir/last.pt``).
+
+    Each step draws ``batch_size`` pool samples (seeded by the step) and new intensities for them
+    (:func:`augment_batch`); the loss is the soft-label KL divergence; every ``eval_every`` steps
+    the validation samples are scored and a checkpoint is written. A checkpoint holds plain types
+    only and is read back with ``weights_only=True``; one written with other settings is refused.
+
+    Args:
+        model: An SFCN with ``n_outputs`` bins.
+        pool: Training images ``(N, 1, X, Y, Z)`` and labels ``(N,)``.
+        val: Validation images and labels.
+        config: The recipe.
+        run_dir: Folder of ``last.pt`` and ``history.csv`` (``None``: no checkpoints).
+        log: Print one line per validation pass.
+
+    Returns:
+        One row per validation pass: ``step``, ``lr``, ``train_loss``, ``val_loss``, ``val_r2``,
+        ``val_mae``, ``seconds``.
+
+    Raises:
+        ValueError: If ``run_dir`` holds a checkpoint of another recipe.
+    """
+    import time
+
+    from motionqc.soft_labels import BIN_RANGE, SoftLabelKL, decode
+
+    pool_x, pool_y = pool
+    val_x, val_y = val
+    loss_fn = SoftLabelKL()
+    model.to(memory_format=torch.channels_last_3d)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    history: list[dict[str, float]] = []
+    start, elapsed = 0, 0.0
+    last = Path(run_dir) / "last.pt" if run_dir is not None else None
+    if last is not None and last.is_file():
+        state = torch.load(last, map_location="cpu", weights_only=True)
+        if state.get("config") != json.dumps(config.as_dict(), sort_keys=True):
+            raise ValueError(f"{last}: a checkpoint of other recipe settings; remove {run_dir}")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start, elapsed = int(state["step"]), float(state["seconds"])
+        history = json.loads(state["history"])
+    vx = val_inputs(val_x, config) if len(val_x) else val_x
+    running: list[float] = []
+    t0 = time.perf_counter() - elapsed
+    for step in range(start, config.steps):
+        seq = np.random.SeedSequence([int(config.seed), 7, step])
+        idx = np.random.default_rng(seq).choice(len(pool_x), config.batch_size, replace=False)
+        gen = torch.Generator().manual_seed(int(seq.generate_state(1)[0]))
+        x = augment_batch(pool_x[idx], gen, config.augment)
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, config.steps, config.lr, config.pct_start)
+        model.train()
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), pool_y[idx].float())
+        loss.backward()
+        opt.step()
+        running.append(float(loss.detach()))
+        done = step + 1
+        if done % config.eval_every == 0 or done == config.steps:
+            out = predict_logits(model, vx)
+            pred = decode(out, BIN_RANGE).numpy().astype(np.float64)
+            truth = val_y.numpy().astype(np.float64)
+            ss = float(((truth - truth.mean()) ** 2).sum()) or 1.0
+            row = {
+                "step": done,
+                "lr": lr_at(step, config.steps, config.lr, config.pct_start),
+                "train_loss": float(np.mean(running)),
+                "val_loss": float(loss_fn(out, val_y.float())),
+                "val_r2": 1 - float(((pred - truth) ** 2).sum()) / ss,
+                "val_mae": float(np.abs(pred - truth).mean()),
+                "seconds": time.perf_counter() - t0,
+            }
+            history.append(row)
+            running = []
+            if log:
+                print(" ".join(f"{k} {v:.4g}" for k, v in row.items()), flush=True)
+            if last is not None:
+                last.parent.mkdir(parents=True, exist_ok=True)
+                state = {
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "step": done,
+                    "seconds": row["seconds"],
+                    "history": json.dumps(history),
+                    "config": json.dumps(config.as_dict(), sort_keys=True),
+                }
+                tmp = last.with_name(last.name + ".tmp")
+                torch.save(state, tmp)
+                os.replace(tmp, last)
+                pd.DataFrame(history).to_csv(last.parent / "history.csv", index=False)
+    model.eval()
+    return pd.DataFrame(history)
