@@ -9,6 +9,7 @@ import torch
 import torchio as tio
 
 from motionqc import recipe, release
+from motionqc.stages import pretrain as stage
 from motionqc.data import preprocess
 from motionqc.encoder import EncoderError, load_encoder, save_encoder, scale_input, unit_range
 from motionqc.models import SFCN
@@ -152,15 +153,15 @@ def test_fit_temperature_widens_an_overconfident_model():
     truth = torch.tensor(rng.uniform(0.5, 3.5, 400))
     mean = truth + torch.tensor(rng.normal(0, 0.4, 400))  # errors of 0.4 mm ...
     logits = -((centres[None] - mean[:, None]) ** 2) / (2 * 0.1**2)  # ... claimed 0.1 mm
-    t = release.fit_temperature(torch.log_softmax(logits.float(), 1), truth)
+    t = stage.fit_temperature(torch.log_softmax(logits.float(), 1), truth)
     assert t > 4
     table = pd.DataFrame({"true": truth.numpy(), "pred": mean.numpy(), "std": 0.1})
-    assert release.coverage(table)["within_1std"] < 0.3
+    assert stage.coverage(table)["within_1std"] < 0.3
 
 
 def test_band_table_medians_by_true_score():
     table = pd.DataFrame({"true": [0.0, 0.3, 1.5, 1.5, 4.0], "pred": [0.1, 0.5, 1.0, 2.0, 3.0]})
-    bands = release.band_table(table).set_index("band")
+    bands = stage.band_table(table).set_index("band")
     assert bands.loc["[0, 0.5)", "n"] == 2
     assert bands.loc["[0, 0.5)", "median_error"] == pytest.approx(0.15)
     assert bands.loc["[1.5, 2)", "median_pred"] == pytest.approx(1.5)
@@ -178,7 +179,13 @@ def test_release_run_writes_weights_and_provenance(tmp_path, monkeypatch):
     monkeypatch.setattr(release, "sample_manifest", lambda: manifest)
     out = tmp_path / "weights" / "motion_encoder.pt"
     prov = release.run(
-        SMOKE, out=out, run_dir=tmp_path / "run", num_workers=0, draws=1, command="test"
+        SMOKE,
+        out=out,
+        run_dir=tmp_path / "run",
+        num_workers=0,
+        draws=1,
+        command="test",
+        cache_dir=tmp_path / "cache",
     )
     written = json.loads(out.with_suffix(".json").read_text())
     assert written == json.loads(json.dumps(prov))
@@ -188,6 +195,7 @@ def test_release_run_writes_weights_and_provenance(tmp_path, monkeypatch):
     assert written["data"]["colin27"]["role"] == "test"
     assert written["score_convention"] == SCORE_CONVENTION.as_dict()
     assert len(written["unseen_heads"]["bands"]) == 6
+    assert set(written["unseen_heads"]["metrics"]) >= {"r2", "spearman", "mae", "within_1std"}
     model, meta = load_encoder(out)
     assert meta["input_intensity"] == "percentile"
     assert meta["temperature"] == written["temperature"]

@@ -16,206 +16,24 @@ import json
 import platform
 import subprocess
 import sys
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
-import torchio as tio
-from scipy.stats import spearmanr
 
 from motionqc import paths
-from motionqc.data import file_sha256, load_volume, preprocess, sample_manifest
-from motionqc.encoder import predict_motion, released_encoder_path, save_encoder
-from motionqc.models import SFCN
+from motionqc.data import file_sha256, sample_manifest
+from motionqc.encoder import released_encoder_path, save_encoder
 from motionqc.recipe import (
     RECIPES,
     RecipeConfig,
-    load_sources,
-    predict_logits,
-    render_pool,
-    train,
-    val_inputs,
 )
 from motionqc.score import SCORE_CONVENTION
-from motionqc.soft_labels import BIN_RANGE, N_BINS, SIGMA, decode, predictive_std
-from motionqc.synthetic import sample_motion
-from motionqc.trainer import kaiming_init, seed_everything
+from motionqc.soft_labels import BIN_RANGE, N_BINS, SIGMA
+from motionqc.stages import pretrain as stage
 
-__all__ = [
-    "BANDS",
-    "TEST_SCORES",
-    "fit_temperature",
-    "coverage",
-    "band_table",
-    "unseen_head_predictions",
-    "unseen_metrics",
-    "main",
-]
-
-TEST_SCORES = (0.0, 0.3, 0.6, 1.0, 1.5, 2.0, 3.0, 4.0)
-"""True scores (mm) of the unseen-head test: each corrupted by TorchIO's ``Motion``."""
-
-BANDS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
-"""Edges of the bands of true score the per-band table reports ([0, 0.5], …, [3, 4] mm)."""
-
-
-def fit_temperature(
-    log_probs: torch.Tensor,
-    truth: torch.Tensor,
-    bin_range: Sequence[float] = BIN_RANGE,
-    grid: Sequence[float] = tuple(np.round(np.arange(0.5, 6.01, 0.05), 2)),
-) -> float:
-    """Softmax temperature minimising the Gaussian NLL of the truth under (mean, std).
-
-    Args:
-        log_probs: Validation outputs ``(N, n_bins)``.
-        truth: Validation labels ``(N,)``.
-        bin_range: The bins.
-        grid: Temperatures tried.
-
-    Returns:
-        The best temperature (1 is no change).
-    """
-    y = truth.double()
-    best, best_nll = 1.0, float("inf")
-    for t in grid:
-        out = log_probs.float() / float(t)
-        mean = decode(out, bin_range).double()
-        std = predictive_std(out, bin_range).double().clamp_min(1e-3)
-        nll = float((torch.log(std) + 0.5 * ((y - mean) / std) ** 2).mean())
-        if nll < best_nll:
-            best, best_nll = float(t), nll
-    return best
-
-
-def coverage(table: pd.DataFrame) -> dict[str, float]:
-    """Share of truths within the predicted ±1 and ±2 std (68 % / 95 % if calibrated)."""
-    err = (table["pred"] - table["true"]).abs()
-    return {
-        "within_1std": float((err <= table["std"]).mean()),
-        "within_2std": float((err <= 2 * table["std"]).mean()),
-    }
-
-
-def band_table(table: pd.DataFrame, edges: Sequence[float] = BANDS) -> pd.DataFrame:
-    """Per band of true score: count, median prediction, median error and median |error|.
-
-    Args:
-        table: ``true`` and ``pred`` columns (mm).
-        edges: Band edges; a truth equal to an inner edge goes to the band above it, the last
-            band is closed.
-
-    Returns:
-        One row per band: ``band``, ``n``, ``median_true``, ``median_pred``, ``median_error``,
-        ``median_abs_error``.
-    """
-    rows = []
-    truth = table["true"].round(6)  # a target on an edge (1.5 mm solved to 1e-10) stays on it
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-        last = hi == edges[-1]
-        keep = (truth >= lo) & ((truth <= hi) if last else (truth < hi))
-        sub = table[keep]
-        err = sub["pred"] - sub["true"]
-        rows.append(
-            {
-                "band": f"[{lo:g}, {hi:g}]" if last else f"[{lo:g}, {hi:g})",
-                "n": len(sub),
-                "median_true": float(sub["true"].median()) if len(sub) else np.nan,
-                "median_pred": float(sub["pred"].median()) if len(sub) else np.nan,
-                "median_error": float(err.median()) if len(sub) else np.nan,
-                "median_abs_error": float(err.abs().median()) if len(sub) else np.nan,
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-def unseen_head_predictions(
-    model: SFCN,
-    meta: Mapping[str, object],
-    heads: Mapping[str, str | Path],
-    *,
-    scores: Sequence[float] = TEST_SCORES,
-    draws: int = 4,
-    seed: int = 12345,
-) -> pd.DataFrame:
-    """Corrupt each head with TorchIO's ``Motion`` at known scores and predict them.
-
-    Each head is loaded at its own resolution (canonical orientation), corrupted by
-    ``tio.Motion(..., image_interpolation="linear")`` with parameters whose score under
-    :data:`motionqc.score.SCORE_CONVENTION` is the target (``draws`` independent motions per
-    score), then preprocessed to the encoder's grid exactly as ``motionqc score`` does.
-
-    Args:
-        model: The encoder.
-        meta: Its metadata (:func:`motionqc.encoder.load_encoder`).
-        heads: Head id → NIfTI file; none may have been used in training.
-        scores: True scores (mm).
-        draws: Motions per score.
-        seed: Base seed.
-
-    Returns:
-        One row per volume: ``head``, ``draw``, ``true``, ``pred``, ``std``, ``n``.
-    """
-    rows, images = [], []
-    for h_idx, (head, path) in enumerate(heads.items()):
-        nii = load_volume(path)
-        image = tio.ScalarImage(
-            tensor=torch.from_numpy(np.asarray(nii.dataobj, dtype=np.float32))[None],
-            affine=nii.affine,
-        )
-        for s_idx, target in enumerate(scores):
-            for d in range(draws):
-                row_seed = int(np.random.SeedSequence([seed, h_idx, s_idx, d]).generate_state(1)[0])
-                p = sample_motion(
-                    float(target),
-                    row_seed,
-                    affine=image.affine,
-                    shape=image.shape[1:],
-                    radius=SCORE_CONVENTION.radius,
-                    pairs=SCORE_CONVENTION.pairs,
-                    convention=SCORE_CONVENTION.rotations,
-                )
-                moved = image
-                if target > 0:
-                    motion = tio.Motion(
-                        degrees=np.asarray(p["degrees"]),
-                        translation=np.asarray(p["translation"]),
-                        times=np.asarray(p["times"]),
-                        image_interpolation="linear",
-                    )
-                    moved = motion(image)
-                x = preprocess(moved, float(meta["spacing_mm"]), meta["shape"]).data.float()
-                images.append(x)
-                rows.append({"head": head, "draw": d, "true": float(p["score"]), "n": int(p["n"])})
-    pred, std = predict_motion(
-        model,
-        images,
-        bin_range=meta["bin_range"],
-        batch_size=4,
-        input_intensity=str(meta.get("input_intensity", "unit_range")),
-        temperature=float(meta.get("temperature", 1.0)),
-    )
-    out = pd.DataFrame(rows)
-    out["pred"], out["std"] = pred, std
-    return out
-
-
-def unseen_metrics(table: pd.DataFrame) -> dict[str, float]:
-    """R², Spearman, MAE, RMSE and ±1/±2 std coverage of a prediction table."""
-    truth = table["true"].to_numpy(np.float64)
-    err = table["pred"].to_numpy(np.float64) - truth
-    ss = float(((truth - truth.mean()) ** 2).sum())
-    return {
-        "n": len(table),
-        "r2": 1 - float((err**2).sum()) / ss if ss > 0 else float("nan"),
-        "spearman": float(spearmanr(truth, table["pred"]).statistic),
-        "mae": float(np.abs(err).mean()),
-        "rmse": float(np.sqrt((err**2).mean())),
-        **coverage(table),
-    }
+__all__ = ["run", "main"]
 
 
 def _commit() -> str:
@@ -246,6 +64,7 @@ def run(
     num_workers: int = 2,
     draws: int = 4,
     command: str = "",
+    cache_dir: Path | None = None,
 ) -> dict[str, object]:
     """Train, calibrate, test and write the encoder and its JSON (see the module docstring).
 
@@ -257,6 +76,7 @@ def run(
         num_workers: Rendering processes.
         draws: Motions per test score and head.
         command: The command line recorded in the JSON.
+        cache_dir: Folder of the motion pool's chunks (default ``build/cache/recipe``).
 
     Returns:
         The provenance written to the JSON.
@@ -264,44 +84,19 @@ def run(
     Raises:
         ValueError: If a test head is also a training head.
     """
-    overlap = sorted(set(test_heads) & set(config.train_heads))
-    if overlap:
-        raise ValueError(f"test head(s) also used for training: {', '.join(overlap)}")
     manifest = sample_manifest()
     files = dict(zip(manifest["volume_id"], manifest["path"], strict=True))
-    seed_everything(config.seed)
-    t0 = time.perf_counter()
-    sources = load_sources(files, config)
-    cache = paths.build_dir() / "cache" / "recipe"  # keyed by what determines each pool
-    val = render_pool(
-        sources, config, "val", config.val_size, cache_dir=cache, num_workers=num_workers
+    result = stage.run(
+        config,
+        files,
+        test_heads=test_heads,
+        cache_dir=cache_dir or paths.build_dir() / "cache" / "recipe",  # keyed by its inputs
+        run_dir=run_dir / "train",
+        num_workers=num_workers,
+        draws=draws,
     )
-    pool = render_pool(
-        sources, config, "train", config.pool_size, cache_dir=cache, num_workers=num_workers
-    )
-    render_s = time.perf_counter() - t0
-    labels = (torch.tensor(pool[1]["label"].to_numpy()), torch.tensor(val[1]["label"].to_numpy()))
-    del sources
-    model = kaiming_init(SFCN(n_outputs=N_BINS, channels=config.channels, dropout=config.dropout))
-    history = train(model, (pool[0], labels[0]), (val[0], labels[1]), config, run_dir / "train")
-    train_s = float(history["seconds"].iloc[-1]) if len(history) else 0.0
-    val_out = predict_logits(model, val_inputs(val[0], config))
-    temperature = fit_temperature(val_out, labels[1])
-    del pool
-    meta = {
-        "spacing_mm": config.spacing_mm,
-        "shape": config.shape,
-        "bin_range": BIN_RANGE,
-        "input_intensity": "percentile",
-        "temperature": temperature,
-    }
-    tested = {h: files[h] for h in test_heads if h in files}
-    table = unseen_head_predictions(model, meta, tested, draws=draws, seed=config.seed + 12345)
-    raw = unseen_head_predictions(
-        model, meta | {"temperature": 1.0}, tested, draws=draws, seed=config.seed + 12345
-    )
-    metrics = unseen_metrics(table)
-    bands = band_table(table)
+    metrics = result.metrics.set_index("split").loc["test"].to_dict()
+    tested = list(test_heads)
     provenance: dict[str, object] = {
         "format": "motionqc-encoder-release/1",
         "file": out.name,
@@ -312,7 +107,7 @@ def run(
         "geometry": {"spacing_mm": config.spacing_mm, "shape": list(config.shape)},
         "bins": {"bin_range": list(BIN_RANGE), "n_bins": N_BINS, "sigma": SIGMA},
         "input_intensity": "percentile",
-        "temperature": temperature,
+        "temperature": result.meta["temperature"],
         "data": {
             h: {
                 "role": "train" if h in config.train_heads else "test",
@@ -322,17 +117,18 @@ def run(
         },
         "seed": config.seed,
         "steps": config.steps,
-        "validation": history.iloc[-1].to_dict() if len(history) else {},
+        "validation": result.metrics.set_index("split").loc["val"].to_dict(),
+        "history": result.history.to_dict("records"),
         "unseen_heads": {
             "heads": list(tested),
             "motion": "torchio.Motion(image_interpolation='linear') at each head's own resolution",
-            "scores_mm": list(TEST_SCORES),
+            "scores_mm": list(stage.TEST_SCORES),
             "draws": draws,
             "metrics": metrics,
-            "coverage_before_temperature": coverage(raw),
-            "bands": bands.to_dict("records"),
+            "coverage_before_temperature": stage.coverage(result.test_raw),
+            "bands": result.bands.to_dict("records"),
         },
-        "timing_s": {"pool": render_s, "train": train_s},
+        "timing_s": result.timing_s,
         "machine": {
             "cpus": torch.get_num_threads(),
             "processor": platform.processor() or platform.machine(),
@@ -341,18 +137,18 @@ def run(
     }
     save_encoder(
         out,
-        model,
+        result.model,
         spacing_mm=config.spacing_mm,
         shape=config.shape,
         info={"recipe": config.name, "unseen_heads": metrics, "seed": config.seed},
-        input_intensity="percentile",
-        temperature=temperature,
-        score_convention=SCORE_CONVENTION.as_dict(),
+        input_intensity=result.meta["input_intensity"],
+        temperature=result.meta["temperature"],
+        score_convention=result.meta["score_convention"],
     )
     provenance["sha256"] = file_sha256(out)
     out.with_suffix(".json").write_text(json.dumps(provenance, indent=2) + "\n")
     run_dir.mkdir(parents=True, exist_ok=True)
-    table.to_csv(run_dir / "unseen_head_predictions.csv", index=False)
+    result.predictions.to_csv(run_dir / "predictions.csv", index=False)
     return provenance
 
 

@@ -21,8 +21,8 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from motionqc.encoder import INPUT_INTENSITY, unit_range
-from motionqc.models import SFCN, QCHead
+from motionqc.encoder import INPUT_INTENSITY, scale_input
+from motionqc.models import SFCN, SFCN_CHANNELS, QCHead
 from motionqc.trainer import TrainConfig, Trainer, kaiming_init, seed_everything
 
 __all__ = [
@@ -67,6 +67,7 @@ def embed(
     batch_size: int = 8,
     pooled: bool = False,
     progress: bool = True,
+    input_intensity: str = INPUT_INTENSITY,
 ) -> torch.Tensor:
     """Frozen-encoder embeddings of volumes, cached on disk per volume id.
 
@@ -80,6 +81,8 @@ def embed(
         batch_size: Volumes per forward pass.
         pooled: The 64-d pooled vector instead of the flattened encoder output.
         progress: Show a progress bar.
+        input_intensity: The encoder's input scaling (``meta["input_intensity"]``); part of the
+            cache key.
 
     Returns:
         ``(N, D)`` float32 embeddings in the order of ``volume_ids``.
@@ -90,7 +93,7 @@ def embed(
     if len(ids) != len(images):
         raise ValueError(f"{len(images)} volumes but {len(ids)} ids")
     cache = Path(cache) if cache is not None else None
-    key = f"pooled={pooled},input={INPUT_INTENSITY}"
+    key = f"pooled={pooled},input={input_intensity}"
     saved: dict[str, dict[str, torch.Tensor]] = {}
     if cache is not None and cache.is_file():
         saved = torch.load(cache, map_location="cpu", weights_only=True)
@@ -101,7 +104,7 @@ def embed(
         range(0, len(todo), batch_size), desc="embed", disable=not progress, leave=False
     ):
         idx = todo[start : start + batch_size]
-        feats = model.features(unit_range(images[idx]), pooled=pooled).float()
+        feats = model.features(scale_input(images[idx], input_intensity), pooled=pooled).float()
         for i, f in zip(idx, feats, strict=True):
             store[ids[i]] = f.clone()
     if cache is not None and todo:
@@ -285,6 +288,7 @@ def train_scratch(
     *,
     run_dir: str | Path | None = None,
     dropout: float = 0.5,
+    channels: Sequence[int] = SFCN_CHANNELS,
     **config: Any,
 ) -> QCRun:
     """Train SFCN with a 3-class head from random (Kaiming) initialisation on the volumes.
@@ -297,6 +301,8 @@ def train_scratch(
         seed: Seed of the initialisation, shuffling and dropout.
         run_dir: Trainer folder (metrics, checkpoints, resources).
         dropout: SFCN head dropout.
+        channels: SFCN widths (default: the paper's; use the pretrained encoder's to compare
+            the same architecture).
         **config: :class:`TrainConfig` overrides (defaults: lr 1e-3, wd 0.05, batch 8,
             20 epochs, early stopping 10 on validation balanced accuracy).
 
@@ -304,7 +310,7 @@ def train_scratch(
         The :class:`QCRun`.
     """
     seed_everything(seed)
-    model = kaiming_init(SFCN(n_outputs=3, dropout=dropout, log_softmax=False))
+    model = kaiming_init(SFCN(n_outputs=3, channels=channels, dropout=dropout, log_softmax=False))
     cfg = _qc_config(
         **{
             "lr": 1e-3,
@@ -644,6 +650,7 @@ def train_qc_cli(
         torch.stack(images),
         table["volume_id"].astype(str).tolist(),
         cache=out / f"embeddings_{file_digest(checkpoint)}.pt",
+        input_intensity=meta["input_intensity"],
     )
     predictions, runs = run_transfer_seeds(
         z, y, split, table["volume_id"].astype(str).tolist(), range(seeds), run_root=out / "runs"

@@ -1,0 +1,1 @@
+"""What each notebook runs: one function per stage (``run(config, ...) -> result``)."""

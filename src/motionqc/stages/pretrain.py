@@ -1,0 +1,400 @@
+"""Stage of notebook 03 and ``make pretrain``: train the motion encoder, calibrate it, test it.
+
+:func:`run` renders the recipe's motion pool (:mod:`motionqc.recipe`), trains the encoder, fits a
+softmax temperature on validation and tests the encoder on heads it never saw: each corrupted by
+**TorchIO's own** ``Motion`` at known scores, at the head's own resolution, and preprocessed as
+``motionqc score`` does. The result holds every table and figure input of notebook 03.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torchio as tio
+from scipy.stats import spearmanr
+
+from motionqc.data import load_volume, preprocess
+from motionqc.encoder import predict_motion
+from motionqc.models import SFCN
+from motionqc.recipe import (
+    RecipeConfig,
+    load_sources,
+    predict_logits,
+    render_pool,
+    train,
+    val_inputs,
+)
+from motionqc.score import SCORE_CONVENTION
+from motionqc.soft_labels import BIN_RANGE, N_BINS, decode, predictive_std
+from motionqc.synthetic import sample_motion
+from motionqc.trainer import kaiming_init, seed_everything
+
+__all__ = [
+    "BANDS",
+    "TEST_SCORES",
+    "PretrainResult",
+    "band_table",
+    "coverage",
+    "fit_temperature",
+    "run",
+    "split_metrics",
+    "predict_table",
+    "unseen_head_inputs",
+    "unseen_head_predictions",
+]
+
+TEST_SCORES = (0.0, 0.3, 0.6, 1.0, 1.5, 2.0, 3.0, 4.0)
+"""True scores (mm) of the unseen-head test: each corrupted by TorchIO's ``Motion``."""
+
+BANDS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
+"""Edges of the bands of true score the per-band table reports ([0, 0.5], …, [3, 4] mm)."""
+
+
+def fit_temperature(
+    log_probs: torch.Tensor,
+    truth: torch.Tensor,
+    bin_range: Sequence[float] = BIN_RANGE,
+    grid: Sequence[float] = tuple(np.round(np.arange(0.5, 6.01, 0.05), 2)),
+) -> float:
+    """Softmax temperature minimising the Gaussian NLL of the truth under (mean, std).
+
+    Args:
+        log_probs: Validation outputs ``(N, n_bins)``.
+        truth: Validation labels ``(N,)``.
+        bin_range: The bins.
+        grid: Temperatures tried.
+
+    Returns:
+        The best temperature (1 is no change).
+    """
+    y = truth.double()
+    best, best_nll = 1.0, float("inf")
+    for t in grid:
+        out = log_probs.float() / float(t)
+        mean = decode(out, bin_range).double()
+        std = predictive_std(out, bin_range).double().clamp_min(1e-3)
+        nll = float((torch.log(std) + 0.5 * ((y - mean) / std) ** 2).mean())
+        if nll < best_nll:
+            best, best_nll = float(t), nll
+    return best
+
+
+def coverage(table: pd.DataFrame) -> dict[str, float]:
+    """Share of truths within the predicted ±1 and ±2 std (68 % / 95 % if calibrated)."""
+    err = (table["pred"] - table["true"]).abs()
+    return {
+        "within_1std": float((err <= table["std"]).mean()),
+        "within_2std": float((err <= 2 * table["std"]).mean()),
+    }
+
+
+def band_table(table: pd.DataFrame, edges: Sequence[float] = BANDS) -> pd.DataFrame:
+    """Per band of true score: count, median prediction, median error and median |error|.
+
+    Args:
+        table: ``true`` and ``pred`` columns (mm).
+        edges: Band edges; a truth equal to an inner edge goes to the band above it, the last
+            band is closed.
+
+    Returns:
+        One row per band: ``band``, ``n``, ``median_true``, ``median_pred``, ``median_error``,
+        ``median_abs_error``.
+    """
+    rows = []
+    truth = table["true"].round(6)  # a target on an edge (1.5 mm solved to 1e-10) stays on it
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        last = hi == edges[-1]
+        keep = (truth >= lo) & ((truth <= hi) if last else (truth < hi))
+        sub = table[keep]
+        err = sub["pred"] - sub["true"]
+        rows.append(
+            {
+                "band": f"[{lo:g}, {hi:g}]" if last else f"[{lo:g}, {hi:g})",
+                "n": len(sub),
+                "median_true": float(sub["true"].median()) if len(sub) else np.nan,
+                "median_pred": float(sub["pred"].median()) if len(sub) else np.nan,
+                "median_error": float(err.median()) if len(sub) else np.nan,
+                "median_abs_error": float(err.abs().median()) if len(sub) else np.nan,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def unseen_head_inputs(
+    meta: Mapping[str, object],
+    heads: Mapping[str, str | Path],
+    *,
+    scores: Sequence[float] = TEST_SCORES,
+    draws: int = 4,
+    seed: int = 12345,
+) -> tuple[pd.DataFrame, list[torch.Tensor]]:
+    """Corrupt each head with TorchIO's ``Motion`` at known scores; preprocess as inference does.
+
+    Each head is loaded at its own resolution (canonical orientation), corrupted by
+    ``tio.Motion(..., image_interpolation="linear")`` with parameters whose score under
+    :data:`motionqc.score.SCORE_CONVENTION` is the target (``draws`` independent motions per
+    score), then preprocessed to the encoder's grid exactly as ``motionqc score`` does.
+
+    Args:
+        meta: The encoder's metadata (``spacing_mm``, ``shape``).
+        heads: Head id → NIfTI file; none may have been used in training.
+        scores: True scores (mm).
+        draws: Motions per score.
+        seed: Base seed.
+
+    Returns:
+        ``(rows, inputs)``: one row per volume (``head``, ``draw``, ``true``, ``n``) and its
+        preprocessed ``(1, X, Y, Z)`` tensor.
+    """
+    rows, images = [], []
+    for h_idx, (head, path) in enumerate(heads.items()):
+        nii = load_volume(path)
+        image = tio.ScalarImage(
+            tensor=torch.from_numpy(np.asarray(nii.dataobj, dtype=np.float32))[None],
+            affine=nii.affine,
+        )
+        for s_idx, target in enumerate(scores):
+            for d in range(draws):
+                row_seed = int(np.random.SeedSequence([seed, h_idx, s_idx, d]).generate_state(1)[0])
+                p = sample_motion(
+                    float(target),
+                    row_seed,
+                    affine=image.affine,
+                    shape=image.shape[1:],
+                    radius=SCORE_CONVENTION.radius,
+                    pairs=SCORE_CONVENTION.pairs,
+                    convention=SCORE_CONVENTION.rotations,
+                )
+                moved = image
+                if target > 0:
+                    motion = tio.Motion(
+                        degrees=np.asarray(p["degrees"]),
+                        translation=np.asarray(p["translation"]),
+                        times=np.asarray(p["times"]),
+                        image_interpolation="linear",
+                    )
+                    moved = motion(image)
+                images.append(
+                    preprocess(moved, float(meta["spacing_mm"]), meta["shape"]).data.float()
+                )
+                rows.append({"head": head, "draw": d, "true": float(p["score"]), "n": int(p["n"])})
+    return pd.DataFrame(rows), images
+
+
+def predict_table(
+    model: SFCN,
+    meta: Mapping[str, object],
+    rows: pd.DataFrame,
+    inputs: Sequence[torch.Tensor],
+    *,
+    precision: str = "fp32",
+) -> pd.DataFrame:
+    """``rows`` with the encoder's ``pred`` and ``std`` (its input scaling and temperature)."""
+    pred, std = predict_motion(
+        model,
+        list(inputs),
+        bin_range=meta["bin_range"],
+        batch_size=4,
+        precision=precision,
+        input_intensity=str(meta.get("input_intensity", "unit_range")),
+        temperature=float(meta.get("temperature", 1.0)),
+    )
+    out = rows.copy()
+    out["pred"], out["std"] = pred, std
+    return out
+
+
+def unseen_head_predictions(
+    model: SFCN,
+    meta: Mapping[str, object],
+    heads: Mapping[str, str | Path],
+    **kwargs: object,
+) -> pd.DataFrame:
+    """:func:`unseen_head_inputs` scored by the encoder: ``head``, ``draw``, ``true``, ``pred``, ``std``."""
+    rows, inputs = unseen_head_inputs(meta, heads, **kwargs)  # type: ignore[arg-type]
+    return predict_table(model, meta, rows, inputs)
+
+
+def split_metrics(table: pd.DataFrame) -> dict[str, float]:
+    """R², Spearman, MAE, RMSE and ±1/±2 std coverage of a prediction table."""
+    truth = table["true"].to_numpy(np.float64)
+    err = table["pred"].to_numpy(np.float64) - truth
+    ss = float(((truth - truth.mean()) ** 2).sum())
+    return {
+        "n": len(table),
+        "r2": 1 - float((err**2).sum()) / ss if ss > 0 else float("nan"),
+        "spearman": float(spearmanr(truth, table["pred"]).statistic),
+        "mae": float(np.abs(err).mean()),
+        "rmse": float(np.sqrt((err**2).mean())),
+        **coverage(table),
+    }
+
+
+@dataclass
+class PretrainResult:
+    """What :func:`run` returns: the trained encoder and every table notebook 03 shows.
+
+    Attributes:
+        model: The trained SFCN (eval mode).
+        meta: Its geometry, bins, input scaling and temperature (as :func:`save_encoder` takes).
+        history: One row per validation pass (:func:`motionqc.recipe.train`).
+        predictions: ``split`` (train subset, val, test), ``head``, ``true``, ``pred``, ``std``.
+        test_raw: The test rows before the temperature (for the calibration table).
+        metrics: Per split: ``n``, ``r2``, ``spearman``, ``mae``, ``rmse``, coverage.
+        bands: Per band of true score on the test heads (:func:`band_table`).
+        pool_table: One row per training sample (labels and motion parameters).
+        timing_s: ``pool`` (sources + rendering) and ``train`` seconds.
+        test_inputs: The preprocessed test volumes, in the order of the test rows.
+    """
+
+    model: SFCN
+    meta: dict
+    history: pd.DataFrame
+    predictions: pd.DataFrame
+    test_raw: pd.DataFrame
+    metrics: pd.DataFrame
+    bands: pd.DataFrame
+    pool_table: pd.DataFrame
+    timing_s: dict
+    test_inputs: list
+
+
+def run(
+    config: RecipeConfig,
+    files: Mapping[str, str | Path],
+    *,
+    test_heads: Sequence[str] = ("colin27",),
+    cache_dir: str | Path | None = None,
+    run_dir: str | Path | None = None,
+    num_workers: int = 2,
+    draws: int = 4,
+    train_eval: int = 192,
+    log: bool = True,
+) -> PretrainResult:
+    """Train, calibrate and test the motion encoder of a recipe.
+
+    Args:
+        config: The recipe (:data:`motionqc.recipe.RECIPES`).
+        files: Head id → NIfTI file (training and test heads).
+        test_heads: Heads never used in training: the unseen-head test.
+        cache_dir: Folder of the motion pool's chunks (``None``: nothing cached).
+        run_dir: Folder of the training checkpoint (resumable; ``None``: none).
+        num_workers: Rendering processes.
+        draws: TorchIO motions per test score and head.
+        train_eval: Training samples scored for the ``train`` row (a seeded subset).
+        log: Print one line per validation pass.
+
+    Returns:
+        The :class:`PretrainResult`.
+
+    Raises:
+        ValueError: If a test head is also a training head or has no file.
+    """
+    overlap = sorted(set(test_heads) & set(config.train_heads))
+    if overlap:
+        raise ValueError(f"test head(s) also used for training: {', '.join(overlap)}")
+    missing = sorted(set(test_heads) - set(files))
+    if missing:
+        raise ValueError(f"no file for test head(s): {', '.join(missing)}")
+    seed_everything(config.seed)
+    t0 = time.perf_counter()
+    sources = load_sources(files, config)
+    val = render_pool(
+        sources,
+        config,
+        "val",
+        config.val_size,
+        cache_dir=cache_dir,
+        num_workers=num_workers,
+        progress=log,
+    )
+    pool = render_pool(
+        sources,
+        config,
+        "train",
+        config.pool_size,
+        cache_dir=cache_dir,
+        num_workers=num_workers,
+        progress=log,
+    )
+    del sources
+    pool_s = time.perf_counter() - t0
+    y_pool = torch.tensor(pool[1]["label"].to_numpy(), dtype=torch.float32)
+    y_val = torch.tensor(val[1]["label"].to_numpy(), dtype=torch.float32)
+    model = kaiming_init(SFCN(n_outputs=N_BINS, channels=config.channels, dropout=config.dropout))
+    t1 = time.perf_counter()
+    history = train(
+        model,
+        (pool[0], y_pool),
+        (val[0], y_val),
+        config,
+        Path(run_dir) if run_dir is not None else None,
+        log=log,
+    )
+    train_s = time.perf_counter() - t1
+    val_out = predict_logits(model, val_inputs(val[0], config))
+    temperature = fit_temperature(val_out, y_val)
+    pick = np.sort(
+        np.random.default_rng(config.seed).choice(
+            len(y_pool), min(train_eval, len(y_pool)), replace=False
+        )
+    )
+    train_out = predict_logits(model, val_inputs(pool[0][pick], config))
+    pool_table = pool[1]
+    del pool
+    meta = {
+        "spacing_mm": config.spacing_mm,
+        "shape": tuple(config.shape),
+        "bin_range": tuple(BIN_RANGE),
+        "input_intensity": "percentile",
+        "temperature": temperature,
+        "score_convention": SCORE_CONVENTION.as_dict(),
+    }
+    tested = {h: files[h] for h in test_heads}
+    rows, test_inputs = unseen_head_inputs(meta, tested, draws=draws, seed=config.seed + 12345)
+    test = predict_table(model, meta, rows, test_inputs)
+    raw = predict_table(model, meta | {"temperature": 1.0}, rows, test_inputs)
+    parts = []
+    for split, out, truth, heads in (
+        ("train", train_out, y_pool[pick], pool_table["head"].to_numpy()[pick]),
+        ("val", val_out, y_val, val[1]["head"].to_numpy()),
+    ):
+        tempered = out / temperature
+        parts.append(
+            pd.DataFrame(
+                {
+                    "split": split,
+                    "head": heads,
+                    "true": truth.numpy(),
+                    "pred": decode(tempered, BIN_RANGE).numpy(),
+                    "std": predictive_std(tempered, BIN_RANGE).numpy(),
+                }
+            )
+        )
+    parts.append(test.assign(split="test")[["split", "head", "true", "pred", "std"]])
+    predictions = pd.concat(parts, ignore_index=True)
+    metrics = pd.DataFrame(
+        [
+            {"split": s, **split_metrics(predictions[predictions["split"] == s])}
+            for s in ("train", "val", "test")
+        ]
+    )
+    model.eval()
+    return PretrainResult(
+        model=model,
+        meta=meta,
+        history=history,
+        predictions=predictions,
+        test_raw=raw,
+        metrics=metrics,
+        bands=band_table(test),
+        pool_table=pool_table,
+        timing_s={"pool": pool_s, "train": train_s},
+        test_inputs=test_inputs,
+    )
