@@ -51,8 +51,8 @@ def peak_mb(kind: str, volume_file: str, n: int, batch: int, seed: int) -> float
 import sys, threading, torch, torchio as tio
 sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
 from bench_motion import draw, run_torchio, run_ours, rss
-data = torch.load({volume_file!r}, weights_only=False)
-images = [tio.ScalarImage(tensor=data['data'] * (1 + 0.01 * i), affine=data['affine'])
+data = torch.load({volume_file!r}, weights_only=True)
+images = [tio.ScalarImage(tensor=data['data'] * (1 + 0.01 * i), affine=data['affine'].numpy())
           for i in range({batch})]
 volumes = torch.cat([im.data for im in images])
 deg, tra, times = draw({seed}, {n}, {batch})
@@ -130,7 +130,7 @@ def main() -> None:
             for n in (2, 4, 8):
                 deg, tra, times = draw(int(spacing * 100 + n + batch), n, batch)
                 volume_file = os.path.join(tmp, f"volume_{spacing:g}mm.pt")
-                torch.save({"data": image.data, "affine": image.affine}, volume_file)
+                torch.save({"data": image.data, "affine": torch.as_tensor(image.affine)}, volume_file)
                 images = [
                     tio.ScalarImage(tensor=image.data * (1 + 0.01 * i), affine=image.affine)
                     for i in range(batch)

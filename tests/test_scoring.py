@@ -222,3 +222,44 @@ def test_qc_head_probabilities_and_rescoring(
     description.write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="input scaling mean"):
         run_participant(bids, out, encoder, **common)
+
+
+def test_scorer_uses_the_input_scaling_and_temperature_its_encoder_records(tmp_path, volumes):
+    from motionqc.encoder import scale_input
+    from motionqc.soft_labels import decode, predictive_std
+
+    torch.manual_seed(1)
+    model = SFCN(channels=(8, 8, 8, 8, 8, 8))
+    path = save_encoder(
+        tmp_path / "pct.pt",
+        model,
+        spacing_mm=SPACING,
+        shape=SHAPE,
+        input_intensity="percentile",
+        temperature=2.5,
+        score_convention={"rotations": "applied", "pairs": "consecutive", "radius": 80.0},
+    )
+    scorer = Scorer(path, device="cpu", precision="fp32", channels_last=False)
+    x = load_preprocessed(volumes["at_4mm"], SPACING, SHAPE)[None]
+    x[0, 0, 0, 0, 0] = 500.0  # one bright voxel: min-max scaling would change every other value
+    got = scorer.predict(x)
+    model.eval()
+    with torch.no_grad():
+        out = model(scale_input(x, "percentile")).float() / 2.5
+    assert got["motion_mm"][0] == pytest.approx(float(decode(out)[0]), abs=1e-5)
+    assert got["motion_std"][0] == pytest.approx(float(predictive_std(out)[0]), abs=1e-5)
+    with torch.no_grad():
+        plain = model(scale_input(x, "unit_range")).float()
+    assert abs(float(decode(plain)[0]) - got["motion_mm"][0]) > 1e-4
+    described = scorer.describe()
+    assert described["input_intensity"] == "percentile" and described["temperature"] == 2.5
+    assert described["score_convention"]["radius"] == 80.0
+
+
+def test_default_checkpoint_is_the_released_encoder():
+    from motionqc.encoder import released_encoder_path
+
+    assert cli._default_checkpoint() == released_encoder_path()
+    assert released_encoder_path().parent.name == "weights"
+    helptext = cli.build_parser()._subparsers._group_actions[0].choices["score"].format_help()
+    assert "released encoder" in " ".join(helptext.split())

@@ -123,7 +123,7 @@ def test_resume_after_interruption_is_exact(tmp_path):
 def test_checkpoint_contents_and_csv(tmp_path):
     tr = make_trainer(tmp_path, model_seed=0)
     tr.fit(until_epoch=1)
-    state = torch.load(tmp_path / "last.pt", weights_only=False)
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
     for key in ("model", "optimizer", "scheduler", "rng", "epoch", "best_metric", "bad_epochs"):
         assert key in state
     assert state["epoch"] == 1 and len(state["rng"]) == 1
@@ -137,7 +137,7 @@ def test_checkpoint_contents_and_csv(tmp_path):
         "best",
         "time_s",
     ]
-    best = torch.load(tmp_path / "best.pt", weights_only=False)
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
     assert best["epoch"] == 1
 
 
@@ -235,8 +235,8 @@ def test_ddp_two_gloo_processes_match_single_process(tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
-    single = torch.load(tmp_path / "single" / "last.pt", weights_only=False)
-    ddp = torch.load(tmp_path / "ddp" / "last.pt", weights_only=False)
+    single = torch.load(tmp_path / "single" / "last.pt", weights_only=True)
+    ddp = torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)
     assert ddp["world_size"] == 2 and single["world_size"] == 1 and ddp["epoch"] == 3
     assert len(ddp["rng"]) == 2
     for k, v in single["model"].items():
@@ -264,3 +264,23 @@ def test_onecycle_schedule_steps_per_batch_and_resumes_exactly(tmp_path):
     assert_same_state(full.module.state_dict(), resumed.module.state_dict())
     with pytest.raises(ValueError, match="schedule"):
         TrainConfig(schedule="cosine")
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_resume_never_runs_code_from_a_checkpoint(tmp_path):
+    tr = make_trainer(tmp_path, model_seed=0)
+    tr.fit(until_epoch=1)
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    marker = tmp_path / "ran"
+    state["history"].append({"payload": _Payload(str(marker))})
+    torch.save(state, tmp_path / "last.pt")
+    with pytest.raises(ValueError, match="not loaded"):
+        make_trainer(tmp_path, model_seed=0)
+    assert not marker.exists()

@@ -211,3 +211,20 @@ def test_inference_sees_the_training_intensity_range() -> None:
     assert np.allclose(a, b, atol=1e-5)
     za = embed(model, x[:1] * 7.0 + 3.0, ["a"], progress=False)
     assert torch.allclose(za, embed(model, x[:1], ["a"], progress=False), atol=1e-5)
+
+
+def test_qc_head_with_code_or_text_is_refused_in_one_line(tmp_path: Path) -> None:
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(tmp_path / "ran"), "w"))
+
+    bad = tmp_path / "qc_head.pt"
+    torch.save({"format": "x", "payload": Payload()}, bad)
+    with pytest.raises(ValueError, match="not loaded") as err:
+        load_qc_head(bad)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "ran").exists()
+    text = tmp_path / "notes.txt"
+    text.write_text("not a model\n")
+    with pytest.raises(ValueError, match="not a readable QC head"):
+        load_qc_head(text)

@@ -152,9 +152,12 @@ def _worker_init(worker_id: int) -> None:
 
 
 def _rng_state() -> dict[str, Any]:
+    """The RNG states as tensors and plain types (a checkpoint is read with ``weights_only``)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss),
+                  float(cached)],
         "python": random.getstate(),
     }
     if torch.cuda.is_available():
@@ -164,7 +167,8 @@ def _rng_state() -> dict[str, Any]:
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -823,7 +827,13 @@ class Trainer:
         os.replace(tmp, self.csv_path)  # type: ignore[arg-type]
 
     def _load(self, path: Path) -> None:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        try:  # weights_only: a checkpoint left in a run folder can hold no code to run
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
+            raise ValueError(
+                f"{path}: not a checkpoint this trainer can resume from, not loaded "
+                f"({type(exc).__name__}); remove it to start the run again"
+            ) from exc
         self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

@@ -369,7 +369,7 @@ def save_qc_head(path: str | Path, run: QCRun, encoder_path: str | Path, info: d
         "hidden": int(qc.net[1].out_features),
         "dropout": float(qc.net[0].p),
         "encoder_digest": file_digest(encoder_path),
-        "info": dict(info),
+        "info": json.loads(json.dumps(dict(info))),  # plain types: read with weights_only
     }
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
@@ -391,7 +391,12 @@ def load_qc_head(
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no QC head file")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    try:  # weights_only: a QC head from someone else can hold no code to run
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
+        raise ValueError(
+            f"{path}: not a readable QC head file, not loaded ({type(exc).__name__})"
+        ) from exc
     if not isinstance(state, dict) or state.get("format") != QC_HEAD_FORMAT:
         raise ValueError(f"{path}: not a motionqc QC head ({QC_HEAD_FORMAT})")
     if encoder_path is not None and file_digest(encoder_path) != state["encoder_digest"]:
