@@ -9,13 +9,13 @@ import torch
 import torchio as tio
 
 from motionqc import recipe, release
-from motionqc.stages import pretrain as stage
 from motionqc.data import preprocess
 from motionqc.encoder import EncoderError, load_encoder, save_encoder, scale_input, unit_range
 from motionqc.models import SFCN
 from motionqc.motion import rigid_matrices
 from motionqc.score import SCORE_CONVENTION, motion_score, volume_center
 from motionqc.soft_labels import BIN_RANGE, bin_centers
+from motionqc.stages import pretrain as stage
 
 SMOKE = recipe.RECIPES["smoke"]
 
