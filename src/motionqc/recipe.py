@@ -103,23 +103,23 @@ class RecipeConfig:
     val_size: int = 96
     max_score: float = 4.0
     p_motion_free: float = 0.08
-    steps: int = 2000
+    steps: int = 2400
     batch_size: int = 8
     lr: float = 2e-3
     pct_start: float = 0.15
     weight_decay: float = 0.05
-    eval_every: int = 250
+    eval_every: int = 200
     seed: int = 0
     augment: dict = field(
         default_factory=lambda: {
             "p_flip": 0.5,
-            "log_gamma": 0.5,
+            "log_gamma": 0.3,
             "p_contrast": 0.5,
             "contrast_knots": 4,
             "p_bias": 0.5,
-            "bias_coefficient": 0.4,
-            "p_noise": 0.6,
-            "noise_std": 0.06,
+            "bias_coefficient": 0.3,
+            "p_noise": 0.4,
+            "noise_std": 0.02,
         }
     )
 
