@@ -32,6 +32,9 @@ class Profile:
         device: ``"cpu"`` or ``"cuda"``.
         batch_size: Batch size for training and inference.
         num_workers: DataLoader worker processes.
+        encoder_spacing_mm: Voxel size the motion encoder (SFCN) is trained and run at.
+        encoder_shape: Input grid of the encoder. The sample profile trains at 4 mm on a 2-core
+            CPU (notebook 03 explains why); ``paper`` is the authors' 1 mm 160×192×160.
         manifest: Path of the user's manifest (``paper``); ``None`` uses the sample set.
         seed: Base seed of every random draw.
     """
@@ -43,6 +46,8 @@ class Profile:
     device: str
     batch_size: int
     num_workers: int
+    encoder_spacing_mm: float = 4.0
+    encoder_shape: tuple[int, int, int] = (40, 48, 40)
     manifest: str | None = None
     seed: int = 0
 
@@ -82,6 +87,8 @@ PROFILES: dict[str, Profile] = {
         device="cuda",
         batch_size=16,
         num_workers=8,
+        encoder_spacing_mm=1.0,
+        encoder_shape=(160, 192, 160),
     ),
 }
 
