@@ -372,3 +372,15 @@ def test_train_qc_is_wired_to_transfer(
     monkeypatch.setitem(sys.modules, "motionqc.transfer", None)  # import fails
     assert main(["train-qc", "--manifest", "r.tsv", "--checkpoint", "e.pt", str(tmp_path)]) == 2
     assert "needs motionqc.transfer" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("device", ["bogus", "cuda", "cuda:7", "meta"])
+def test_bad_device_is_one_line_and_exit_2(tmp_path, capsys, device):
+    if device.startswith("cuda") and torch.cuda.is_available() and device == "cuda":
+        pytest.skip("this machine has CUDA")  # "cuda" is then a valid device
+    bids = tmp_path / "bids"
+    bids.mkdir()
+    rc = main(["score", str(bids), str(tmp_path / "out"), "participant", "--device", device])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert len(err.splitlines()) == 1 and "device" in err and "Traceback" not in err

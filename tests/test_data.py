@@ -228,3 +228,41 @@ def test_preprocess_rejects_bad_arguments(phantom_path: Path) -> None:
         preprocess(phantom_path, 2.0, (10, 10))
     with pytest.raises(ValueError, match="spacing"):
         preprocess(phantom_path, 0.0, (10, 10, 10))
+
+
+def _forged(path: Path, shape: tuple[int, ...]) -> Path:
+    """A tiny NIfTI whose header claims ``shape`` float32 voxels (the data: a few zeros)."""
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape(shape)
+    hdr.set_data_dtype(np.float32)
+    hdr.set_sform(np.eye(4), code=1)
+    raw = hdr.binaryblock + b"\0" * 4 + b"\0" * 64  # header, extension flag, a few bytes
+    if path.name.endswith(".gz"):
+        path.write_bytes(gzip.compress(raw))
+    else:
+        path.write_bytes(raw)
+    return path
+
+
+@pytest.mark.parametrize("name", ["bomb_T1w.nii.gz", "bomb_T1w.nii"])
+def test_header_claiming_a_huge_array_is_refused_before_allocating(tmp_path: Path, name) -> None:
+    import tracemalloc
+
+    path = _forged(tmp_path / name, (1150, 1150, 1150))
+    assert path.stat().st_size < 1000
+    tracemalloc.start()
+    with pytest.raises(VolumeError) as err:
+        load_volume(path)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    _assert_one_line_naming(err, path, "header claims")
+    assert peak < 20 * 2**20  # nothing near the claimed 6 GB was allocated
+
+
+def test_header_claiming_more_than_the_file_holds_is_refused(tmp_path: Path) -> None:
+    path = _forged(tmp_path / "short_T1w.nii.gz", (400, 400, 400))  # 256 MB claimed, < 1 kB file
+    with pytest.raises(VolumeError) as err:
+        load_volume(path)
+    _assert_one_line_naming(err, path, "more than the")
+    ok = write_nifti(tmp_path / "ok_T1w.nii.gz", head_phantom((30, 30, 30)))
+    assert load_volume(ok).shape == (30, 30, 30)  # a real compressed file is not refused

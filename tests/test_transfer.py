@@ -141,6 +141,7 @@ def ratings(tmp_path_factory: pytest.TempPathFactory, sample: pd.DataFrame) -> P
     good = (root / f"{rows[0]['volume_id']}.nii.gz").read_bytes()
     (root / "broken.nii.gz").write_bytes(good[: len(good) // 3])
     rows.append({"volume_id": "broken", "path": "broken.nii.gz", "qc_score": 2})
+    rows.append({"volume_id": "gone", "path": "gone.nii.gz", "qc_score": 3})  # no such file
     table = pd.DataFrame(rows).assign(dataset="lab", site="s1", subject=lambda d: d["volume_id"])
     path = root / "ratings.tsv"
     table.to_csv(path, sep="\t", index=False)
@@ -159,7 +160,8 @@ def test_train_qc_end_to_end_on_nifti(tmp_path: Path, ratings: Path) -> None:
     assert np.allclose(recomputed["balanced_accuracy"], seeds["balanced_accuracy"])
     assert "broken" not in set(preds["volume_id"])
     errors = json.loads((out / "errors.json").read_text())
-    assert [e["volume_id"] for e in errors] == ["broken"] and "broken.nii.gz" in errors[0]["error"]
+    assert [e["volume_id"] for e in errors] == ["broken", "gone"]
+    assert "broken.nii.gz" in errors[0]["error"] and "not found" in errors[1]["error"]
     assert (out / "qc_median.csv").is_file()
     head, meta = load_qc_head(out / "qc_head.pt", encoder)
     assert meta["info"]["seed"] in (0, 1) and meta["encoder_digest"] == file_digest(encoder)
@@ -228,3 +230,46 @@ def test_qc_head_with_code_or_text_is_refused_in_one_line(tmp_path: Path) -> Non
     text.write_text("not a model\n")
     with pytest.raises(ValueError, match="not a readable QC head"):
         load_qc_head(text)
+
+
+def _variant(ratings: Path, tmp_path: Path, change) -> Path:
+    table = pd.read_csv(ratings, sep="\t")
+    table["path"] = [str(ratings.parent / p) for p in table["path"]]
+    table = change(table[~table["volume_id"].isin(["broken", "gone"])].copy())
+    out = tmp_path / "variant.tsv"
+    table.to_csv(out, sep="\t", index=False)
+    return out
+
+
+def test_train_qc_refuses_ratings_it_cannot_train_on_honestly(
+    tmp_path: Path, ratings: Path
+) -> None:
+    encoder = save_encoder(tmp_path / "encoder.pt", SFCN(channels=(4,) * 6), **SMOKE)
+    single = _variant(ratings, tmp_path, lambda t: t.assign(qc_score=4))
+    with pytest.raises(ValueError, match="least two classes"):
+        train_qc_cli(single, encoder, tmp_path / "a", seeds=1)
+
+    def same_path(t):
+        t.iloc[1, t.columns.get_loc("path")] = t.iloc[0]["path"]
+        return t
+
+    with pytest.raises(ValueError, match="same file under several ids"):
+        train_qc_cli(_variant(ratings, tmp_path, same_path), encoder, tmp_path / "b", seeds=1)
+    copy = tmp_path / "copy.nii.gz"
+    copy.write_bytes(
+        Path(
+            pd.read_csv(ratings, sep="\t")["path"].map(lambda p: ratings.parent / p)[0]
+        ).read_bytes()
+    )
+
+    def same_content(t):
+        t.iloc[1, t.columns.get_loc("path")] = str(copy)
+        return t
+
+    with pytest.raises(ValueError, match="identical files"):
+        train_qc_cli(_variant(ratings, tmp_path, same_content), encoder, tmp_path / "c", seeds=1)
+    one_class_train = _variant(
+        ratings, tmp_path, lambda t: t.assign(split=np.where(t["qc_score"] == 4, "train", "test"))
+    )
+    with pytest.raises(ValueError, match="(single QC class|split is empty)"):
+        train_qc_cli(one_class_train, encoder, tmp_path / "d", seeds=1)

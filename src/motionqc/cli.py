@@ -314,10 +314,10 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
     try:
         checkpoint = _checkpoint(args)
+        device = resolve_device(args.device)
     except (RuntimeError, ValueError) as exc:
         _error(exc)
         return 2
-    device = resolve_device(args.device)
     batch_size = args.batch_size or default_batch_size(device.type)
 
     def log(message: str) -> None:

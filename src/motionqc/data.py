@@ -36,6 +36,7 @@ __all__ = [
     "file_sha256",
     "load_manifest",
     "sample_manifest",
+    "MAX_VOXELS",
     "load_volume",
     "load_mask",
     "preprocess",
@@ -224,6 +225,39 @@ def sample_manifest(verify: bool = True, include_templates: bool = True) -> pd.D
     return df
 
 
+MAX_VOXELS = 256 * 2**20
+"""Most voxels :func:`load_volume` reads (1 GiB as float32; a 0.5 mm whole head has ~80 million)."""
+
+_GZIP_MAX_RATIO = 1032
+"""Deflate never expands more than ~1032:1, so a .nii.gz cannot hold more than this × its size."""
+
+
+def _check_claimed_size(path: Path, img: nib.Nifti1Image) -> None:
+    """Refuse a header whose claimed array is too large, or larger than the file can hold.
+
+    Runs before any voxel is read: an 89-byte file claiming 1150³ float32 voxels is refused
+    without allocating its 6 GB.
+    """
+    shape = tuple(int(s) for s in img.header.get_data_shape())
+    n = int(np.prod(shape, dtype=np.int64)) if shape else 0
+    itemsize = int(img.header.get_data_dtype().itemsize)
+    if n > MAX_VOXELS:
+        raise VolumeError(
+            f"{path}: header claims shape {shape} ({n:,} voxels), more than the {MAX_VOXELS:,} "
+            "motionqc reads"
+        )
+    size = path.stat().st_size
+    gz = path.name.endswith(".gz")
+    offset = 0 if gz else int(getattr(img.header, "get_data_offset", lambda: 0)())
+    holds = size * _GZIP_MAX_RATIO + 4096 if gz else size - offset
+    if n * itemsize > holds:
+        raise VolumeError(
+            f"{path}: header claims shape {shape} of {img.header.get_data_dtype()} "
+            f"({n * itemsize:,} bytes), more than the {size:,}-byte file can hold (truncated or "
+            "forged header)"
+        )
+
+
 def load_volume(path: str | Path) -> nib.Nifti1Image:
     """Load a NIfTI volume as a canonical (RAS+) 3D float32 image, refusing unusable files.
 
@@ -246,6 +280,7 @@ def load_volume(path: str | Path) -> nib.Nifti1Image:
         raise VolumeError(f"{path}: empty file (0 bytes)")
     try:
         img = nib.load(str(path))
+        _check_claimed_size(path, img)
         data = np.asanyarray(img.dataobj, dtype=np.float32)
     except (
         nib.filebasedimages.ImageFileError,

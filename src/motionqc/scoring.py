@@ -89,10 +89,28 @@ QC_LABELS: dict[int, str] = {0: "0 (rated 1–2)", 1: "1 (rated 3)", 2: "2 (rate
 
 # --------------------------------------------------------------------------- devices, precision
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """Return ``cuda`` when available for ``"auto"`` (or ``None``), else the named device."""
+    """Return ``cuda`` when available for ``"auto"`` (or ``None``), else the named device.
+
+    Raises:
+        ValueError: For a name torch does not know, a CUDA device on a machine without CUDA, or
+            a CUDA index beyond the devices present (one line, for the command line).
+    """
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        out = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ValueError(f"unknown device {str(device)!r}: use auto, cpu, cuda or cuda:N") from exc
+    if out.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r}: CUDA is not available on this machine")
+        if out.index is not None and out.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif out.type != "cpu":
+        raise ValueError(f"device {str(device)!r}: motionqc runs on cpu or cuda")
+    return out
 
 
 def cpu_has_native_bf16() -> bool:

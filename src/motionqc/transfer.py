@@ -606,6 +606,49 @@ def best_run(runs: Sequence[QCRun], monitor: str = "val_balanced_accuracy") -> i
     return int(np.argmax(scores))
 
 
+def check_ratings(table: pd.DataFrame, manifest: str | Path) -> None:
+    """Refuse, in one line, ratings a QC head cannot be trained on honestly.
+
+    Args:
+        table: The rated rows (``volume_id``, ``path``, ``qc_score``).
+        manifest: The manifest's name, for the message.
+
+    Raises:
+        ValueError: If fewer than two QC classes are rated, or one file (by path, or by content
+            for the files present) appears under two ids: copies of a training file in the test
+            split would inflate every metric.
+    """
+    from motionqc.data import file_sha256, qc_class
+
+    classes = sorted({qc_class(s) for s in table["qc_score"]})
+    if len(classes) < 2:
+        raise ValueError(
+            f"{manifest}: every rated volume is in QC class {classes[0]}; a QC head needs at "
+            "least two classes"
+        )
+    paths_ = table["path"].map(lambda p: str(Path(p).resolve()))
+    same = table[paths_.duplicated(keep=False)]
+    if len(same):
+        raise ValueError(
+            f"{manifest}: the same file under several ids: {', '.join(same['volume_id'][:6])}"
+        )
+    present = [i for i, p in table["path"].items() if Path(p).is_file()]
+    digests = pd.Series({i: file_sha256(table.at[i, "path"]) for i in present}, dtype=object)
+    copies = digests[digests.duplicated(keep=False)]
+    if len(copies):
+        ids = table.loc[copies.index, "volume_id"]
+        raise ValueError(f"{manifest}: identical files under several ids: {', '.join(ids[:6])}")
+
+
+def check_split_classes(y: np.ndarray, split: np.ndarray, manifest: str | Path) -> None:
+    """Refuse a split in which training sees one class only, or a split is empty (one line)."""
+    for name in ("train", "val", "test"):
+        if not (split == name).any():
+            raise ValueError(f"{manifest}: the {name} split is empty")
+    if len(np.unique(y[split == "train"])) < 2:
+        raise ValueError(f"{manifest}: the train split holds a single QC class")
+
+
 def train_qc_cli(
     manifest: str | Path, checkpoint: str | Path, out_dir: str | Path, seeds: int = 5
 ) -> Path:
@@ -633,10 +676,12 @@ def train_qc_cli(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model, meta = load_encoder(checkpoint)
-    table = load_manifest(manifest, on_error="skip")
+    # Files are checked below, one by one: a missing or unusable file goes to errors.json.
+    table = load_manifest(manifest, check_files=False)
     table = table[table["qc_score"].notna()].reset_index(drop=True)
     if len(table) < 10:
         raise ValueError(f"{manifest}: {len(table)} rated volumes; at least 10 are needed")
+    check_ratings(table, manifest)
     images, keep, errors = [], [], []
     for i, row in table.iterrows():
         try:
@@ -649,7 +694,14 @@ def train_qc_cli(
     if "split" in table and table["split"].isin(["train", "val", "test"]).all():
         split = table["split"].to_numpy()
     else:
-        split = stratified_split(y, seed=0)
+        try:
+            split = stratified_split(y, seed=0)
+        except ValueError as exc:
+            raise ValueError(
+                f"{manifest}: {len(y)} usable rated volumes cannot be split into train/val/test "
+                f"({' '.join(str(exc).split())})"
+            ) from exc
+    check_split_classes(y, split, manifest)
     z = embed(
         model,
         torch.stack(images),

@@ -1,0 +1,139 @@
+"""Score heads the released encoder never saw, corrupted by TorchIO's own Motion, with `motionqc score`.
+
+What a new user would do: take a T1w head at its own resolution, corrupt copies of it with
+``torchio.Motion`` at known scores (0, 0.3, 0.6, 1, 1.5, 2, 3, 4 mm under the encoder's score
+convention; ``--draws`` independent motions each), lay them out as a BIDS folder, and run the
+``motionqc score`` command (default: the one on PATH, e.g. from a fresh ``pip install .``) with no
+``--checkpoint``. The predictions in ``motion_T1w.tsv`` are compared with the truth: Spearman, MAE,
+R², ±1/±2 std coverage and the per-band table, written to
+``figures/tables/released_encoder_unseen_heads.csv`` (one row per volume) and printed.
+
+    python benchmarks/check_released_encoder.py --motionqc /tmp/venv/bin/motionqc --draws 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torchio as tio
+
+from motionqc import paths
+from motionqc.data import load_volume, sample_manifest
+from motionqc.encoder import released_encoder_path
+from motionqc.score import SCORE_CONVENTION
+from motionqc.stages.pretrain import TEST_SCORES, band_table, split_metrics
+from motionqc.synthetic import sample_motion
+
+
+def build_bids(heads: dict[str, str], root: Path, draws: int, seed: int) -> pd.DataFrame:
+    """Write one BIDS subject per corrupted copy; return the truth table (bids_name, head, true)."""
+    (root / "dataset_description.json").parent.mkdir(parents=True, exist_ok=True)
+    (root / "dataset_description.json").write_text(
+        json.dumps({"Name": "motionqc unseen-head check", "BIDSVersion": "1.9.0"})
+    )
+    rows = []
+    for h_idx, (head, path) in enumerate(heads.items()):
+        nii = load_volume(path)
+        image = tio.ScalarImage(
+            tensor=torch.from_numpy(np.asarray(nii.dataobj, dtype=np.float32))[None],
+            affine=nii.affine,
+        )
+        for s_idx, target in enumerate(TEST_SCORES):
+            for d in range(draws):
+                row_seed = int(np.random.SeedSequence([seed, h_idx, s_idx, d]).generate_state(1)[0])
+                p = sample_motion(
+                    float(target),
+                    row_seed,
+                    affine=image.affine,
+                    shape=image.shape[1:],
+                    radius=SCORE_CONVENTION.radius,
+                    pairs=SCORE_CONVENTION.pairs,
+                    convention=SCORE_CONVENTION.rotations,
+                )
+                moved = image
+                if target > 0:
+                    moved = tio.Motion(
+                        degrees=np.asarray(p["degrees"]),
+                        translation=np.asarray(p["translation"]),
+                        times=np.asarray(p["times"]),
+                        image_interpolation="linear",
+                    )(image)
+                sub = f"{''.join(c for c in head if c.isalnum())}{s_idx:02d}{d:02d}"
+                anat = root / f"sub-{sub}" / "anat"
+                anat.mkdir(parents=True, exist_ok=True)
+                moved.save(anat / f"sub-{sub}_T1w.nii.gz")
+                rows.append(
+                    {
+                        "bids_name": f"sub-{sub}_T1w",
+                        "head": head,
+                        "draw": d,
+                        "true": float(p["score"]),
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--motionqc",
+        default=shutil.which("motionqc") or "motionqc",
+        help="the motionqc command to run (default: the one on PATH)",
+    )
+    parser.add_argument(
+        "--heads",
+        nargs="+",
+        default=None,
+        help="sample heads to corrupt (default: the released encoder's test heads)",
+    )
+    parser.add_argument("--draws", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument(
+        "--out", type=Path, default=paths.tables_dir() / "released_encoder_unseen_heads.csv"
+    )
+    args = parser.parse_args(argv)
+    info = json.loads(released_encoder_path().with_suffix(".json").read_text())
+    heads = args.heads or info["unseen_heads"]["heads"]
+    used = set(info["recipe"]["train_heads"]) & set(heads)
+    if used:
+        parser.error(f"head(s) used to train the released encoder: {', '.join(sorted(used))}")
+    manifest = sample_manifest()
+    files = dict(zip(manifest["volume_id"], manifest["path"], strict=True))
+    with tempfile.TemporaryDirectory() as tmp:
+        bids, out = Path(tmp) / "bids", Path(tmp) / "out"
+        truth = build_bids({h: files[h] for h in heads}, bids, args.draws, args.seed)
+        start = time.perf_counter()
+        cmd = [args.motionqc, "score", str(bids), str(out), "participant", "--no-mosaics"]
+        done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp)
+        seconds = time.perf_counter() - start
+        if done.returncode != 0:
+            print(done.stderr, file=sys.stderr)
+            return done.returncode
+        scored = pd.read_csv(out / "motion_T1w.tsv", sep="\t")
+        model = json.loads((out / "dataset_description.json").read_text())["GeneratedBy"][0]
+    table = truth.merge(scored[["bids_name", "motion_mm", "motion_std"]], on="bids_name")
+    table = table.rename(columns={"motion_mm": "pred", "motion_std": "std"})
+    table.to_csv(args.out, index=False)
+    metrics = split_metrics(table)
+    print(
+        f"{' '.join(cmd[:2])} ... on {len(table)} volumes of {', '.join(heads)}: {seconds:.0f} s; "
+        f"encoder {model.get('Model', {}).get('checkpoint')} "
+        f"(sha256 {str(model.get('Model', {}).get('sha256'))[:12]})"
+    )
+    print({k: round(v, 3) for k, v in metrics.items()})
+    print(band_table(table).round(3).to_string(index=False))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
