@@ -169,6 +169,15 @@ def test_train_qc_end_to_end_on_nifti(tmp_path: Path, ratings: Path) -> None:
     assert (out / f"embeddings_{file_digest(encoder)}.pt").is_file()
     train_qc_cli(ratings, encoder, out, seeds=2)
     pd.testing.assert_frame_equal(pd.read_csv(results), seeds)
+    # Changed ratings in the same folder retrain: the head is not the finished run resumed.
+    first = torch.load(out / "qc_head.pt", weights_only=True)["model"]
+    changed = pd.read_csv(ratings, sep="\t")
+    changed.loc[changed["qc_score"] == 3, "qc_score"] = 2
+    changed_path = ratings.parent / "ratings_changed.tsv"
+    changed.to_csv(changed_path, sep="\t", index=False)
+    train_qc_cli(changed_path, encoder, out, seeds=2)
+    second = torch.load(out / "qc_head.pt", weights_only=True)["model"]
+    assert any(not torch.equal(first[k], second[k]) for k in first)
 
 
 def test_embed_cache_keeps_computed_values(tmp_path: Path) -> None:

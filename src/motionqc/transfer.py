@@ -669,7 +669,7 @@ def train_qc_cli(
     Returns:
         The path of ``qc_results.csv``.
     """
-    from motionqc.data import load_manifest, preprocess, qc_class
+    from motionqc.data import file_sha256, load_manifest, preprocess, qc_class
     from motionqc.encoder import load_encoder
     from motionqc.qc_metrics import median_table, seed_table
 
@@ -702,15 +702,31 @@ def train_qc_cli(
                 f"({' '.join(str(exc).split())})"
             ) from exc
     check_split_classes(y, split, manifest)
+    # Caches and resumable runs are keyed by what determines them: each embedding by its file's
+    # content, the runs by every (id, file, rating, split) and the encoder, so changed ratings or
+    # files retrain instead of resuming finished runs of other data.
+    digests = [file_sha256(p)[:16] for p in table["path"]]
+    ids = table["volume_id"].astype(str).tolist()
     z = embed(
         model,
         torch.stack(images),
-        table["volume_id"].astype(str).tolist(),
+        [f"{v}@{d}" for v, d in zip(ids, digests, strict=True)],
         cache=out / f"embeddings_{file_digest(checkpoint)}.pt",
         input_intensity=meta["input_intensity"],
     )
+    data_key = hashlib.sha256(
+        json.dumps(
+            {
+                "encoder": file_digest(checkpoint),
+                "rows": [
+                    [v, d, float(q), str(sp)]
+                    for v, d, q, sp in zip(ids, digests, table["qc_score"], split, strict=True)
+                ],
+            }
+        ).encode()
+    ).hexdigest()[:16]
     predictions, runs = run_transfer_seeds(
-        z, y, split, table["volume_id"].astype(str).tolist(), range(seeds), run_root=out / "runs"
+        z, y, split, ids, range(seeds), run_root=out / "runs" / data_key
     )
     seeds_df = seed_table(predictions)
     seeds_df.to_csv(out / "qc_results.csv", index=False)
