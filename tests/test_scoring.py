@@ -263,3 +263,50 @@ def test_default_checkpoint_is_the_released_encoder():
     assert released_encoder_path().parent.name == "weights"
     helptext = cli.build_parser()._subparsers._group_actions[0].choices["score"].format_help()
     assert "released encoder" in " ".join(helptext.split())
+
+
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
+def test_loader_workers_die_with_a_killed_score(tmp_path, encoder, sig):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    bids = tmp_path / "bids"
+    for i in range(60):
+        write_nifti(
+            bids / f"sub-{i:02d}" / "anat" / f"sub-{i:02d}_T1w.nii.gz",
+            head_phantom((36, 50, 38), seed=i),
+            _affine(4.0),
+        )
+    (bids / "dataset_description.json").write_text('{"Name": "t", "BIDSVersion": "1.9.0"}')
+    cmd = [
+        sys.executable,
+        "-m",
+        "motionqc.cli",
+        "score",
+        str(bids),
+        str(tmp_path / "out"),
+        "participant",
+        "--checkpoint",
+        str(encoder),
+        "--num-workers",
+        "2",
+        "--batch-size",
+        "1",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parent = psutil.Process(proc.pid)
+    deadline = time.time() + 120
+    workers: list[psutil.Process] = []
+    while time.time() < deadline and len(workers) < 2 and proc.poll() is None:
+        workers = parent.children(recursive=True)
+        time.sleep(0.2)
+    assert len(workers) >= 2, "the loader workers never started"
+    os.kill(proc.pid, getattr(signal, sig))
+    proc.wait(timeout=60)
+    gone, alive = psutil.wait_procs(workers, timeout=3)  # at once, not at a later poll
+    assert not alive, f"{len(alive)} loader worker(s) outlived the killed score"
