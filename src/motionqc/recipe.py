@@ -103,7 +103,7 @@ class RecipeConfig:
     val_size: int = 96
     max_score: float = 4.0
     p_motion_free: float = 0.08
-    steps: int = 3000
+    steps: int = 2800
     batch_size: int = 8
     lr: float = 2e-3
     pct_start: float = 0.15
@@ -118,8 +118,8 @@ class RecipeConfig:
             "contrast_knots": 4,
             "p_bias": 0.5,
             "bias_coefficient": 0.3,
-            "p_noise": 0.4,
-            "noise_std": 0.02,
+            "p_noise": 0.15,
+            "noise_std": 0.01,
         }
     )
 
