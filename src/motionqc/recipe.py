@@ -113,9 +113,10 @@ class RecipeConfig:
     augment: dict = field(
         default_factory=lambda: {
             "p_flip": 0.5,
-            "log_gamma": 0.3,
+            "log_gamma": 0.15,
             "p_contrast": 0.5,
             "contrast_knots": 4,
+            "contrast_strength": 0.5,
             "p_bias": 0.5,
             "bias_coefficient": 0.3,
             "p_noise": 0.15,
@@ -370,7 +371,9 @@ def augment_batch(
     """Draw new intensities for a batch of pool samples, then scale it as inference does.
 
     Per volume: left-right flip, gamma ``sign(v)·|v|^γ`` (log γ ~ U(±``log_gamma``)) on the volume
-    scaled by its 99.5th percentile, a random monotone contrast curve, a polynomial bias field
+    scaled by its 99.5th percentile, a random monotone contrast curve blended with the identity
+    (weight ~ U(0, ``contrast_strength``): the faint ghosts in the background stay visible), a
+    polynomial bias field
     (TorchIO's ``RandomBiasField``: order 3, coefficients ~ U(±``bias_coefficient``)), Rician noise
     (σ ~ U(0, ``noise_std``) of that percentile), each with its probability; then
     :func:`motionqc.encoder.scale_input`.
@@ -397,8 +400,9 @@ def augment_batch(
         v = v / top
         log_gamma = (2 * draw() - 1) * augment["log_gamma"]
         v = v.sign() * v.abs() ** math.exp(log_gamma)
-        if draw() < augment["p_contrast"]:
-            v = _monotone_curve(v, int(augment["contrast_knots"]), gen)
+        if draw() < augment["p_contrast"]:  # a random curve, blended with the identity
+            alpha = draw() * augment["contrast_strength"]
+            v = v + alpha * (_monotone_curve(v, int(augment["contrast_knots"]), gen) - v)
         if draw() < augment["p_bias"]:
             c = augment["bias_coefficient"]
             coef = (2 * torch.rand(20, generator=gen, dtype=torch.float64) - 1) * c
