@@ -24,15 +24,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-import torchio as tio
 
 from motionqc import paths
-from motionqc.data import load_volume, sample_manifest
+from motionqc.data import sample_manifest
 from motionqc.encoder import released_encoder_path
-from motionqc.score import SCORE_CONVENTION
-from motionqc.stages.pretrain import TEST_SCORES, band_table, split_metrics
-from motionqc.synthetic import sample_motion
+from motionqc.stages.pretrain import (
+    TEST_SCORES,
+    band_table,
+    corrupt_with_torchio,
+    load_native,
+    split_metrics,
+)
 
 
 def build_bids(heads: dict[str, str], root: Path, draws: int, seed: int) -> pd.DataFrame:
@@ -43,31 +45,11 @@ def build_bids(heads: dict[str, str], root: Path, draws: int, seed: int) -> pd.D
     )
     rows = []
     for h_idx, (head, path) in enumerate(heads.items()):
-        nii = load_volume(path)
-        image = tio.ScalarImage(
-            tensor=torch.from_numpy(np.asarray(nii.dataobj, dtype=np.float32))[None],
-            affine=nii.affine,
-        )
+        image = load_native(path)
         for s_idx, target in enumerate(TEST_SCORES):
             for d in range(draws):
                 row_seed = int(np.random.SeedSequence([seed, h_idx, s_idx, d]).generate_state(1)[0])
-                p = sample_motion(
-                    float(target),
-                    row_seed,
-                    affine=image.affine,
-                    shape=image.shape[1:],
-                    radius=SCORE_CONVENTION.radius,
-                    pairs=SCORE_CONVENTION.pairs,
-                    convention=SCORE_CONVENTION.rotations,
-                )
-                moved = image
-                if target > 0:
-                    moved = tio.Motion(
-                        degrees=np.asarray(p["degrees"]),
-                        translation=np.asarray(p["translation"]),
-                        times=np.asarray(p["times"]),
-                        image_interpolation="linear",
-                    )(image)
+                moved, p = corrupt_with_torchio(image, float(target), row_seed)
                 sub = f"{''.join(c for c in head if c.isalnum())}{s_idx:02d}{d:02d}"
                 anat = root / f"sub-{sub}" / "anat"
                 anat.mkdir(parents=True, exist_ok=True)

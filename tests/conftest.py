@@ -45,3 +45,13 @@ def sample():
     from motionqc.data import sample_manifest
 
     return sample_manifest()
+
+
+class CodePayload:
+    """An object whose unpickling opens ``marker`` for writing: proof that a loader ran code."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))

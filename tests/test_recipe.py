@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 import torchio as tio
+from conftest import CodePayload
 
 from motionqc import recipe, release
 from motionqc.data import preprocess
@@ -107,10 +108,10 @@ def test_pool_sample_is_torchio_motion_with_an_exact_label(sources):
 
 def test_render_pool_reads_its_chunks_back(sources, tmp_path, monkeypatch):
     first, table = recipe.render_pool(sources, SMOKE, "val", 3, cache_dir=tmp_path, progress=False)
-    monkeypatch.setattr(recipe, "_sample", lambda *a, **k: pytest.fail("re-rendered a cached chunk"))
-    again, table2 = recipe.render_pool(
-        sources, SMOKE, "val", 3, cache_dir=tmp_path, progress=False
+    monkeypatch.setattr(
+        recipe, "_sample", lambda *a, **k: pytest.fail("re-rendered a cached chunk")
     )
+    again, table2 = recipe.render_pool(sources, SMOKE, "val", 3, cache_dir=tmp_path, progress=False)
     assert torch.equal(first, again)
     pd.testing.assert_frame_equal(table, table2)
     # other sources: another key, so nothing is reused
@@ -204,20 +205,14 @@ def test_release_run_writes_weights_and_provenance(tmp_path, monkeypatch):
         release.run(SMOKE, out=out, run_dir=tmp_path / "run", test_heads=["robex_atlas"])
 
 
-class _Payload:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
 def test_encoder_file_with_code_is_refused_without_running_it(tmp_path):
     path = tmp_path / "encoder.pt"
-    save_encoder(path, SFCN(n_outputs=50, channels=SMOKE.channels), spacing_mm=4, shape=(40, 48, 40))
+    save_encoder(
+        path, SFCN(n_outputs=50, channels=SMOKE.channels), spacing_mm=4, shape=(40, 48, 40)
+    )
     state = torch.load(path, weights_only=True)
     marker = tmp_path / "ran"
-    state["info"] = {"payload": _Payload(str(marker))}
+    state["info"] = {"payload": CodePayload(str(marker))}
     torch.save(state, path)
     with pytest.raises(EncoderError, match="not loaded"):
         load_encoder(path)
@@ -235,7 +230,9 @@ def test_released_encoder_ships_with_its_provenance():
     model, meta = load_encoder(path)
     assert meta["score_convention"] == SCORE_CONVENTION.as_dict() == info["score_convention"]
     assert list(meta["shape"]) == info["geometry"]["shape"]
-    assert set(info["data"]) >= set(info["recipe"]["train_heads"]) | set(info["unseen_heads"]["heads"])
+    assert set(info["data"]) >= set(info["recipe"]["train_heads"]) | set(
+        info["unseen_heads"]["heads"]
+    )
     assert not set(info["recipe"]["train_heads"]) & set(info["unseen_heads"]["heads"])
 
 

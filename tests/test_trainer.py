@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import CodePayload
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -266,20 +267,12 @@ def test_onecycle_schedule_steps_per_batch_and_resumes_exactly(tmp_path):
         TrainConfig(schedule="cosine")
 
 
-class _Payload:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
 def test_resume_never_runs_code_from_a_checkpoint(tmp_path):
     tr = make_trainer(tmp_path, model_seed=0)
     tr.fit(until_epoch=1)
     state = torch.load(tmp_path / "last.pt", weights_only=True)
     marker = tmp_path / "ran"
-    state["history"].append({"payload": _Payload(str(marker))})
+    state["history"].append({"payload": CodePayload(str(marker))})
     torch.save(state, tmp_path / "last.pt")
     with pytest.raises(ValueError, match="not loaded"):
         make_trainer(tmp_path, model_seed=0)

@@ -419,7 +419,7 @@ def simulate_file(
     from motionqc.data import load_volume
     from motionqc.motion import simulate_motion
     from motionqc.score import SCORE_CONVENTION
-    from motionqc.synthetic import sample_motion
+    from motionqc.synthetic import sample_scored_motion
 
     input_path, output_path = Path(input_path), Path(output_path)
     load_volume(input_path)  # validation only: one-line errors for unusable files
@@ -428,16 +428,7 @@ def simulate_file(
     while data.ndim > 3:
         data = data[..., 0]
     affine = np.asarray(image.affine, dtype=float)
-    params = sample_motion(
-        score,
-        seed,
-        n_transforms,
-        affine=affine,
-        shape=data.shape,
-        radius=SCORE_CONVENTION.radius,
-        pairs=SCORE_CONVENTION.pairs,
-        convention=SCORE_CONVENTION.rotations,
-    )
+    params = sample_scored_motion(score, seed, n_transforms, affine=affine, shape=data.shape)
     moved = simulate_motion(
         torch.from_numpy(np.ascontiguousarray(data)),
         params["degrees"],

@@ -46,7 +46,7 @@ from motionqc.encoder import scale_input
 from motionqc.motion import simulate_motion
 from motionqc.pretrain import augment_heads, bias_field, head_of
 from motionqc.score import SCORE_CONVENTION
-from motionqc.synthetic import sample_motion
+from motionqc.synthetic import sample_scored_motion
 
 __all__ = [
     "RecipeConfig",
@@ -208,15 +208,7 @@ def _sample(
     else:
         target = float(rng.uniform(0.0, config.max_score))
     motion_seed = int(seq.generate_state(1)[0])
-    p = sample_motion(
-        target,
-        motion_seed,
-        affine=image.affine,
-        shape=image.shape[1:],
-        radius=SCORE_CONVENTION.radius,
-        pairs=SCORE_CONVENTION.pairs,
-        convention=SCORE_CONVENTION.rotations,
-    )
+    p = sample_scored_motion(target, motion_seed, affine=image.affine, shape=image.shape[1:])
     data = image.data[0].float()
     if target > 0:
         data = simulate_motion(

@@ -25,13 +25,21 @@ from scipy.spatial.transform import Rotation
 from torch.utils.data import Dataset
 
 from motionqc.motion import _check_affine, itk_euler_matrix, simulate_motion
-from motionqc.score import AUTHORS_RADIUS, motion_score, score_motion, volume_center
+from motionqc.score import (
+    AUTHORS_RADIUS,
+    SCORE_CONVENTION,
+    ScoreConvention,
+    motion_score,
+    score_motion,
+    volume_center,
+)
 
 __all__ = [
     "MotionParams",
     "torchio_times",
     "sample_motion",
     "sample_authors_motion",
+    "sample_scored_motion",
     "split_sources",
     "build_parameter_table",
     "read_parameter_table",
@@ -147,6 +155,41 @@ def sample_motion(
         scale = brentq(lambda s: score(s) - target, 0.0, hi, xtol=1e-10, rtol=1e-12)
     deg, tra = deg_dir * scale, tra_dir * scale
     return {"degrees": deg, "translation": tra, "times": times, "n": n, "score": score(scale)}
+
+
+def sample_scored_motion(
+    target: float,
+    seed: int,
+    n: int | None = None,
+    *,
+    affine: object,
+    shape: Sequence[int],
+    convention: ScoreConvention = SCORE_CONVENTION,
+) -> MotionParams:
+    """:func:`sample_motion` for an image, its score under a :class:`ScoreConvention`.
+
+    Args:
+        target: Wanted score in mm.
+        seed: Seed of every draw.
+        n: Number of transforms (drawn from the seed when omitted).
+        affine: The image's voxel-to-RAS matrix.
+        shape: The image's spatial shape.
+        convention: The score convention (default: motionqc's one, ``SCORE_CONVENTION``).
+
+    Returns:
+        As :func:`sample_motion`.
+    """
+    return sample_motion(
+        target,
+        seed,
+        n,
+        affine=affine,
+        shape=shape,
+        radius=convention.radius,
+        pairs=convention.pairs,
+        convention=convention.rotations,
+        center=None if convention.center == "volume" else np.zeros(3),
+    )
 
 
 def sample_authors_motion(

@@ -32,7 +32,7 @@ from motionqc.recipe import (
 )
 from motionqc.score import SCORE_CONVENTION
 from motionqc.soft_labels import BIN_RANGE, N_BINS, decode, predictive_std
-from motionqc.synthetic import sample_motion
+from motionqc.synthetic import sample_scored_motion
 from motionqc.trainer import kaiming_init, seed_everything
 
 __all__ = [
@@ -40,7 +40,9 @@ __all__ = [
     "TEST_SCORES",
     "PretrainResult",
     "band_table",
+    "corrupt_with_torchio",
     "coverage",
+    "load_native",
     "fit_temperature",
     "run",
     "split_metrics",
@@ -126,6 +128,38 @@ def band_table(table: pd.DataFrame, edges: Sequence[float] = BANDS) -> pd.DataFr
     return pd.DataFrame(rows)
 
 
+def load_native(path: str | Path) -> tio.ScalarImage:
+    """A head at its own resolution, canonical orientation (:func:`motionqc.data.load_volume`)."""
+    nii = load_volume(path)
+    tensor = torch.from_numpy(np.asarray(nii.dataobj, dtype=np.float32))[None]
+    return tio.ScalarImage(tensor=tensor, affine=nii.affine)
+
+
+def corrupt_with_torchio(
+    image: tio.ScalarImage, target: float, seed: int
+) -> tuple[tio.ScalarImage, dict]:
+    """Corrupt an image with **TorchIO's own** ``Motion`` at a score under ``SCORE_CONVENTION``.
+
+    Args:
+        image: The head (one channel).
+        target: Wanted score, mm (0: the image itself).
+        seed: Seed of the parameter draw (:func:`motionqc.synthetic.sample_scored_motion`).
+
+    Returns:
+        ``(moved, params)``; ``params["score"]`` is the true score.
+    """
+    p = sample_scored_motion(target, seed, affine=image.affine, shape=image.shape[1:])
+    if target <= 0:
+        return image, p
+    motion = tio.Motion(
+        degrees=np.asarray(p["degrees"]),
+        translation=np.asarray(p["translation"]),
+        times=np.asarray(p["times"]),
+        image_interpolation="linear",
+    )
+    return motion(image), p
+
+
 def unseen_head_inputs(
     meta: Mapping[str, object],
     heads: Mapping[str, str | Path],
@@ -154,32 +188,11 @@ def unseen_head_inputs(
     """
     rows, images = [], []
     for h_idx, (head, path) in enumerate(heads.items()):
-        nii = load_volume(path)
-        image = tio.ScalarImage(
-            tensor=torch.from_numpy(np.asarray(nii.dataobj, dtype=np.float32))[None],
-            affine=nii.affine,
-        )
+        image = load_native(path)
         for s_idx, target in enumerate(scores):
             for d in range(draws):
                 row_seed = int(np.random.SeedSequence([seed, h_idx, s_idx, d]).generate_state(1)[0])
-                p = sample_motion(
-                    float(target),
-                    row_seed,
-                    affine=image.affine,
-                    shape=image.shape[1:],
-                    radius=SCORE_CONVENTION.radius,
-                    pairs=SCORE_CONVENTION.pairs,
-                    convention=SCORE_CONVENTION.rotations,
-                )
-                moved = image
-                if target > 0:
-                    motion = tio.Motion(
-                        degrees=np.asarray(p["degrees"]),
-                        translation=np.asarray(p["translation"]),
-                        times=np.asarray(p["times"]),
-                        image_interpolation="linear",
-                    )
-                    moved = motion(image)
+                moved, p = corrupt_with_torchio(image, float(target), row_seed)
                 images.append(
                     preprocess(moved, float(meta["spacing_mm"]), meta["shape"]).data.float()
                 )
