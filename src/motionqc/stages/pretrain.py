@@ -48,7 +48,6 @@ __all__ = [
     "split_metrics",
     "predict_table",
     "unseen_head_inputs",
-    "unseen_head_predictions",
 ]
 
 TEST_SCORES = (0.0, 0.3, 0.6, 1.0, 1.5, 2.0, 3.0, 4.0)
@@ -221,17 +220,6 @@ def predict_table(
     out = rows.copy()
     out["pred"], out["std"] = pred, std
     return out
-
-
-def unseen_head_predictions(
-    model: SFCN,
-    meta: Mapping[str, object],
-    heads: Mapping[str, str | Path],
-    **kwargs: object,
-) -> pd.DataFrame:
-    """:func:`unseen_head_inputs` scored by the encoder: ``head``, ``draw``, ``true``, ``pred``, ``std``."""
-    rows, inputs = unseen_head_inputs(meta, heads, **kwargs)  # type: ignore[arg-type]
-    return predict_table(model, meta, rows, inputs)
 
 
 def split_metrics(table: pd.DataFrame) -> dict[str, float]:
