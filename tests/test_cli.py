@@ -384,3 +384,13 @@ def test_bad_device_is_one_line_and_exit_2(tmp_path, capsys, device):
     err = capsys.readouterr().err.strip()
     assert rc == 2
     assert len(err.splitlines()) == 1 and "device" in err and "Traceback" not in err
+
+
+def test_train_qc_help_lists_every_required_column():
+    from motionqc.cli import build_parser
+    from motionqc.data import REQUIRED_COLUMNS
+
+    parser = build_parser()
+    text = " ".join(parser._subparsers._group_actions[0].choices["train-qc"].format_help().split())
+    for column in REQUIRED_COLUMNS:
+        assert column in text, column

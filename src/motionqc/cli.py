@@ -288,9 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
         "train-qc",
         help="train a QC head on your own ratings (frozen encoder, 5 seeds)",
         description=(
-            "Train the QC head on a lab's own ratings (manifest TSV with volume_id, path, "
-            "qc_score 1-4 and optionally split) on top of the frozen encoder; writes the per-seed "
-            "and median results and qc_head.pt (for `motionqc score --qc-head`) to OUT_DIR."
+            "Train the QC head on a lab's own ratings (a manifest TSV with the columns "
+            "volume_id, dataset, site, subject, path, qc_score (1-4) and optionally split) on "
+            "top of the "
+            "frozen encoder; writes the per-seed and median results and qc_head.pt (for "
+            "`motionqc score --qc-head`) to OUT_DIR."
         ),
         formatter_class=_Formatter,
     )
