@@ -266,3 +266,21 @@ def test_header_claiming_more_than_the_file_holds_is_refused(tmp_path: Path) -> 
     _assert_one_line_naming(err, path, "more than the")
     ok = write_nifti(tmp_path / "ok_T1w.nii.gz", head_phantom((30, 30, 30)))
     assert load_volume(ok).shape == (30, 30, 30)  # a real compressed file is not refused
+
+
+def test_preprocess_takes_an_integer_torchio_image() -> None:
+    import torchio as tio
+
+    phantom = head_phantom((30, 34, 28))
+    data = (np.clip(phantom, 0, None) / phantom.max() * 3000).astype(np.int16)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    ints = preprocess(
+        tio.ScalarImage(tensor=torch.from_numpy(data)[None], affine=affine), 4.0, (16, 16, 16)
+    )
+    floats = preprocess(
+        tio.ScalarImage(tensor=torch.from_numpy(data.astype(np.float32))[None], affine=affine),
+        4.0,
+        (16, 16, 16),
+    )
+    assert ints.data.dtype == torch.float32
+    assert torch.allclose(ints.data, floats.data)

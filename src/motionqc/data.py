@@ -334,7 +334,10 @@ def load_mask(path: str | Path) -> nib.Nifti1Image:
 
 def _to_tio(volume: str | Path | nib.Nifti1Image | tio.ScalarImage) -> tio.ScalarImage:
     if isinstance(volume, tio.ScalarImage):
-        return volume
+        if volume.data.is_floating_point():
+            return volume
+        # integer voxels (int16 scanners' output): float32, as load_volume gives from a file
+        return tio.ScalarImage(tensor=volume.data.float(), affine=volume.affine)
     image = volume if isinstance(volume, nib.Nifti1Image) else load_volume(volume)
     tensor = torch.from_numpy(np.asarray(image.dataobj, dtype=np.float32)).unsqueeze(0)
     return tio.ScalarImage(tensor=tensor, affine=image.affine)
