@@ -32,6 +32,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,6 +47,7 @@ from motionqc.encoder import scale_input
 from motionqc.motion import simulate_motion
 from motionqc.pretrain import augment_heads, bias_field, head_of
 from motionqc.score import SCORE_CONVENTION
+from motionqc.soft_labels import BIN_RANGE, SoftLabelKL, decode
 from motionqc.synthetic import sample_scored_motion
 
 __all__ = [
@@ -88,6 +90,7 @@ class RecipeConfig:
         weight_decay: AdamW weight decay.
         eval_every: Steps between validation passes (and checkpoints).
         seed: Base seed of every draw.
+        augment: Probabilities and ranges of the per-step intensity draws (:func:`augment_batch`).
     """
 
     name: str = "release"
@@ -470,10 +473,6 @@ def train(
     Raises:
         ValueError: If ``run_dir`` holds a checkpoint of another recipe.
     """
-    import time
-
-    from motionqc.soft_labels import BIN_RANGE, SoftLabelKL, decode
-
     pool_x, pool_y = pool
     val_x, val_y = val
     loss_fn = SoftLabelKL()

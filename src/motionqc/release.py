@@ -29,7 +29,6 @@ from motionqc.recipe import (
     RECIPES,
     RecipeConfig,
 )
-from motionqc.score import SCORE_CONVENTION
 from motionqc.soft_labels import BIN_RANGE, N_BINS, SIGMA
 from motionqc.stages import pretrain as stage
 
@@ -71,7 +70,7 @@ def run(
     Args:
         config: The recipe.
         out: Output ``.pt`` path (its ``.json`` goes beside it).
-        run_dir: Checkpoints and the pool cache (resumable).
+        run_dir: The training checkpoint (resumable) and ``predictions.csv``.
         test_heads: Heads kept out of training and used for the unseen-head test.
         num_workers: Rendering processes.
         draws: Motions per test score and head.
@@ -103,10 +102,10 @@ def run(
         "commit": _commit(),
         "command": command,
         "recipe": config.as_dict(),
-        "score_convention": SCORE_CONVENTION.as_dict(),
+        "score_convention": result.meta["score_convention"],
         "geometry": {"spacing_mm": config.spacing_mm, "shape": list(config.shape)},
         "bins": {"bin_range": list(BIN_RANGE), "n_bins": N_BINS, "sigma": SIGMA},
-        "input_intensity": "percentile",
+        "input_intensity": result.meta["input_intensity"],
         "temperature": result.meta["temperature"],
         "data": {
             h: {
@@ -172,7 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--run-dir",
         type=Path,
         default=None,
-        help="checkpoints and pool cache (default: checkpoints/recipe-<name>)",
+        help="training checkpoint and predictions (default: checkpoints/recipe-<name>; "
+        "the motion pool is cached in build/cache/recipe)",
     )
     parser.add_argument("--test-heads", nargs="+", default=["colin27"])
     parser.add_argument("--num-workers", type=int, default=2)
@@ -187,7 +187,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out or (
         released_encoder_path() if config.name == "release" else run_dir / "motion_encoder.pt"
     )
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     command = "python -m motionqc.release " + " ".join(sys.argv[1:] if argv is None else argv)
     prov = run(
         config,
