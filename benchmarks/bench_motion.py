@@ -130,7 +130,9 @@ def main() -> None:
             for n in (2, 4, 8):
                 deg, tra, times = draw(int(spacing * 100 + n + batch), n, batch)
                 volume_file = os.path.join(tmp, f"volume_{spacing:g}mm.pt")
-                torch.save({"data": image.data, "affine": torch.as_tensor(image.affine)}, volume_file)
+                torch.save(
+                    {"data": image.data, "affine": torch.as_tensor(image.affine)}, volume_file
+                )
                 images = [
                     tio.ScalarImage(tensor=image.data * (1 + 0.01 * i), affine=image.affine)
                     for i in range(batch)

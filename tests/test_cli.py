@@ -394,3 +394,100 @@ def test_train_qc_help_lists_every_required_column():
     text = " ".join(parser._subparsers._group_actions[0].choices["train-qc"].format_help().split())
     for column in REQUIRED_COLUMNS:
         assert column in text, column
+
+
+def test_whitespace_in_a_name_is_not_scored_again(
+    tmp_path: Path, sample: pd.DataFrame, encoder: Path, capsys: pytest.CaptureFixture
+) -> None:
+    root = tmp_path / "my study"  # a space in the dataset's folder: the report's title
+    image = preprocess(sample["path"].iloc[0], 4.0, (40, 48, 40), normalise=False)
+    odd = "sub-odd/anat/sub-odd_acq-a \t b_T1w.nii.gz"  # a tab and repeated spaces in the name
+    write_nifti(root / odd, image.data[0].numpy(), image.affine)
+    (root / "dataset_description.json").write_text('{"Name": "odd", "BIDSVersion": "1.9.0"}')
+    out = tmp_path / "out"
+    args = ["score", str(root), str(out), "participant", "--checkpoint", str(encoder), *FAST]
+    assert main(args) == 0
+    assert "1 scored" in capsys.readouterr().out
+    assert _table(out / "motion_T1w.tsv")["bids_name"].tolist() == ["sub-odd_acq-a b_T1w"]
+    assert "<title>motionqc report: my study</title>" in (out / "report.html").read_text()
+    assert main(args) == 0
+    assert "0 scored, 0 error(s), 1 already there" in capsys.readouterr().out
+
+
+def test_the_same_shard_twice_at_once_is_refused(
+    tmp_path: Path, bids: Path, encoder: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from motionqc.scoring import shard_lock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    args = ["score", str(bids), str(out), "participant", "--checkpoint", str(encoder), *FAST]
+    with shard_lock(out, 1, 2):  # another process scoring shard 1/2 of this folder
+        assert main([*args, "--shard", "1/2", "--participant-label", "mni"]) == 2
+        err = capsys.readouterr().err
+        assert "shard 1/2 is being scored by another motionqc process" in err
+        assert len(err.strip().splitlines()) == 1
+        assert not (out / "motion_T1w_shard-0001of0002.tsv").exists()  # nothing written
+    # Once it has ended, the same shard runs.
+    assert main([*args, "--shard", "1/2", "--participant-label", "mni"]) == 0
+
+
+def test_a_missing_dataset_description_is_reported(
+    tmp_path: Path, sample: pd.DataFrame, encoder: Path, capsys: pytest.CaptureFixture
+) -> None:
+    root = tmp_path / "no_description"
+    image = preprocess(sample["path"].iloc[0], 4.0, (40, 48, 40), normalise=False)
+    write_nifti(root / "sub-a/anat/sub-a_T1w.nii.gz", image.data[0].numpy(), image.affine)
+    out = tmp_path / "out"
+    assert (
+        main(["score", str(root), str(out), "participant", "--checkpoint", str(encoder), *FAST])
+        == 0
+    )
+    assert "no dataset_description.json" in capsys.readouterr().err
+
+
+def test_a_header_bomb_in_the_folder_does_not_raise_peak_memory(
+    tmp_path: Path, bids: Path, encoder: Path
+) -> None:
+    """Peak RSS of `score` (loading in-process) on a folder, with and without an 89-byte bomb."""
+    from test_data import _forged
+
+    clean, bombed = tmp_path / "clean", tmp_path / "bombed"
+    for root in (clean, bombed):
+        shutil.copytree(bids / "sub-mni", root / "sub-mni")
+        (root / "dataset_description.json").write_text('{"Name": "t", "BIDSVersion": "1.9.0"}')
+    (bombed / "sub-bomb" / "anat").mkdir(parents=True)
+    bomb = _forged(bombed / "sub-bomb/anat/sub-bomb_T1w.nii.gz", (1150, 1150, 1150))
+    assert bomb.stat().st_size < 200  # claims 6 GB of float32
+    probe = (
+        "import resource, sys\n"
+        "from motionqc.cli import main\n"
+        "rc = main(sys.argv[1:])\n"
+        "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    peaks = {}
+    for name, root in (("clean", clean), ("bombed", bombed)):
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                probe,
+                "score",
+                str(root),
+                str(tmp_path / f"out_{name}"),
+                "participant",
+                "--checkpoint",
+                str(encoder),
+                *FAST,
+            ],  # fmt: skip
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, OMP_NUM_THREADS="1"),
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stderr
+        peaks[name] = int(done.stdout.split("PEAK")[-1])
+    table = _table(tmp_path / "out_bombed" / "motion_T1w.tsv").set_index("bids_name")
+    assert table.loc["sub-bomb_T1w", "status"] == "error"
+    assert "header claims" in table.loc["sub-bomb_T1w", "error"]
+    assert peaks["bombed"] <= 1.5 * peaks["clean"], peaks

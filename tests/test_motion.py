@@ -197,6 +197,11 @@ def test_transform_wrappers_match_torchio(heads):
     random_ref = tio.RandomMotion(degrees=5, translation=5, num_transforms=3)(subject)
     assert rel_l2(random_ours.t1.data, random_ref.t1.data) <= 1e-4
     assert random_ours.history  # the applied parameters are recorded
+    # TorchIO's signature: image_interpolation may be passed; linear is the only exact one.
+    explicit = RandomMotionTransform(degrees=5, translation=5, image_interpolation="linear")
+    assert explicit.num_transforms == 2
+    with pytest.raises(ValueError, match="only interpolation"):
+        RandomMotionTransform(degrees=5, translation=5, image_interpolation="wrong")
 
 
 def test_bad_arguments_raise_value_error(heads):

@@ -186,6 +186,7 @@ def test_qc_head_probabilities_and_rescoring(
     tmp_path: Path, encoder: Path, volumes: dict[str, Path]
 ) -> None:
     from motionqc import transfer  # a broken first-party import must fail, not skip
+
     bids = tmp_path / "bids"
     for sub, key in (("01", "at_4mm"), ("02", "at_3mm")):
         target = bids / f"sub-{sub}" / "anat" / f"sub-{sub}_T1w.nii.gz"

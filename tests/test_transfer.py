@@ -18,6 +18,7 @@ from conftest import write_nifti
 from sklearn.metrics import balanced_accuracy_score
 from sklearn.utils.class_weight import compute_class_weight
 
+from motionqc.bids import manifest_from_mrart
 from motionqc.data import preprocess
 from motionqc.encoder import save_encoder
 from motionqc.models import SFCN
@@ -34,6 +35,7 @@ from motionqc.transfer import (
     run_seeds,
     run_transfer_seeds,
     stratified_split,
+    subject_split,
     train_qc_cli,
 )
 
@@ -282,3 +284,63 @@ def test_train_qc_refuses_ratings_it_cannot_train_on_honestly(
     )
     with pytest.raises(ValueError, match="(single QC class|split is empty)"):
         train_qc_cli(one_class_train, encoder, tmp_path / "d", seeds=1)
+
+
+def test_subject_split_keeps_each_subject_whole() -> None:
+    rng = np.random.default_rng(0)
+    subjects = np.repeat([f"s{i:02d}" for i in range(30)], 3)  # three scans per person (MR-ART)
+    y = rng.integers(0, 3, len(subjects))
+    split = subject_split(y, subjects, seed=3)
+    per_subject = pd.Series(split).groupby(subjects).nunique()
+    assert (per_subject == 1).all()
+    shares = pd.Series(split).value_counts(normalize=True)
+    assert abs(shares["train"] - 0.6) < 0.1 and abs(shares["test"] - 0.2) < 0.1
+    assert set(y[split == "train"]) == {0, 1, 2}
+    assert list(subject_split(y, subjects, seed=3)) == list(split)  # seeded
+    assert list(subject_split(y, subjects, seed=4)) != list(split)
+    with pytest.raises(ValueError, match="needs 3"):
+        subject_split([0, 1, 2, 0], ["a", "a", "b", "b"])
+
+
+@pytest.fixture(scope="module")
+def mrart(tmp_path_factory: pytest.TempPathFactory, sample: pd.DataFrame) -> Path:
+    """An MR-ART-shaped BIDS tree: 9 subjects x {standard, headmotion1, headmotion2}, real NIfTI."""
+    root = tmp_path_factory.mktemp("ds004173")
+    rng = np.random.default_rng(1)
+    image = preprocess(sample["path"].iloc[0], 4.0, (40, 48, 40), normalise=False)
+    data = image.data[0].numpy()
+    lines = ["bids_name\tscore"]
+    for i in range(9):
+        sub = f"{100 + i:06d}"
+        for j, acq in enumerate(["standard", "headmotion1", "headmotion2"]):
+            score = min(3, j + 1 + int(rng.integers(0, 2)) * (j > 0) * (i % 2))
+            noisy = data + rng.normal(0, score * 0.1 * data.std(), data.shape)
+            name = f"sub-{sub}_acq-{acq}_T1w"
+            write_nifti(
+                root / f"sub-{sub}" / "anat" / f"{name}.nii.gz",
+                noisy.astype(np.float32),
+                image.affine,
+            )
+            lines.append(f"{name}\t{score}")
+    (root / "derivatives").mkdir()
+    (root / "derivatives" / "scores.tsv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_train_qc_on_mrart_splits_by_subject(tmp_path: Path, mrart: Path) -> None:
+    manifest = manifest_from_mrart(mrart)
+    path = tmp_path / "mrart.tsv"
+    manifest.to_csv(path, sep="\t", index=False)
+    torch.manual_seed(0)
+    encoder = save_encoder(tmp_path / "encoder.pt", SFCN(), info={"note": "random"}, **SMOKE)
+    train_qc_cli(path, encoder, tmp_path / "qc", seeds=1)
+    splits = pd.read_csv(tmp_path / "qc" / "splits.tsv", sep="\t")
+    assert list(splits.columns) == ["volume_id", "subject", "split"]
+    assert sorted(splits["volume_id"]) == sorted(manifest["volume_id"])
+    assert (splits.groupby("subject")["split"].nunique() == 1).all()
+    assert set(splits["split"]) == {"train", "val", "test"}
+    # A given split that puts one person in two splits is refused, naming the subject.
+    leaky = manifest.assign(split=["train", "test", "val"] * 9)
+    leaky.to_csv(path, sep="\t", index=False)
+    with pytest.raises(ValueError, match="subject .* more than one split"):
+        train_qc_cli(path, encoder, tmp_path / "qc2", seeds=1)

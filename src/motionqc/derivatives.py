@@ -27,6 +27,7 @@ __all__ = [
     "parse_shard",
     "shard_items",
     "shard_table",
+    "table_text",
     "ResultTable",
     "merge_shards",
     "GROUP_TABLE",
@@ -206,10 +207,15 @@ def _read_table(path: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=header, dtype=str)
 
 
+def table_text(value: object) -> str:
+    """A value as a table cell holds it: one line, runs of whitespace (tabs too) as one space."""
+    return " ".join(str(value).split())
+
+
 def _clean(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.6g}"
-    return " ".join(str(value).split())  # one line, no tabs
+    return table_text(value)
 
 
 def merge_shards(output_dir: str | Path, paths: Iterable[str | Path] | None = None) -> pd.DataFrame:

@@ -465,7 +465,12 @@ class RandomMotionTransform(tio.RandomMotion):
         translation: See ``tio.RandomMotion``.
         num_transforms: See ``tio.RandomMotion``.
         backend: See :func:`simulate_motion`.
+        image_interpolation: Only ``"linear"``: the k-space model reproduces
+            ``tio.Motion(image_interpolation="linear")`` exactly and no other interpolation.
         **kwargs: See ``torchio.transforms.Transform``.
+
+    Raises:
+        ValueError: For an ``image_interpolation`` other than ``"linear"``.
     """
 
     def __init__(
@@ -474,8 +479,14 @@ class RandomMotionTransform(tio.RandomMotion):
         translation: float | tuple[float, float] = 10,
         num_transforms: int = 2,
         backend: str = "auto",
+        image_interpolation: str = "linear",
         **kwargs: object,
     ) -> None:
+        if image_interpolation != "linear":
+            raise ValueError(
+                f"image_interpolation must be 'linear' (the only interpolation the k-space model "
+                f"reproduces exactly), got {image_interpolation!r}; use tio.RandomMotion for others"
+            )
         super().__init__(
             degrees, translation, num_transforms, image_interpolation="linear", **kwargs
         )

@@ -57,6 +57,7 @@ __all__ = [
     "source_splits",
     "render_pool",
     "augment_batch",
+    "gaussian_blur",
     "train",
     "lr_at",
     "predict_logits",
@@ -106,7 +107,7 @@ class RecipeConfig:
     val_size: int = 96
     max_score: float = 4.0
     p_motion_free: float = 0.08
-    steps: int = 2800
+    steps: int = 3000
     batch_size: int = 8
     lr: float = 2e-3
     pct_start: float = 0.15
@@ -124,6 +125,10 @@ class RecipeConfig:
             "bias_coefficient": 0.3,
             "p_noise": 0.15,
             "noise_std": 0.01,
+            "p_blur": 0.4,
+            "blur_mm": 1.2,
+            "p_sharpen": 0.3,
+            "sharpen": 1.0,
         }
     )
 
@@ -143,7 +148,7 @@ class RecipeConfig:
 
 RECIPES: dict[str, RecipeConfig] = {
     "release": RecipeConfig(),
-    "sample": RecipeConfig(name="sample", pool_size=1200, val_size=64, steps=1500),
+    "sample": RecipeConfig(name="sample", pool_size=1200, val_size=64, steps=2000),
     "smoke": RecipeConfig(
         name="smoke",
         pseudo_subjects=2,
@@ -360,12 +365,39 @@ def _smooth_field(shape: Sequence[int], coefficients: torch.Tensor) -> torch.Ten
     return torch.nn.functional.interpolate(field, size=tuple(shape), mode="trilinear")[0, 0]
 
 
+def gaussian_blur(v: torch.Tensor, sigma_vox: float) -> torch.Tensor:
+    """Isotropic Gaussian blur of one volume (separable, ``sigma_vox`` voxels, edges replicated)."""
+    if sigma_vox <= 0:
+        return v
+    radius = max(1, int(math.ceil(3 * sigma_vox)))
+    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (t / sigma_vox) ** 2)
+    k = k / k.sum()
+    out = v[None, None]
+    for axis in range(3):
+        shape = [1, 1, 1, 1, 1]
+        shape[2 + axis] = len(k)
+        pad = [0, 0, 0, 0, 0, 0]
+        pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = radius
+        out = torch.nn.functional.conv3d(
+            torch.nn.functional.pad(out, pad, mode="replicate"), k.view(shape)
+        )
+    return out[0, 0]
+
+
 def augment_batch(
-    x: torch.Tensor, gen: torch.Generator, augment: Mapping[str, float], method: str = "percentile"
+    x: torch.Tensor,
+    gen: torch.Generator,
+    augment: Mapping[str, float],
+    method: str = "percentile",
+    spacing_mm: float = 1.0,
 ) -> torch.Tensor:
     """Draw new intensities for a batch of pool samples, then scale it as inference does.
 
-    Per volume: left-right flip, gamma ``sign(v)·|v|^γ`` (log γ ~ U(±``log_gamma``)) on the volume
+    Per volume: left-right flip; a Gaussian blur (σ ~ U(0, ``blur_mm``) mm) or an unsharp mask
+    (``v + a·(v − blur_σ=1 voxel(v))``, a ~ U(0, ``sharpen``)), so that sharpness alone is not
+    read as motion (both act on k-space as a multiplication, so they commute with the k-space
+    motion model); gamma ``sign(v)·|v|^γ`` (log γ ~ U(±``log_gamma``)) on the volume
     scaled by its 99.5th percentile, a random monotone contrast curve blended with the identity
     (weight ~ U(0, ``contrast_strength``): the faint ghosts in the background stay visible), a
     polynomial bias field
@@ -378,6 +410,7 @@ def augment_batch(
         gen: The generator of every draw (seeded per step by :func:`train`).
         augment: Probabilities and ranges (:attr:`RecipeConfig.augment`).
         method: The input scaling the encoder records.
+        spacing_mm: The voxel size of ``x`` (the blur is drawn in mm).
 
     Returns:
         The augmented, scaled batch (float32).
@@ -391,6 +424,10 @@ def augment_batch(
 
         if draw() < augment["p_flip"]:
             v = v.flip(0)
+        if draw() < augment.get("p_blur", 0.0):
+            v = gaussian_blur(v, draw() * augment["blur_mm"] / spacing_mm)
+        elif draw() < augment.get("p_sharpen", 0.0):
+            v = v + draw() * augment["sharpen"] * (v - gaussian_blur(v, 1.0))
         top = torch.quantile(v.flatten()[::7], 0.995).clamp_min(1e-6)
         v = v / top
         log_gamma = (2 * draw() - 1) * augment["log_gamma"]
@@ -427,7 +464,9 @@ def val_inputs(val_x: torch.Tensor, config: RecipeConfig) -> torch.Tensor:
     items = []
     for i in range(len(val_x)):
         gen = torch.Generator().manual_seed(int(config.seed) * 1_000_003 + 17 + i)
-        items.append(augment_batch(val_x[i : i + 1], gen, config.augment))
+        items.append(
+            augment_batch(val_x[i : i + 1], gen, config.augment, spacing_mm=config.spacing_mm)
+        )
     return torch.cat(items)
 
 
@@ -496,7 +535,7 @@ def train(
         seq = np.random.SeedSequence([int(config.seed), 7, step])
         idx = np.random.default_rng(seq).choice(len(pool_x), config.batch_size, replace=False)
         gen = torch.Generator().manual_seed(int(seq.generate_state(1)[0]))
-        x = augment_batch(pool_x[idx], gen, config.augment)
+        x = augment_batch(pool_x[idx], gen, config.augment, spacing_mm=config.spacing_mm)
         x = x.contiguous(memory_format=torch.channels_last_3d)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, config.steps, config.lr, config.pct_start)

@@ -9,8 +9,10 @@ Kernels start with glibc malloc settings that keep freed memory for reuse
 (:data:`motionqc.allocator.ALLOCATOR_ENV`, unless those variables are set): a CPU training step
 then stops faulting its activations in again every time.
 
-``--inplace`` executes notebooks into their own files (used under ``smoke`` so that the
-committed outputs are the ones nbval compares against in CI).
+``--inplace`` executes notebooks into their own files. ``--publish`` copies the executed
+copies over the notebooks once every one of them has run (``make reproduce`` under the sample
+profile does): the committed notebooks then carry the outputs of the run whose tables and figures
+are in ``figures/``.
 """
 
 from __future__ import annotations
@@ -97,6 +99,11 @@ def main(argv: list[str] | None = None) -> int:
         "--inplace", action="store_true", help="store outputs in the notebooks themselves"
     )
     parser.add_argument(
+        "--publish",
+        action="store_true",
+        help="after every notebook has run, copy the executed copies over the notebooks",
+    )
+    parser.add_argument(
         "-p",
         "--parameter",
         nargs=2,
@@ -132,6 +139,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"[motionqc] {nb.name}: {seconds:.1f} s -> {out}", flush=True)
     runs = pd.DataFrame(records)
+    if args.publish and not args.inplace:
+        import shutil
+
+        for nb, record in zip(args.notebooks, records, strict=True):
+            shutil.copyfile(record["output"], nb)
+        print(f"[motionqc] outputs published into {len(records)} notebook(s)")
     if not args.inplace:
         log = paths.build_dir() / "notebooks" / profile.name / "runs.tsv"
         runs.to_csv(log, sep="\t", index=False)

@@ -20,6 +20,7 @@ The pipeline behind ``motionqc score``:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -27,6 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pandas as pd
@@ -44,6 +46,7 @@ from motionqc.derivatives import (
     merge_shards,
     shard_items,
     shard_table,
+    table_text,
     write_dataset_description,
 )
 from motionqc.encoder import load_encoder, scale_input
@@ -67,6 +70,7 @@ __all__ = [
     "run_group",
     "run_participant",
     "score_volumes",
+    "shard_lock",
 ]
 
 COLUMNS: tuple[str, ...] = (
@@ -633,8 +637,76 @@ def run_participant(
     log = log or (lambda _msg: None)
     index, count = shard
     files = find_t1w(bids_dir, list(participant_label) if participant_label else None)
+    if not (Path(bids_dir) / "dataset_description.json").is_file():
+        log(
+            f"warning: {bids_dir}: no dataset_description.json, so not a valid BIDS dataset; "
+            "scoring the T1w images found anyway"
+        )
     out = check_output_dir(bids_dir, output_dir)
     files = shard_items(files, index, count)
+    with shard_lock(out, index, count):
+        return _run_shard(
+            bids_dir, out, files, checkpoint, qc_head, device, precision, batch_size,
+            num_workers, threads, shard, mosaics, retry_errors, report, progress,
+            channels_last, log,
+        )  # fmt: skip
+
+
+def shard_lock(output_dir: Path, index: int, count: int) -> contextlib.AbstractContextManager:
+    """Hold an exclusive lock on one shard of a derivative folder while it is scored.
+
+    Args:
+        output_dir: The derivative folder.
+        index: Shard index.
+        count: Number of shards.
+
+    Returns:
+        A context manager; entering it raises ``ValueError`` (one line) when another process
+        holds the lock (the same shard started twice would score every volume twice).
+    """
+    import fcntl
+
+    lock_path = Path(output_dir) / f".motionqc-shard-{index:04d}of{count:04d}.lock"
+
+    @contextlib.contextmanager
+    def held() -> Any:
+        with open(lock_path, "a") as handle:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ValueError(
+                    f"{output_dir}: shard {index}/{count} is being scored by another motionqc "
+                    f"process (lock {lock_path.name}); wait for it to end or score another shard"
+                ) from None
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+    return held()
+
+
+def _run_shard(
+    bids_dir: str | Path,
+    out: Path,
+    files: list[Path],
+    checkpoint: str | Path,
+    qc_head: str | Path | None,
+    device: str,
+    precision: str,
+    batch_size: int | None,
+    num_workers: int | None,
+    threads: int | None,
+    shard: tuple[int, int],
+    mosaics: bool,
+    retry_errors: bool,
+    report: bool | None,
+    progress: bool,
+    channels_last: bool,
+    log: Callable[[str], None],
+) -> ParticipantSummary:
+    """The body of :func:`run_participant` for one shard, under its lock."""
+    index, count = shard
     table = ResultTable(shard_table(out, index, count), COLUMNS)
     summary = ParticipantSummary(table=table.path, selected=len(files))
     if not files:
@@ -707,7 +779,9 @@ def _score_into(
     if retry_errors:
         existing = existing[existing["status"] == "ok"]
     done = set(existing["bids_name"])
-    names = [bids_name(f) for f in files]
+    # Compared, written and shown as the table holds them (a tab or repeated spaces in a file
+    # name become one space), so that a re-run finds what it wrote.
+    names = [table_text(bids_name(f)) for f in files]
     todo = [(f, n) for f, n in zip(files, names, strict=True) if n not in done]
     summary.skipped = len(files) - len(todo)
     log(
@@ -788,7 +862,7 @@ def run_group(output_dir: str | Path, title: str | None = None) -> Path:
         description = out / "dataset_description.json"
         try:
             source = json.loads(description.read_text())["SourceDatasets"][0]["URL"]
-            title = f"motionqc report: {Path(source.removeprefix('file://')).name}"
+            title = f"motionqc report: {Path(unquote(urlparse(source).path)).name}"
         except (OSError, ValueError, KeyError, IndexError, TypeError):
             pass
     return write_report(shown, out / "report.html", mosaics, title=title)

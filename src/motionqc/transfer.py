@@ -40,6 +40,7 @@ __all__ = [
     "run_transfer_seeds",
     "save_qc_head",
     "stratified_split",
+    "subject_split",
     "train_qc_cli",
     "train_scratch",
     "train_transfer",
@@ -451,6 +452,70 @@ def stratified_split(
     return split
 
 
+def subject_split(
+    y: Sequence[int] | np.ndarray,
+    groups: Sequence[object] | np.ndarray,
+    fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
+    seed: int = 0,
+) -> np.ndarray:
+    """Draw a seeded train/val/test split by subject: no subject's volumes in two splits.
+
+    Test, then validation, are carved out with scikit-learn's ``StratifiedGroupKFold`` (one fold
+    of ``round(1 / share)``), which keeps each subject whole and the QC classes as balanced across
+    splits as whole subjects allow.
+
+    Args:
+        y: QC classes per volume.
+        groups: Subject per volume.
+        fractions: Train, validation and test shares (summing to 1).
+        seed: Seed of the draw.
+
+    Returns:
+        An object array of ``"train"``, ``"val"`` and ``"test"`` per volume.
+
+    Raises:
+        ValueError: If the fractions are not three positive shares summing to 1, or there are
+            fewer than three subjects.
+    """
+    import warnings
+
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    if len(fractions) != 3 or min(fractions) <= 0 or not np.isclose(sum(fractions), 1.0):
+        raise ValueError(f"fractions must be three positive shares summing to 1, got {fractions}")
+    y = np.asarray(y)
+    groups = np.asarray([str(g) for g in groups])
+    if len(groups) != len(y):
+        raise ValueError(f"{len(groups)} subjects for {len(y)} volumes")
+    if len(np.unique(groups)) < 3:
+        raise ValueError(f"{len(np.unique(groups))} subject(s): a split by subject needs 3")
+
+    def carve(idx: np.ndarray, share: float) -> tuple[np.ndarray, np.ndarray]:
+        k = min(max(2, int(round(1 / share))), len(np.unique(groups[idx])))
+        folds = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+        with warnings.catch_warnings():  # a class rarer than k is kept, only less balanced
+            warnings.simplefilter("ignore", UserWarning)
+            keep, held = next(folds.split(idx, y[idx], groups[idx]))
+        return idx[keep], idx[held]
+
+    rest, test = carve(np.arange(len(y)), fractions[2])
+    train, val = carve(rest, fractions[1] / (fractions[0] + fractions[1]))
+    split = np.empty(len(y), dtype=object)
+    split[train], split[val], split[test] = "train", "val", "test"
+    return split
+
+
+def check_subject_split(table: pd.DataFrame, split: np.ndarray, manifest: str | Path) -> None:
+    """Refuse a given split in which one subject has volumes in two splits (one line)."""
+    spans = pd.Series(split, index=table.index).groupby(table["subject"].astype(str)).nunique()
+    if (spans > 1).any():
+        subject = spans[spans > 1].index[0]
+        raise ValueError(
+            f"{manifest}: subject {subject} has volumes in more than one split "
+            f"({(spans > 1).sum()} such subject(s)); a subject's scans must stay in one split"
+        )
+
+
 def run_seeds(
     setting: str,
     inputs: torch.Tensor,
@@ -654,8 +719,10 @@ def train_qc_cli(
 ) -> Path:
     """Train a lab's own QC head from its ratings (``motionqc train-qc``): 5-seed report.
 
-    The manifest needs ``volume_id, path, qc_score`` (and optionally ``split``: train/val/test;
-    otherwise a stratified 60/20/20 split is drawn with seed 0). Volumes are preprocessed with
+    The manifest needs ``volume_id, subject, path, qc_score`` (and optionally ``split``:
+    train/val/test, refused if a subject spans two splits; otherwise a 60/20/20 split **by
+    subject**, stratified by class, is drawn with seed 0: :func:`subject_split`), and the split is
+    written to ``splits.tsv`` (``volume_id``, ``subject``, ``split``). Volumes are preprocessed with
     the encoder's geometry and embedded once; a head is trained per seed; the per-seed metrics,
     the median table and the head of the seed with the best validation balanced accuracy
     (``qc_head.pt``) are written to ``out_dir``.
@@ -693,15 +760,19 @@ def train_qc_cli(
     y = np.array([qc_class(s) for s in table["qc_score"]])
     if "split" in table and table["split"].isin(["train", "val", "test"]).all():
         split = table["split"].to_numpy()
+        check_subject_split(table, split, manifest)
     else:
         try:
-            split = stratified_split(y, seed=0)
+            split = subject_split(y, table["subject"].to_numpy(), seed=0)
         except ValueError as exc:
             raise ValueError(
                 f"{manifest}: {len(y)} usable rated volumes cannot be split into train/val/test "
                 f"({' '.join(str(exc).split())})"
             ) from exc
     check_split_classes(y, split, manifest)
+    pd.DataFrame(
+        {"volume_id": table["volume_id"], "subject": table["subject"], "split": split}
+    ).to_csv(out / "splits.tsv", sep="\t", index=False)
     # Caches and resumable runs are keyed by what determines them: each embedding by its file's
     # content, the runs by every (id, file, rating, split) and the encoder, so changed ratings or
     # files retrain instead of resuming finished runs of other data.
