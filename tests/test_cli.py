@@ -422,14 +422,14 @@ def test_the_same_shard_twice_at_once_is_refused(
     out = tmp_path / "out"
     out.mkdir()
     args = ["score", str(bids), str(out), "participant", "--checkpoint", str(encoder), *FAST]
-    with shard_lock(out, 1, 2):  # another process scoring shard 1/2 of this folder
-        assert main([*args, "--shard", "1/2", "--participant-label", "mni"]) == 2
+    with shard_lock(out, 0, 2):  # another process scoring shard 0/2 of this folder
+        assert main([*args, "--shard", "0/2", "--participant-label", "mni"]) == 2
         err = capsys.readouterr().err
-        assert "shard 1/2 is being scored by another motionqc process" in err
+        assert "shard 0/2 is being scored by another motionqc process" in err
         assert len(err.strip().splitlines()) == 1
-        assert not (out / "motion_T1w_shard-0001of0002.tsv").exists()  # nothing written
+        assert not (out / "motion_T1w_shard-0000of0002.tsv").exists()  # nothing written
     # Once it has ended, the same shard runs.
-    assert main([*args, "--shard", "1/2", "--participant-label", "mni"]) == 0
+    assert main([*args, "--shard", "0/2", "--participant-label", "mni"]) == 0
 
 
 def test_a_missing_dataset_description_is_reported(

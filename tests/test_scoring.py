@@ -311,3 +311,51 @@ def test_loader_workers_die_with_a_killed_score(tmp_path, encoder, sig):
     proc.wait(timeout=60)
     gone, alive = psutil.wait_procs(workers, timeout=3)  # at once, not at a later poll
     assert not alive, f"{len(alive)} loader worker(s) outlived the killed score"
+
+
+def test_sigint_ends_score_quietly_and_loses_nothing(tmp_path, encoder):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import pandas as pd
+    import psutil
+
+    bids = tmp_path / "bids"
+    for i in range(60):
+        write_nifti(
+            bids / f"sub-{i:02d}" / "anat" / f"sub-{i:02d}_T1w.nii.gz",
+            head_phantom((36, 50, 38), seed=i),
+            _affine(4.0),
+        )
+    (bids / "dataset_description.json").write_text('{"Name": "t", "BIDSVersion": "1.9.0"}')
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable, "-m", "motionqc.cli", "score", str(bids), str(out), "participant",
+        "--checkpoint", str(encoder), "--num-workers", "2", "--batch-size", "1", "--no-progress",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    table = out / "motion_T1w.tsv"
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        if table.is_file() and len(table.read_text().splitlines()) >= 3:  # header + 2 rows
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, "score ended before it could be interrupted"
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    os.kill(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+    assert err.strip().splitlines()[-1].endswith("run the same command again to resume")
+    _, alive = psutil.wait_procs(workers, timeout=5)
+    assert not alive, f"{len(alive)} loader worker(s) outlived the interrupted score"
+    first = pd.read_csv(table, sep="\t")
+    assert 2 <= len(first) < 60
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    final = pd.read_csv(table, sep="\t")
+    assert sorted(final["bids_name"]) == [f"sub-{i:02d}_T1w" for i in range(60)]  # once each
+    assert final["bids_name"].tolist()[: len(first)] == first["bids_name"].tolist()
