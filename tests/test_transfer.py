@@ -344,3 +344,30 @@ def test_train_qc_on_mrart_splits_by_subject(tmp_path: Path, mrart: Path) -> Non
     leaky.to_csv(path, sep="\t", index=False)
     with pytest.raises(ValueError, match="subject .* more than one split"):
         train_qc_cli(path, encoder, tmp_path / "qc2", seeds=1)
+
+
+def test_manifest_qc_set_reads_the_ratings_and_splits_by_subject(
+    tmp_path: Path, mrart: Path
+) -> None:
+    from motionqc.data import qc_class
+    from motionqc.stages.transfer import manifest_qc_set
+
+    manifest = manifest_from_mrart(mrart)
+    path = tmp_path / "mrart.tsv"
+    manifest.drop(columns=["split"], errors="ignore").to_csv(path, sep="\t", index=False)
+    images, table, errors = manifest_qc_set(path, SMOKE, seed=0)
+    assert images.shape == (27, 1, 40, 48, 40) and errors == []
+    assert (table.groupby("subject")["split"].nunique() == 1).all()
+    assert set(table["split"]) == {"train", "val", "test"}
+    ratings = manifest.set_index("volume_id")["qc_score"]
+    assert table["qc_score"].tolist() == [int(ratings[v]) for v in table["volume_id"]]
+    assert table["qc_class"].tolist() == [qc_class(s) for s in table["qc_score"]]
+    # the authors' layout: only the QC task's roles, and their own split, used as given
+    subjects = sorted(manifest["subject"].unique())
+    chosen = dict(zip(subjects, ["train"] * 5 + ["val"] * 2 + ["test"] * 2, strict=True))
+    authors = manifest.assign(role="transfer", split=manifest["subject"].map(chosen))
+    authors.loc[authors.index[:3], "role"] = "synthetic_pool"
+    authors.to_csv(path, sep="\t", index=False)
+    _, given, _ = manifest_qc_set(path, SMOKE)
+    assert len(given) == 24
+    assert given["split"].tolist() == authors.loc[authors.index[3:], "split"].tolist()

@@ -1,0 +1,91 @@
+"""Stage of notebooks 04–05 on a user's data: the QC set of a manifest's own ratings.
+
+:func:`manifest_qc_set` turns a manifest (a lab's ratings, MR-ART built by
+:func:`motionqc.bids.manifest_from_mrart`, or the authors' manifests joined to
+``MOTIONQC_DATA_ROOT``) into what notebooks 04 and 05 train on: every rated volume preprocessed for
+the encoder, its QC class, and a split **by subject**.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from motionqc.data import load_manifest, preprocess, qc_class
+from motionqc.transfer import check_subject_split, subject_split
+
+__all__ = ["TRANSFER_ROLES", "manifest_qc_set"]
+
+TRANSFER_ROLES = ("transfer", "transfer_test_added")
+"""``role`` values of the authors' manifests that belong to the QC (transfer) task."""
+
+
+def manifest_qc_set(
+    manifest: str | Path,
+    meta: Mapping[str, object],
+    *,
+    seed: int = 0,
+    fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
+) -> tuple[torch.Tensor, pd.DataFrame, list[dict[str, str]]]:
+    """The rated volumes of a manifest, preprocessed for an encoder and split by subject.
+
+    Rows without a ``qc_score`` are left out; with a ``role`` column (the authors' manifests),
+    only the QC task's roles (:data:`TRANSFER_ROLES`) are kept. A complete ``split`` column
+    (train/val/test) is used as given — refused if a subject spans two splits — otherwise a
+    split by subject is drawn (:func:`motionqc.transfer.subject_split`). Paths resolve against
+    ``MOTIONQC_DATA_ROOT`` when it is set (the authors' manifests), else the manifest's folder.
+    A file that cannot be used is listed in the returned errors and left out.
+
+    Args:
+        manifest: The manifest TSV.
+        meta: The encoder's metadata (``spacing_mm``, ``shape``).
+        seed: Seed of the drawn split.
+        fractions: Train, validation and test shares of a drawn split.
+
+    Returns:
+        ``(images (N, 1, X, Y, Z), table, errors)``; the table has ``volume_id``, ``subject``,
+        ``site``, ``split``, ``qc_score`` and ``qc_class`` (0: rated 1–2, 1: 3, 2: 4).
+
+    Raises:
+        motionqc.data.ManifestError: If the manifest is malformed.
+        ValueError: If fewer than 10 rated volumes remain, or a given split mixes subjects.
+    """
+    root = os.environ.get("MOTIONQC_DATA_ROOT", "").strip() or None
+    table = load_manifest(manifest, base_dir=root, check_files=False)
+    table = table[table["qc_score"].notna()]
+    if "role" in table.columns:
+        table = table[table["role"].isin(TRANSFER_ROLES)]
+    table = table.reset_index(drop=True)
+    images, keep, errors = [], [], []
+    for i, row in table.iterrows():
+        try:
+            images.append(preprocess(row["path"], meta["spacing_mm"], meta["shape"]).data.float())
+            keep.append(i)
+        except Exception as exc:  # noqa: BLE001 - listed, and the rest goes on
+            errors.append({"volume_id": str(row["volume_id"]), "error": " ".join(str(exc).split())})
+    table = table.loc[keep].reset_index(drop=True)
+    if len(table) < 10:
+        raise ValueError(f"{manifest}: {len(table)} usable rated volumes; at least 10 are needed")
+    y = np.array([qc_class(s) for s in table["qc_score"]])
+    given = "split" in table.columns and table["split"].isin(["train", "val", "test"]).all()
+    if given:
+        split = table["split"].to_numpy(dtype=object)
+        check_subject_split(table, split, manifest)
+    else:
+        split = subject_split(y, table["subject"].to_numpy(), fractions=fractions, seed=seed)
+    out = pd.DataFrame(
+        {
+            "volume_id": table["volume_id"].astype(str),
+            "subject": table["subject"].astype(str),
+            "site": table["site"].astype(str),
+            "split": split,
+            "qc_score": table["qc_score"].astype(int),
+            "qc_class": y,
+        }
+    )
+    return torch.stack(images), out, errors
