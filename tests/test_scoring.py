@@ -266,6 +266,18 @@ def test_default_checkpoint_is_the_released_encoder():
     assert "released encoder" in " ".join(helptext.split())
 
 
+def _sixty_heads(bids):
+    """A BIDS folder of 60 small phantom heads (enough for a run to be stopped in the middle)."""
+    for i in range(60):
+        write_nifti(
+            bids / f"sub-{i:02d}" / "anat" / f"sub-{i:02d}_T1w.nii.gz",
+            head_phantom((36, 50, 38), seed=i),
+            _affine(4.0),
+        )
+    (bids / "dataset_description.json").write_text('{"Name": "t", "BIDSVersion": "1.9.0"}')
+    return bids
+
+
 @pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
 def test_loader_workers_die_with_a_killed_score(tmp_path, encoder, sig):
     import os
@@ -276,14 +288,7 @@ def test_loader_workers_die_with_a_killed_score(tmp_path, encoder, sig):
 
     import psutil
 
-    bids = tmp_path / "bids"
-    for i in range(60):
-        write_nifti(
-            bids / f"sub-{i:02d}" / "anat" / f"sub-{i:02d}_T1w.nii.gz",
-            head_phantom((36, 50, 38), seed=i),
-            _affine(4.0),
-        )
-    (bids / "dataset_description.json").write_text('{"Name": "t", "BIDSVersion": "1.9.0"}')
+    bids = _sixty_heads(tmp_path / "bids")
     cmd = [
         sys.executable,
         "-m",
@@ -323,14 +328,7 @@ def test_sigint_ends_score_quietly_and_loses_nothing(tmp_path, encoder):
     import pandas as pd
     import psutil
 
-    bids = tmp_path / "bids"
-    for i in range(60):
-        write_nifti(
-            bids / f"sub-{i:02d}" / "anat" / f"sub-{i:02d}_T1w.nii.gz",
-            head_phantom((36, 50, 38), seed=i),
-            _affine(4.0),
-        )
-    (bids / "dataset_description.json").write_text('{"Name": "t", "BIDSVersion": "1.9.0"}')
+    bids = _sixty_heads(tmp_path / "bids")
     out = tmp_path / "out"
     cmd = [
         sys.executable, "-m", "motionqc.cli", "score", str(bids), str(out), "participant",
