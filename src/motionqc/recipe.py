@@ -107,7 +107,7 @@ class RecipeConfig:
     val_size: int = 96
     max_score: float = 4.0
     p_motion_free: float = 0.08
-    steps: int = 3000
+    steps: int = 2800
     batch_size: int = 8
     lr: float = 2e-3
     pct_start: float = 0.15
@@ -125,9 +125,9 @@ class RecipeConfig:
             "bias_coefficient": 0.3,
             "p_noise": 0.15,
             "noise_std": 0.01,
-            "p_blur": 0.4,
+            "p_blur": 0.0,
             "blur_mm": 1.2,
-            "p_sharpen": 0.3,
+            "p_sharpen": 0.0,
             "sharpen": 1.0,
         }
     )
@@ -369,7 +369,7 @@ def gaussian_blur(v: torch.Tensor, sigma_vox: float) -> torch.Tensor:
     """Isotropic Gaussian blur of one volume (separable, ``sigma_vox`` voxels, edges replicated)."""
     if sigma_vox <= 0:
         return v
-    radius = max(1, int(math.ceil(3 * sigma_vox)))
+    radius = max(1, int(3 * sigma_vox + 0.5))  # scipy.ndimage.gaussian_filter(truncate=3)
     t = torch.arange(-radius, radius + 1, dtype=torch.float32)
     k = torch.exp(-0.5 * (t / sigma_vox) ** 2)
     k = k / k.sum()
@@ -424,10 +424,12 @@ def augment_batch(
 
         if draw() < augment["p_flip"]:
             v = v.flip(0)
-        if draw() < augment.get("p_blur", 0.0):
-            v = gaussian_blur(v, draw() * augment["blur_mm"] / spacing_mm)
-        elif draw() < augment.get("p_sharpen", 0.0):
-            v = v + draw() * augment["sharpen"] * (v - gaussian_blur(v, 1.0))
+        p_blur, p_sharpen = augment.get("p_blur", 0.0), augment.get("p_sharpen", 0.0)
+        if p_blur > 0 or p_sharpen > 0:  # off: the draws of a recipe without them are unchanged
+            if draw() < p_blur:
+                v = gaussian_blur(v, draw() * augment["blur_mm"] / spacing_mm)
+            elif draw() < p_sharpen:
+                v = v + draw() * augment["sharpen"] * (v - gaussian_blur(v, 1.0))
         top = torch.quantile(v.flatten()[::7], 0.995).clamp_min(1e-6)
         v = v / top
         log_gamma = (2 * draw() - 1) * augment["log_gamma"]
