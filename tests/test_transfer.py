@@ -371,3 +371,20 @@ def test_manifest_qc_set_reads_the_ratings_and_splits_by_subject(
     _, given, _ = manifest_qc_set(path, SMOKE)
     assert len(given) == 24
     assert given["split"].tolist() == authors.loc[authors.index[3:], "split"].tolist()
+
+
+def test_seed_runs_are_keyed_by_their_settings(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(0)
+    y = np.array([0, 1, 2] * 6)
+    images = torch.rand(len(y), 1, 32, 32, 32, generator=g)
+    split = np.array(["train"] * 10 + ["val"] * 4 + ["test"] * 4)
+    ids = [f"v{i}" for i in range(len(y))]
+    kw = {"max_epochs": 1, "batch_size": 4}
+    run_scratch_seeds(
+        images, y, split, ids, [0], run_root=tmp_path, channels=(4, 4, 4, 4, 4, 4), **kw
+    )
+    # Another architecture in the same folder starts its own runs (it resumed the other's: a crash).
+    run_scratch_seeds(
+        images, y, split, ids, [0], run_root=tmp_path, channels=(8, 8, 8, 8, 8, 8), **kw
+    )
+    assert len([p for p in tmp_path.iterdir() if p.name.startswith("scratch_")]) == 2

@@ -516,6 +516,29 @@ def check_subject_split(table: pd.DataFrame, split: np.ndarray, manifest: str | 
         )
 
 
+def _runs_key(
+    setting: str,
+    inputs: torch.Tensor,
+    y: np.ndarray,
+    split: np.ndarray,
+    ids: np.ndarray,
+    train_kwargs: dict[str, Any],
+) -> str:
+    """``<setting>_<digest>`` of everything that determines a set of seed runs."""
+    h = hashlib.sha256()
+    spec = {
+        "setting": setting,
+        "kwargs": {k: repr(v) for k, v in sorted(train_kwargs.items())},
+        "ids": [str(v) for v in ids],
+        "y": [int(v) for v in y],
+        "split": [str(v) for v in split],
+        "shape": list(inputs.shape),
+    }
+    h.update(json.dumps(spec).encode())
+    h.update(inputs.detach().cpu().contiguous().numpy().tobytes())
+    return f"{setting}_{h.hexdigest()[:16]}"
+
+
 def run_seeds(
     setting: str,
     inputs: torch.Tensor,
@@ -541,8 +564,8 @@ def run_seeds(
         split: ``"train"``, ``"val"`` or ``"test"`` per volume.
         volume_ids: Volume identifiers (for the prediction table).
         seeds: Seeds, one run each.
-        run_root: Folder for per-seed trainer folders (``seed<N>/``); ``None`` keeps runs in
-            memory.
+        run_root: Folder of the runs (``<setting>_<digest of settings and data>/seed<N>/``);
+            ``None`` keeps runs in memory.
         predict_batch_size: Volumes per forward pass when predicting the test split.
         **train_kwargs: Keyword arguments of the training function (``dropout``, ``lr``, ...).
 
@@ -564,6 +587,13 @@ def run_seeds(
         if not mask.any():
             raise ValueError(f"the {name} split is empty")
     preds, runs = [], []
+    # Resumable runs are keyed by what determines them (setting, settings, data), so a changed
+    # architecture or set starts its own runs instead of resuming another's checkpoint.
+    runs_dir = (
+        None
+        if run_root is None
+        else Path(run_root) / _runs_key(setting, inputs, y, split, ids, train_kwargs)
+    )
     for seed in seeds:
         run = trainers[setting](
             inputs[m["train"]],
@@ -571,7 +601,7 @@ def run_seeds(
             inputs[m["val"]],
             y[m["val"]],
             seed,
-            run_dir=None if run_root is None else Path(run_root) / f"seed{seed}",
+            run_dir=None if runs_dir is None else runs_dir / f"seed{seed}",
             **train_kwargs,
         )
         proba = predict_classes(run.model, inputs[m["test"]], batch_size=predict_batch_size)
