@@ -285,13 +285,9 @@ def test_console_script_subprocess(tmp_path: Path, bids: Path, encoder: Path) ->
 
 
 def test_report_renders_in_headless_chromium(scored: tuple[Path, str], tmp_path: Path) -> None:
-    from test_report import _chromium
+    from test_report import require_chromium
 
-    browser = _chromium()
-    if browser is None:
-        pytest.skip(
-            "Chromium is not installed and cannot be installed here (needs root and apt-get)"
-        )
+    browser = require_chromium()
     flags = [
         "--headless",
         "--no-sandbox",
