@@ -345,7 +345,15 @@ def test_sigint_ends_score_quietly_and_loses_nothing(tmp_path, encoder):
         sys.executable, "-m", "motionqc.cli", "score", str(bids), str(out), "participant",
         "--checkpoint", str(encoder), "--num-workers", "2", "--batch-size", "1", "--no-progress",
     ]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C's default disposition in the child: a test run started in the background by a
+    # non-interactive shell (CI) inherits SIGINT ignored, and Python then keeps it ignored.
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     table = out / "motion_T1w.tsv"
     deadline = time.time() + 180
     while time.time() < deadline and proc.poll() is None:

@@ -630,7 +630,8 @@ def run_participant(
 
     Raises:
         ValueError: If ``output_dir`` is inside ``bids_dir``, or it holds scores of another
-            encoder, or its table has other columns.
+            encoder, or its table has other columns, or another process is scoring the same
+            shard into it (:func:`shard_lock`).
         motionqc.data.ManifestError: If ``bids_dir`` is not a folder.
         motionqc.encoder.EncoderError: If the encoder cannot be loaded.
     """
@@ -646,10 +647,24 @@ def run_participant(
     files = shard_items(files, index, count)
     with shard_lock(out, index, count):
         return _run_shard(
-            bids_dir, out, files, checkpoint, qc_head, device, precision, batch_size,
-            num_workers, threads, shard, mosaics, retry_errors, report, progress,
-            channels_last, log,
-        )  # fmt: skip
+            bids_dir,
+            out,
+            files,
+            checkpoint,
+            qc_head=qc_head,
+            device=device,
+            precision=precision,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            threads=threads,
+            shard=shard,
+            mosaics=mosaics,
+            retry_errors=retry_errors,
+            report=report,
+            progress=progress,
+            channels_last=channels_last,
+            log=log,
+        )
 
 
 def shard_lock(output_dir: Path, index: int, count: int) -> contextlib.AbstractContextManager:
@@ -691,6 +706,7 @@ def _run_shard(
     out: Path,
     files: list[Path],
     checkpoint: str | Path,
+    *,
     qc_head: str | Path | None,
     device: str,
     precision: str,
