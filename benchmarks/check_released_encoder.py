@@ -22,19 +22,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from motionqc import paths
 from motionqc.data import sample_manifest
 from motionqc.encoder import released_encoder_path
-from motionqc.stages.pretrain import (
-    TEST_SCORES,
-    band_table,
-    corrupt_with_torchio,
-    load_native,
-    split_metrics,
-)
+from motionqc.stages.pretrain import band_table, split_metrics, torchio_corruptions
 
 
 def build_bids(heads: dict[str, str], root: Path, draws: int, seed: int) -> pd.DataFrame:
@@ -44,24 +37,14 @@ def build_bids(heads: dict[str, str], root: Path, draws: int, seed: int) -> pd.D
         json.dumps({"Name": "motionqc unseen-head check", "BIDSVersion": "1.9.0"})
     )
     rows = []
-    for h_idx, (head, path) in enumerate(heads.items()):
-        image = load_native(path)
-        for s_idx, target in enumerate(TEST_SCORES):
-            for d in range(draws):
-                row_seed = int(np.random.SeedSequence([seed, h_idx, s_idx, d]).generate_state(1)[0])
-                moved, p = corrupt_with_torchio(image, float(target), row_seed)
-                sub = f"{''.join(c for c in head if c.isalnum())}{s_idx:02d}{d:02d}"
-                anat = root / f"sub-{sub}" / "anat"
-                anat.mkdir(parents=True, exist_ok=True)
-                moved.save(anat / f"sub-{sub}_T1w.nii.gz")
-                rows.append(
-                    {
-                        "bids_name": f"sub-{sub}_T1w",
-                        "head": head,
-                        "draw": d,
-                        "true": float(p["score"]),
-                    }
-                )
+    for head, s_idx, d, moved, p in torchio_corruptions(heads, draws=draws, seed=seed):
+        sub = f"{''.join(c for c in head if c.isalnum())}{s_idx:02d}{d:02d}"
+        anat = root / f"sub-{sub}" / "anat"
+        anat.mkdir(parents=True, exist_ok=True)
+        moved.save(anat / f"sub-{sub}_T1w.nii.gz")
+        rows.append(
+            {"bids_name": f"sub-{sub}_T1w", "head": head, "draw": d, "true": float(p["score"])}
+        )
     return pd.DataFrame(rows)
 
 

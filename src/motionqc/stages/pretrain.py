@@ -9,7 +9,7 @@ softmax temperature on validation and tests the encoder on heads it never saw: e
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +47,7 @@ __all__ = [
     "run",
     "split_metrics",
     "predict_table",
+    "torchio_corruptions",
     "unseen_head_inputs",
 ]
 
@@ -159,6 +160,36 @@ def corrupt_with_torchio(
     return motion(image), p
 
 
+def torchio_corruptions(
+    heads: Mapping[str, str | Path],
+    *,
+    scores: Sequence[float] = TEST_SCORES,
+    draws: int = 4,
+    seed: int = 12345,
+) -> Iterator[tuple[str, int, int, tio.ScalarImage, dict]]:
+    """Each head corrupted by TorchIO's ``Motion`` at known scores, at its own resolution.
+
+    Every ``(head, score, draw)`` has its own seed (``SeedSequence([seed, head index, score index,
+    draw])``), so a volume does not depend on which others are drawn.
+
+    Args:
+        heads: Head id → NIfTI file.
+        scores: True scores (mm).
+        draws: Motions per score.
+        seed: Base seed.
+
+    Yields:
+        ``(head, score index, draw, moved image, params)``; ``params["score"]`` is the true score.
+    """
+    for h_idx, (head, path) in enumerate(heads.items()):
+        image = load_native(path)
+        for s_idx, target in enumerate(scores):
+            for d in range(draws):
+                row_seed = int(np.random.SeedSequence([seed, h_idx, s_idx, d]).generate_state(1)[0])
+                moved, p = corrupt_with_torchio(image, float(target), row_seed)
+                yield head, s_idx, d, moved, p
+
+
 def unseen_head_inputs(
     meta: Mapping[str, object],
     heads: Mapping[str, str | Path],
@@ -171,8 +202,8 @@ def unseen_head_inputs(
 
     Each head is loaded at its own resolution (canonical orientation), corrupted by
     ``tio.Motion(..., image_interpolation="linear")`` with parameters whose score under
-    :data:`motionqc.score.SCORE_CONVENTION` is the target (``draws`` independent motions per
-    score), then preprocessed to the encoder's grid exactly as ``motionqc score`` does.
+    :data:`motionqc.score.SCORE_CONVENTION` is the target (:func:`torchio_corruptions`), then
+    preprocessed to the encoder's grid exactly as ``motionqc score`` does.
 
     Args:
         meta: The encoder's metadata (``spacing_mm``, ``shape``).
@@ -186,16 +217,9 @@ def unseen_head_inputs(
         preprocessed ``(1, X, Y, Z)`` tensor.
     """
     rows, images = [], []
-    for h_idx, (head, path) in enumerate(heads.items()):
-        image = load_native(path)
-        for s_idx, target in enumerate(scores):
-            for d in range(draws):
-                row_seed = int(np.random.SeedSequence([seed, h_idx, s_idx, d]).generate_state(1)[0])
-                moved, p = corrupt_with_torchio(image, float(target), row_seed)
-                images.append(
-                    preprocess(moved, float(meta["spacing_mm"]), meta["shape"]).data.float()
-                )
-                rows.append({"head": head, "draw": d, "true": float(p["score"]), "n": int(p["n"])})
+    for head, _, d, moved, p in torchio_corruptions(heads, scores=scores, draws=draws, seed=seed):
+        images.append(preprocess(moved, float(meta["spacing_mm"]), meta["shape"]).data.float())
+        rows.append({"head": head, "draw": d, "true": float(p["score"]), "n": int(p["n"])})
     return pd.DataFrame(rows), images
 
 
