@@ -646,28 +646,55 @@ def run_participant(
     out = check_output_dir(bids_dir, output_dir)
     files = shard_items(files, index, count)
     with shard_lock(out, index, count):
-        return _run_shard(
-            bids_dir,
-            out,
-            files,
-            checkpoint,
-            qc_head=qc_head,
-            device=device,
-            precision=precision,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            threads=threads,
-            shard=shard,
-            mosaics=mosaics,
-            retry_errors=retry_errors,
-            report=report,
-            progress=progress,
-            channels_last=channels_last,
-            log=log,
-        )
+        table = ResultTable(shard_table(out, index, count), COLUMNS)
+        summary = ParticipantSummary(table=table.path, selected=len(files))
+        if not files:
+            log(f"no T1w image selected in {bids_dir} (shard {index}/{count})")
+            return summary
+        target = resolve_device(device)
+        workers = default_num_workers(target.type) if num_workers is None else int(num_workers)
+        if batch_size is None:
+            batch_size = default_batch_size(target.type)
+        if threads is None:
+            threads = default_threads(target)
+        threads_before = torch.get_num_threads()
+        try:
+            scorer = Scorer(
+                checkpoint,
+                qc_head=qc_head,
+                device=device,
+                precision=precision,
+                channels_last=channels_last,
+                threads=threads,
+            )
+            _score_into(
+                scorer,
+                files,
+                out,
+                table,
+                summary,
+                batch_size,
+                workers,
+                mosaics,
+                retry_errors,
+                qc_head is not None,
+                progress,
+                log,
+                bids_dir,
+            )
+        finally:
+            torch.set_num_threads(threads_before)  # the Scorer set it for this run only
+        if summary.interrupted:
+            return summary
+        if report is None:
+            report = count == 1
+        if report and len(table.read()):
+            summary.report = run_group(out)
+        return summary
 
 
-def shard_lock(output_dir: Path, index: int, count: int) -> contextlib.AbstractContextManager:
+@contextlib.contextmanager
+def shard_lock(output_dir: Path, index: int, count: int) -> Iterator[None]:
     """Hold an exclusive lock on one shard of a derivative folder while it is scored.
 
     Args:
@@ -675,99 +702,25 @@ def shard_lock(output_dir: Path, index: int, count: int) -> contextlib.AbstractC
         index: Shard index.
         count: Number of shards.
 
-    Returns:
-        A context manager; entering it raises ``ValueError`` (one line) when another process
-        holds the lock (the same shard started twice would score every volume twice).
+    Raises:
+        ValueError: On entry (one line), when another process holds the lock (the same shard
+            started twice would score every volume twice).
     """
     import fcntl
 
     lock_path = Path(output_dir) / f".motionqc-shard-{index:04d}of{count:04d}.lock"
-
-    @contextlib.contextmanager
-    def held() -> Any:
-        with open(lock_path, "a") as handle:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise ValueError(
-                    f"{output_dir}: shard {index}/{count} is being scored by another motionqc "
-                    f"process (lock {lock_path.name}); wait for it to end or score another shard"
-                ) from None
-            try:
-                yield
-            finally:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-    return held()
-
-
-def _run_shard(
-    bids_dir: str | Path,
-    out: Path,
-    files: list[Path],
-    checkpoint: str | Path,
-    *,
-    qc_head: str | Path | None,
-    device: str,
-    precision: str,
-    batch_size: int | None,
-    num_workers: int | None,
-    threads: int | None,
-    shard: tuple[int, int],
-    mosaics: bool,
-    retry_errors: bool,
-    report: bool | None,
-    progress: bool,
-    channels_last: bool,
-    log: Callable[[str], None],
-) -> ParticipantSummary:
-    """The body of :func:`run_participant` for one shard, under its lock."""
-    index, count = shard
-    table = ResultTable(shard_table(out, index, count), COLUMNS)
-    summary = ParticipantSummary(table=table.path, selected=len(files))
-    if not files:
-        log(f"no T1w image selected in {bids_dir} (shard {index}/{count})")
-        return summary
-    target = resolve_device(device)
-    workers = default_num_workers(target.type) if num_workers is None else int(num_workers)
-    if batch_size is None:
-        batch_size = default_batch_size(target.type)
-    if threads is None:
-        threads = default_threads(target)
-    threads_before = torch.get_num_threads()
-    try:
-        scorer = Scorer(
-            checkpoint,
-            qc_head=qc_head,
-            device=device,
-            precision=precision,
-            channels_last=channels_last,
-            threads=threads,
-        )
-        _score_into(
-            scorer,
-            files,
-            out,
-            table,
-            summary,
-            batch_size,
-            workers,
-            mosaics,
-            retry_errors,
-            qc_head is not None,
-            progress,
-            log,
-            bids_dir,
-        )
-    finally:
-        torch.set_num_threads(threads_before)  # the Scorer set it for this run only
-    if summary.interrupted:
-        return summary
-    if report is None:
-        report = count == 1
-    if report and len(table.read()):
-        summary.report = run_group(out)
-    return summary
+    with open(lock_path, "a") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(
+                f"{output_dir}: shard {index}/{count} is being scored by another motionqc "
+                f"process (lock {lock_path.name}); wait for it to end or score another shard"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def _score_into(

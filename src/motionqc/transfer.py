@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ __all__ = [
     "run_seeds",
     "run_transfer_seeds",
     "save_qc_head",
+    "preprocess_rows",
     "stratified_split",
     "subject_split",
     "train_qc_cli",
@@ -744,6 +745,31 @@ def check_split_classes(y: np.ndarray, split: np.ndarray, manifest: str | Path) 
         raise ValueError(f"{manifest}: the train split holds a single QC class")
 
 
+def preprocess_rows(
+    table: pd.DataFrame, meta: Mapping[str, Any]
+) -> tuple[list[torch.Tensor], pd.DataFrame, list[dict[str, str]]]:
+    """Preprocess every manifest row's volume for an encoder; list the ones that cannot be used.
+
+    Args:
+        table: Rows with ``volume_id`` and ``path``.
+        meta: The encoder's metadata (``spacing_mm``, ``shape``).
+
+    Returns:
+        ``(images, kept rows (index reset), errors)``; each error is ``{"volume_id", "error"}``
+        (the loader's one-line message), and the other rows go on.
+    """
+    from motionqc.data import preprocess
+
+    images, keep, errors = [], [], []
+    for i, row in table.iterrows():
+        try:
+            images.append(preprocess(row["path"], meta["spacing_mm"], meta["shape"]).data.float())
+            keep.append(i)
+        except Exception as exc:  # noqa: BLE001 - report and go on
+            errors.append({"volume_id": str(row["volume_id"]), "error": str(exc)})
+    return images, table.loc[keep].reset_index(drop=True), errors
+
+
 def train_qc_cli(
     manifest: str | Path, checkpoint: str | Path, out_dir: str | Path, seeds: int = 5
 ) -> Path:
@@ -766,7 +792,7 @@ def train_qc_cli(
     Returns:
         The path of ``qc_results.csv``.
     """
-    from motionqc.data import file_sha256, load_manifest, preprocess, qc_class
+    from motionqc.data import file_sha256, load_manifest, qc_class
     from motionqc.encoder import load_encoder
     from motionqc.qc_metrics import median_table, seed_table
 
@@ -779,14 +805,7 @@ def train_qc_cli(
     if len(table) < 10:
         raise ValueError(f"{manifest}: {len(table)} rated volumes; at least 10 are needed")
     check_ratings(table, manifest)
-    images, keep, errors = [], [], []
-    for i, row in table.iterrows():
-        try:
-            images.append(preprocess(row["path"], meta["spacing_mm"], meta["shape"]).data.float())
-            keep.append(i)
-        except Exception as exc:  # noqa: BLE001 - report and go on
-            errors.append({"volume_id": row["volume_id"], "error": str(exc)})
-    table = table.loc[keep].reset_index(drop=True)
+    images, table, errors = preprocess_rows(table, meta)
     y = np.array([qc_class(s) for s in table["qc_score"]])
     if "split" in table and table["split"].isin(["train", "val", "test"]).all():
         split = table["split"].to_numpy()

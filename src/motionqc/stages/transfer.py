@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from motionqc.data import load_manifest, preprocess, qc_class
-from motionqc.transfer import check_subject_split, subject_split
+from motionqc.data import load_manifest, qc_class
+from motionqc.transfer import check_subject_split, preprocess_rows, subject_split
 
 __all__ = ["TRANSFER_ROLES", "manifest_qc_set"]
 
@@ -61,14 +61,7 @@ def manifest_qc_set(
     if "role" in table.columns:
         table = table[table["role"].isin(TRANSFER_ROLES)]
     table = table.reset_index(drop=True)
-    images, keep, errors = [], [], []
-    for i, row in table.iterrows():
-        try:
-            images.append(preprocess(row["path"], meta["spacing_mm"], meta["shape"]).data.float())
-            keep.append(i)
-        except Exception as exc:  # noqa: BLE001 - listed, and the rest goes on
-            errors.append({"volume_id": str(row["volume_id"]), "error": " ".join(str(exc).split())})
-    table = table.loc[keep].reset_index(drop=True)
+    images, table, errors = preprocess_rows(table, meta)
     if len(table) < 10:
         raise ValueError(f"{manifest}: {len(table)} usable rated volumes; at least 10 are needed")
     y = np.array([qc_class(s) for s in table["qc_score"]])
