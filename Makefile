@@ -16,7 +16,7 @@ TORCH_SPEC ?= torch==2.13.0
 PROFILE ?= sample
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb)) notebooks/demo.ipynb
 
-.PHONY: help venv data pretrain test test-py test-notebooks test-stream-units test-stream-chain reproduce bench lint clean
+.PHONY: help venv data bids-validator pretrain test test-py test-notebooks test-stream-units test-stream-chain reproduce bench lint clean
 
 help:
 	@sed -n '2,8p' Makefile | sed 's/^# \{0,1\}//'
@@ -28,6 +28,13 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 venv: $(VENV)/.installed
+
+# bids-validator 1.15 (npm) for the derivatives test (tests/test_cli.py); needs node and npm.
+BIDS_VALIDATOR := build/bids-validator/node_modules/.bin/bids-validator
+$(BIDS_VALIDATOR):
+	npm install --silent --no-audit --no-fund --prefix build/bids-validator bids-validator@1.15.0
+
+bids-validator: $(BIDS_VALIDATOR)
 
 data: venv
 	$(PY) -m motionqc.sample_data

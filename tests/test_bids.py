@@ -51,6 +51,22 @@ def test_manifest_from_bids_with_ratings(tmp_path: Path) -> None:
     assert all(load_volume(p).shape == (8, 9, 10) for p in df["path"])
 
 
+def test_manifest_from_bids_reads_the_reports_ratings_export(tmp_path: Path) -> None:
+    root = _tree(tmp_path / "bids")
+    ratings = tmp_path / "study_ratings.tsv"  # the columns motionqc.report.RATING_COLUMNS names
+    ratings.write_text(
+        "bids_name\trating\tcomment\trater\ttimestamp\n"
+        "sub-01_T1w\t3\tslight ringing\tA\t2026-12-01T10:00:00.000Z\n"
+        "sub-02_ses-b_run-2_T1w\t\tnot sure\tA\t2026-12-01T10:01:00.000Z\n"
+    )
+    df = manifest_from_bids(root, ratings)
+    assert df["qc_score"].tolist()[0] == 3 and df["qc_score"].isna().tolist()[1:] == [True, True]
+    # a manifest's own qc_score wins over a rating column
+    both = tmp_path / "both.tsv"
+    both.write_text("bids_name\tqc_score\trating\nsub-01_T1w\t4\t1\n")
+    assert manifest_from_bids(root, both)["qc_score"].iloc[0] == 4
+
+
 def test_manifest_from_bids_errors(tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match="BIDS folder not found"):
         manifest_from_bids(tmp_path / "nope")

@@ -134,17 +134,58 @@ def test_score_end_to_end(scored: tuple[Path, str], bids: Path) -> None:
     assert len(model["sha256"]) == 64 and model["precision"] in ("fp32", "bf16")
     assert description["SourceDatasets"][0]["URL"] == bids.resolve().as_uri()
 
-    for name in GOOD:  # one mosaic per scored volume, under sub-<label>/figures/
+    for name in GOOD:  # encoder input and original views per scored volume, in sub-<label>/figures/
         subject = name.split("_")[0]
         assert (out / subject / "figures" / f"{name}_mosaic.png").is_file()
+        assert (out / subject / "figures" / f"{name}_views.png").is_file()
+    # the derivative proper: the encoder's input as NIfTI, its scores in the sidecar
+    row = table.set_index("bids_name").loc["sub-colin_ses-01_T1w"]
+    nifti = out / "sub-colin/ses-01/anat/sub-colin_ses-01_rec-motionqc_T1w.nii.gz"
+    sidecar = json.loads(nifti.with_name(nifti.name.replace(".nii.gz", ".json")).read_text())
+    assert nib.load(nifti).shape == (40, 48, 40)
+    assert np.isclose(sidecar["MotionScore"], float(row["motion_mm"]), atol=1e-4)
+    assert len(sidecar["BinProbabilities"]) == 50
+    assert np.isclose(sum(sidecar["BinProbabilities"]), 1.0, atol=1e-4)
+    assert sidecar["Sources"] == ["bids:raw:sub-colin/ses-01/anat/sub-colin_ses-01_T1w.nii.gz"]
     html = (out / "report.html").read_text()
     assert all(name in html for name in ALL)
-    assert html.count('<tr class="ok">') == 3 and html.count('<tr class="error">') == 3
-    assert html.count("data:image/png;base64,") == 3 + 1  # mosaics + group distribution
+    assert html.count('<tr class="vol"') == 3 and html.count('<tr class="error">') == 3
+    # encoder inputs + original views + group distribution, all embedded; one bin chart each
+    assert html.count("data:image/png;base64,") == 3 + 3 + 1
+    assert html.count('<svg class="bins"') == 3
     ranked = table[table["status"] == "ok"].sort_values("motion_mm", key=lambda s: -s.astype(float))
     positions = [html.index(n) for n in ranked["bids_name"]]
     assert positions == sorted(positions)  # worst first
     assert _table(out / GROUP_TABLE).shape[0] == len(ALL)
+
+
+def bids_validator() -> str | None:
+    """The ``bids-validator`` (npm) to run: ``$MOTIONQC_BIDS_VALIDATOR``, ``build/`` or ``PATH``."""
+    named = os.environ.get("MOTIONQC_BIDS_VALIDATOR")
+    if named:
+        return named
+    local = Path(__file__).parents[1] / "build/bids-validator/node_modules/.bin/bids-validator"
+    return str(local) if local.is_file() else shutil.which("bids-validator")
+
+
+def test_scored_folder_passes_the_bids_validator(scored: tuple[Path, str]) -> None:
+    validator = bids_validator()
+    if validator is None or shutil.which("node") is None:
+        message = "bids-validator (npm) is not installed: .ci/run installs it"
+        if os.environ.get("CI"):
+            pytest.fail(f"{message}; CI must validate the derivatives")
+        pytest.skip(message)
+    done = subprocess.run(
+        [validator, str(scored[0]), "--json"], capture_output=True, text=True, timeout=300
+    )
+    report = json.loads(done.stdout)
+    errors = [
+        (e["key"], [f["file"]["relativePath"] for f in e["files"][:3]])
+        for e in report["issues"]["errors"]
+    ]
+    assert errors == []
+    summary = report["summary"]
+    assert summary["subjects"] == ["colin", "mni", "robex"] and summary["sessions"] == ["01"]
 
 
 def test_rerun_scores_nothing_new(
@@ -306,7 +347,7 @@ def test_report_renders_in_headless_chromium(scored: tuple[Path, str], tmp_path:
         check=True,
     ).stdout
     assert all(name in dom for name in ALL)  # the rendered page lists every volume
-    assert dom.count('<tr class="ok">') == 3 and dom.count('<tr class="error">') == 3
+    assert dom.count('<tr class="vol') == 3 and dom.count('<tr class="error">') == 3
     shot = tmp_path / "report.png"
     subprocess.run(
         [browser, *flags, f"--screenshot={shot}", "--window-size=1000,1400", page],

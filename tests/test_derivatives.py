@@ -93,3 +93,33 @@ def test_merge_shards(tmp_path: Path) -> None:
     assert (tmp_path / GROUP_TABLE).is_file()
     with pytest.raises(ValueError, match="no motion_T1w"):
         merge_shards(tmp_path / "empty")
+
+
+def test_derivative_names_keep_the_entities_in_bids_order(tmp_path: Path) -> None:
+    from motionqc.derivatives import derivative_name, derivative_path
+
+    assert derivative_name("sub-01_T1w") == "sub-01_rec-motionqc_T1w"
+    assert (
+        derivative_name("sub-01_ses-a_acq-fast_run-2_T1w")
+        == "sub-01_ses-a_acq-fast_rec-motionqc_run-2_T1w"
+    )
+    assert derivative_name("sub-01_rec-norm_T1w") == "sub-01_rec-normmotionqc_T1w"
+    for not_bids in ("phantom_T1w", "sub-01_T2w", "sub-01_foo-1_T1w", "sub-01_acq-a_b_T1w"):
+        assert derivative_name(not_bids) is None, not_bids
+    assert derivative_path(tmp_path, "sub-01_ses-a_T1w") == (
+        tmp_path / "sub-01" / "ses-a" / "anat" / "sub-01_ses-a_rec-motionqc_T1w.nii.gz"
+    )
+    assert derivative_path(tmp_path, "phantom_T1w") is None
+
+
+def test_derivative_extras_are_written_once_and_kept(tmp_path: Path) -> None:
+    from motionqc.derivatives import BIDSIGNORE, write_derivative_extras
+
+    (tmp_path / ".bidsignore").write_text("mine/\n")
+    write_derivative_extras(tmp_path)
+    write_derivative_extras(tmp_path)
+    lines = (tmp_path / ".bidsignore").read_text().splitlines()
+    assert lines == ["mine/", *BIDSIGNORE]  # the user's line kept, ours added once
+    (tmp_path / "README").write_text("our study\n")
+    write_derivative_extras(tmp_path)
+    assert (tmp_path / "README").read_text() == "our study\n"

@@ -272,3 +272,39 @@ def test_simulate_score_is_the_label_under_the_encoders_convention(tmp_path):
     centre = volume_center(img.affine, img.shape[:3])
     label = motion_score(poses, radius=SCORE_CONVENTION.radius, center=centre, pairs="consecutive")
     assert label == pytest.approx(1.5, abs=1e-4)
+
+
+def test_resample_affine_matches_scipy():
+    from scipy.ndimage import affine_transform
+    from scipy.spatial.transform import Rotation
+
+    v = torch.rand(1, 1, 20, 24, 18, generator=torch.Generator().manual_seed(0))
+    zoom, angles, shift, spacing = 1.15, [7.0, -5.0, 11.0], [3.0, -4.5, 2.0], 2.0
+    out = recipe.resample_affine(v, zoom, angles, shift, spacing)[0, 0].numpy()
+    # scipy maps output voxel o to input voxel M o + offset
+    rot = Rotation.from_euler("xyz", angles, degrees=True).as_matrix()  # X first, then Y, Z
+    centre = (np.array(v.shape[2:]) - 1) / 2
+    m = rot.T / zoom
+    offset = centre - m @ centre - rot.T @ np.array(shift) / zoom / spacing
+    ref = affine_transform(v[0, 0].double().numpy(), m, offset=offset, order=1, mode="constant")
+    inner = (slice(3, -3),) * 3  # the two treat the last half voxel at the edge differently
+    assert np.abs(out - ref)[inner].max() < 1e-5
+
+
+def test_geometry_scales_the_label_with_the_head():
+    # a ball of radius 6 voxels: zoomed by s, its volume grows by s**3, and the label by s
+    grid = torch.stack(torch.meshgrid(*[torch.arange(32.0) - 15.5] * 3, indexing="ij"))
+    ball = ((grid**2).sum(0) <= 36).float()[None, None].repeat(6, 1, 1, 1, 1)
+    labels = torch.full((6,), 2.0)
+    augment = {"p_geometry": 1.0, "zoom": 0.2, "rotate_deg": 0.0, "shift_mm": 0.0}
+    out, scaled = recipe.geometry_batch(
+        ball, labels, torch.Generator().manual_seed(3), augment, 4.0
+    )
+    s = scaled / labels
+    assert float(s.min()) >= 1 / 1.2 - 1e-6 and float(s.max()) <= 1.2 + 1e-6 and s.std() > 0.01
+    measured = (out.sum((1, 2, 3, 4)) / ball.sum((1, 2, 3, 4))) ** (1 / 3)
+    assert torch.allclose(measured, s, rtol=0.03)
+    # off (the recipes' default): nothing drawn, nothing changed
+    off = dict(augment, p_geometry=0.0)
+    same, kept = recipe.geometry_batch(ball, labels, torch.Generator().manual_seed(3), off, 4.0)
+    assert same is ball and kept is labels

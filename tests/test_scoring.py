@@ -121,7 +121,12 @@ def test_inference_failure_is_one_volumes_error() -> None:
             if len(images) > 1 or float(images.mean()) > 5:
                 raise RuntimeError("out of memory")
             n = len(images)
-            return {"motion_mm": np.full(n, 0.5), "motion_std": np.full(n, 0.1)}
+            bins = np.full((n, 50), 1 / 50)
+            return {
+                "motion_mm": np.full(n, 0.5),
+                "motion_std": np.full(n, 0.1),
+                "probabilities": bins,
+            }
 
     records = [
         {

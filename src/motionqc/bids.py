@@ -74,12 +74,18 @@ def find_t1w(bids_dir: str | Path, participant_label: list[str] | None = None) -
     return sorted(found)
 
 
-def _read_ratings(ratings: str | Path, key: str, score: str) -> pd.Series:
+def _read_ratings(ratings: str | Path, key: str, score: str | None) -> pd.Series:
     path = Path(ratings)
     try:
         table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
     except (OSError, pd.errors.ParserError) as exc:
         raise ManifestError(f"{path}: cannot read ratings ({' '.join(str(exc).split())})") from exc
+    if score is None:
+        score = (
+            "rating"
+            if "qc_score" not in table.columns and "rating" in table.columns
+            else "qc_score"
+        )
     for column in (key, score):
         if column not in table.columns:
             raise ManifestError(
@@ -99,7 +105,7 @@ def manifest_from_bids(
     dataset: str | None = None,
     site: str | None = None,
     key_column: str = "bids_name",
-    score_column: str = "qc_score",
+    score_column: str | None = None,
     participant_label: list[str] | None = None,
 ) -> pd.DataFrame:
     """Build a manifest from a BIDS tree and (optionally) a ratings TSV.
@@ -107,12 +113,14 @@ def manifest_from_bids(
     Args:
         bids_dir: The dataset root.
         ratings: TSV with one row per image, keyed by ``key_column`` (``bids_name``; a file name
-            with its extension is accepted) and holding ``score_column`` (1–4, 4 = best).
+            with its extension is accepted) and holding ``score_column`` (1–4, 4 = best): a
+            manifest, or the ratings the report exports (:data:`motionqc.report.RATING_COLUMNS`).
         dataset: Dataset name (default: the folder's name).
         site: Site label for every volume; default: the ``site`` column of ``participants.tsv``
             when present, else the dataset name.
         key_column: Ratings column holding the BIDS name.
-        score_column: Ratings column holding the QC score.
+        score_column: Ratings column holding the QC score (default: ``qc_score``, or ``rating``
+            in a file without ``qc_score``, as the report exports).
         participant_label: Keep only these subjects.
 
     Returns:

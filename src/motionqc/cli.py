@@ -8,6 +8,7 @@
     motionqc group OUT_DIR
     motionqc simulate IN.nii.gz OUT.nii.gz --score 1.5 --seed 0 [--n-transforms 4]
     motionqc train-qc --manifest ratings.tsv --checkpoint encoder.pt OUT_DIR [--seeds 5]
+    motionqc train-qc --manifest report_ratings.tsv --bids-dir BIDS_DIR OUT_DIR
 
 Exit status: 0 when something was scored (bad volumes are listed in the table with their error
 and do not fail the run), 1 when nothing could be scored or a step failed, 2 for unusable
@@ -296,7 +297,20 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=_Formatter,
     )
-    train.add_argument("--manifest", type=Path, required=True, help="ratings manifest TSV")
+    train.add_argument(
+        "--manifest",
+        type=Path,
+        required=True,
+        help="ratings manifest TSV; with --bids-dir, a ratings TSV keyed by bids_name (the "
+        "report's export: bids_name, rating, comment, rater, timestamp)",
+    )
+    train.add_argument(
+        "--bids-dir",
+        type=Path,
+        default=None,
+        help="BIDS dataset the ratings of --manifest refer to (their files are found there; "
+        "the manifest built from both is written to OUT_DIR/manifest.tsv)",
+    )
     train.add_argument("--checkpoint", type=Path, default=None, help=checkpoint_help)
     train.add_argument("output_dir", metavar="OUT_DIR", type=Path, help="output folder")
     train.add_argument("--seeds", type=_positive, default=5, help="number of seeds")
@@ -512,7 +526,15 @@ def _cmd_train_qc(args: argparse.Namespace) -> int:
 
     try:
         checkpoint = _checkpoint(args)
-        result = train_qc_cli(args.manifest, checkpoint, args.output_dir, args.seeds)
+        manifest = args.manifest
+        if args.bids_dir is not None:
+            from motionqc.bids import manifest_from_bids
+
+            table = manifest_from_bids(args.bids_dir, ratings=args.manifest)
+            Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+            manifest = Path(args.output_dir) / "manifest.tsv"
+            table.to_csv(manifest, sep="\t", index=False)
+        result = train_qc_cli(manifest, checkpoint, args.output_dir, args.seeds)
     except (EncoderError, ManifestError, ValueError, RuntimeError) as exc:
         _error(exc)
         return 1

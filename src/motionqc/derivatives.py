@@ -24,6 +24,10 @@ import motionqc
 __all__ = [
     "check_output_dir",
     "write_dataset_description",
+    "write_derivative_extras",
+    "derivative_name",
+    "derivative_path",
+    "BIDSIGNORE",
     "parse_shard",
     "shard_items",
     "shard_table",
@@ -84,15 +88,105 @@ def write_dataset_description(
         "Name": "motionqc motion scores",
         "BIDSVersion": "1.9.0",
         "DatasetType": "derivative",
+        "Authors": [f"motionqc {motionqc.__version__} (automatic derivatives)"],
         "GeneratedBy": [generated],
     }
     if source is not None:
-        description["SourceDatasets"] = [{"URL": Path(source).resolve().as_uri()}]
+        uri = Path(source).resolve().as_uri()
+        description["SourceDatasets"] = [{"URL": uri}]
+        description["DatasetLinks"] = {"raw": uri}  # for the sidecars' bids:raw: Sources
     path = Path(output_dir) / "dataset_description.json"
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # shards may write it at once
     tmp.write_text(json.dumps(description, indent=2) + "\n")
     os.replace(tmp, path)
     return path
+
+
+BIDSIGNORE: tuple[str, ...] = (
+    "sub-*/figures/",
+    "/motion_T1w*.tsv",
+    "/group_T1w.tsv",
+    "/report.html",
+    "/*_ratings.tsv",
+)
+"""What ``.bidsignore`` hides from the BIDS validator: figures and tables, as fMRIPrep does."""
+
+_README = """# motionqc derivatives
+
+Motion scores of T1-weighted images predicted by motionqc {version}: for every scored image,
+`sub-<label>/[ses-<label>/]anat/<name>_rec-motionqc_T1w.nii.gz` is the volume exactly as the
+encoder saw it (canonical RAS+, resampled, cropped or padded to its grid, divided by its mean), and
+its JSON sidecar holds the predicted motion (`MotionScore`, mm RMS deviation, Jenkinson; its
+`MotionScoreStd`), the score convention, the predicted bin distribution and, with a QC head, the
+QC class probabilities. `motion_T1w*.tsv` (one per shard) and `group_T1w.tsv` list every image
+keyed by `bids_name`, `report.html` is the rating page and `sub-*/figures/` its images; these are
+listed in `.bidsignore`. The model is named with its SHA-256 in `dataset_description.json`.
+"""
+
+
+def write_derivative_extras(output_dir: str | Path) -> None:
+    """Write the derivative's ``README`` (when absent) and its ``.bidsignore``.
+
+    Args:
+        output_dir: The derivative dataset root.
+    """
+    out = Path(output_dir)
+    readme = out / "README"
+    if not readme.exists():
+        tmp = readme.with_name(f".{readme.name}.{os.getpid()}.tmp")
+        tmp.write_text(_README.format(version=motionqc.__version__))
+        os.replace(tmp, readme)
+    ignore = out / ".bidsignore"
+    lines = ignore.read_text().splitlines() if ignore.is_file() else []
+    missing = [p for p in BIDSIGNORE if p not in lines]
+    if missing:
+        tmp = ignore.with_name(f".{ignore.name}.{os.getpid()}.tmp")
+        tmp.write_text("\n".join([*lines, *missing]) + "\n")
+        os.replace(tmp, ignore)
+
+
+_ORDER = ("sub", "ses", "task", "acq", "ce", "rec", "run", "echo", "flip", "inv", "mt", "part")
+
+
+def derivative_name(name: str) -> str | None:
+    """The BIDS name of a scored image's derivative: its entities with ``rec-motionqc`` added.
+
+    ``sub-01_ses-a_acq-fast_run-2_T1w`` → ``sub-01_ses-a_acq-fast_rec-motionqc_run-2_T1w``; an
+    existing ``rec-<label>`` becomes ``rec-<label>motionqc``.
+
+    Args:
+        name: The image's BIDS name (no extension).
+
+    Returns:
+        The derivative's name, or ``None`` when ``name`` is not a BIDS T1w name (no
+        ``sub-<label>``, an unknown entity, or not ending in ``_T1w``).
+    """
+    parts = name.split("_")
+    if len(parts) < 2 or parts[-1] != "T1w":
+        return None
+    entities: dict[str, str] = {}
+    for part in parts[:-1]:
+        key, sep, value = part.partition("-")
+        if not sep or key not in _ORDER or not value.isalnum() or key in entities:
+            return None
+        entities[key] = value
+    if "sub" not in entities:
+        return None
+    entities["rec"] = entities.get("rec", "") + "motionqc"
+    ordered = [f"{k}-{entities[k]}" for k in _ORDER if k in entities]
+    return "_".join([*ordered, "T1w"])
+
+
+def derivative_path(output_dir: str | Path, name: str) -> Path | None:
+    """Where a scored image's derivative NIfTI goes (``None`` for a name that is not BIDS)."""
+    derived = derivative_name(name)
+    if derived is None:
+        return None
+    entities = dict(part.split("-", 1) for part in derived.split("_")[:-1])
+    folder = Path(output_dir) / f"sub-{entities['sub']}"
+    if "ses" in entities:
+        folder = folder / f"ses-{entities['ses']}"
+    return folder / "anat" / f"{derived}.nii.gz"
 
 
 def parse_shard(text: str) -> tuple[int, int]:

@@ -58,6 +58,8 @@ __all__ = [
     "render_pool",
     "augment_batch",
     "gaussian_blur",
+    "geometry_batch",
+    "resample_affine",
     "train",
     "lr_at",
     "predict_logits",
@@ -129,6 +131,10 @@ class RecipeConfig:
             "blur_mm": 1.2,
             "p_sharpen": 0.0,
             "sharpen": 1.0,
+            "p_geometry": 0.0,
+            "zoom": 0.0,
+            "rotate_deg": 0.0,
+            "shift_mm": 0.0,
         }
     )
 
@@ -385,6 +391,96 @@ def gaussian_blur(v: torch.Tensor, sigma_vox: float) -> torch.Tensor:
     return out[0, 0]
 
 
+def resample_affine(
+    v: torch.Tensor,
+    zoom: float,
+    angles_deg: Sequence[float],
+    shift_mm: Sequence[float],
+    spacing_mm: float,
+) -> torch.Tensor:
+    """Zoom, rotate and shift volumes about the centre of their grid (trilinear, zeros outside).
+
+    The output at the point ``q`` (mm from the grid centre) is the input at
+    ``Rᵀ (q − shift) / zoom``, with ``R`` the rotations about X, then Y, then Z: the head appears
+    ``zoom`` times larger, rotated by ``R`` and moved by ``shift``.
+
+    Args:
+        v: ``(B, C, X, Y, Z)`` volumes on an isotropic grid.
+        zoom: Magnification (> 0).
+        angles_deg: Rotation about X, Y, Z (degrees).
+        shift_mm: Shift along X, Y, Z (mm).
+        spacing_mm: The voxel size.
+
+    Returns:
+        The resampled volumes (float32).
+    """
+    rot = torch.eye(3, dtype=torch.float64)
+    for axis, angle in enumerate(angles_deg):
+        a = math.radians(float(angle))
+        i, j = (axis + 1) % 3, (axis + 2) % 3  # right-handed: X→(Y, Z), Y→(Z, X), Z→(X, Y)
+        r = torch.eye(3, dtype=torch.float64)
+        r[i, i], r[i, j], r[j, i], r[j, j] = math.cos(a), -math.sin(a), math.sin(a), math.cos(a)
+        rot = r @ rot
+    half = torch.tensor(v.shape[2:], dtype=torch.float64) * spacing_mm / 2
+    lin = rot.T / float(zoom)
+    m = torch.diag(1 / half) @ lin @ torch.diag(half)  # in affine_grid's [-1, 1] coordinates
+    t = -(lin @ torch.tensor([float(s) for s in shift_mm], dtype=torch.float64)) / half
+    order = [2, 1, 0]  # affine_grid orders its coordinates (W, H, D) = (Z, Y, X)
+    theta = torch.cat([m[order][:, order], t[order, None]], dim=1).float()
+    grid = torch.nn.functional.affine_grid(
+        theta.expand(len(v), 3, 4), list(v.shape), align_corners=False
+    )
+    return torch.nn.functional.grid_sample(
+        v.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False
+    )
+
+
+def geometry_batch(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    gen: torch.Generator,
+    augment: Mapping[str, float],
+    spacing_mm: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zoom, rotate and shift each pool sample in its field of view; scale its label with the zoom.
+
+    Per volume, with probability ``p_geometry``: a zoom ``s = exp(u·log(1 + zoom))`` (u ~ U(±1)),
+    a rotation about each axis ~ U(±``rotate_deg``) and a shift ~ U(±``shift_mm``) per axis
+    (:func:`resample_affine`). The training heads then fill (and overflow) the field of view as
+    a large or off-centre head does, which the two training heads' sizes alone do not teach. A
+    head zoomed by ``s`` that moved by the sampled poses is, in mm, a head ``s`` times larger whose
+    every displacement is ``s`` times larger, so its label — an RMS displacement in mm — is ``s``
+    times the sample's.
+
+    Args:
+        x: ``(B, 1, X, Y, Z)`` batch on an isotropic grid.
+        y: ``(B,)`` labels (mm).
+        gen: The generator of every draw.
+        augment: ``p_geometry``, ``zoom``, ``rotate_deg``, ``shift_mm``
+            (:attr:`RecipeConfig.augment`; absent or ``p_geometry = 0``: unchanged, no draw).
+        spacing_mm: The voxel size of ``x``.
+
+    Returns:
+        The batch (float32) and its labels.
+    """
+    p = float(augment.get("p_geometry", 0.0))
+    if p <= 0:
+        return x, y
+    out, labels = [], []
+    for v, label in zip(x.float(), y.float(), strict=True):
+        u = (torch.rand(8, generator=gen, dtype=torch.float64) * 2 - 1).tolist()
+        if (u[7] + 1) / 2 >= p:
+            out.append(v)
+            labels.append(label)
+            continue
+        zoom = math.exp(u[0] * math.log1p(float(augment["zoom"])))
+        angles = [a * float(augment["rotate_deg"]) for a in u[1:4]]
+        shift = [d * float(augment["shift_mm"]) for d in u[4:7]]
+        out.append(resample_affine(v[None], zoom, angles, shift, spacing_mm)[0])
+        labels.append(label * zoom)
+    return torch.stack(out), torch.stack(labels)
+
+
 def augment_batch(
     x: torch.Tensor,
     gen: torch.Generator,
@@ -537,13 +633,16 @@ def train(
         seq = np.random.SeedSequence([int(config.seed), 7, step])
         idx = np.random.default_rng(seq).choice(len(pool_x), config.batch_size, replace=False)
         gen = torch.Generator().manual_seed(int(seq.generate_state(1)[0]))
-        x = augment_batch(pool_x[idx], gen, config.augment, spacing_mm=config.spacing_mm)
+        x, y = geometry_batch(
+            pool_x[idx], pool_y[idx], gen, config.augment, spacing_mm=config.spacing_mm
+        )
+        x = augment_batch(x, gen, config.augment, spacing_mm=config.spacing_mm)
         x = x.contiguous(memory_format=torch.channels_last_3d)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, config.steps, config.lr, config.pct_start)
         model.train()
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), pool_y[idx].float())
+        loss = loss_fn(model(x), y.float())
         loss.backward()
         opt.step()
         running.append(float(loss.detach()))

@@ -43,11 +43,13 @@ from motionqc.derivatives import (
     GROUP_TABLE,
     ResultTable,
     check_output_dir,
+    derivative_path,
     merge_shards,
     shard_items,
     shard_table,
     table_text,
     write_dataset_description,
+    write_derivative_extras,
 )
 from motionqc.encoder import load_encoder, scale_input
 from motionqc.soft_labels import decode, predictive_std
@@ -65,6 +67,7 @@ __all__ = [
     "group_table",
     "load_preprocessed",
     "mosaic_path",
+    "views_path",
     "resolve_device",
     "resolve_precision",
     "run_group",
@@ -192,28 +195,44 @@ def load_preprocessed(path: str | Path, spacing_mm: float, shape: Sequence[int])
     Raises:
         VolumeError: If the volume cannot be used.
     """
+    return _load_and_preprocess(path, spacing_mm, shape)[0]
+
+
+def _load_and_preprocess(
+    path: str | Path, spacing_mm: float, shape: Sequence[int]
+) -> tuple[torch.Tensor, np.ndarray, Any]:
+    """:func:`load_preprocessed`, also returning the result's affine and the loaded image."""
     image = load_volume(path)
     linear = np.asarray(image.affine, dtype=float)[:3, :3]
     target = np.diag([float(spacing_mm)] * 3)
     if not np.allclose(linear, target, rtol=0.0, atol=1e-6 * float(spacing_mm)):
-        return preprocess(image, spacing_mm, shape).data.float()
+        out = preprocess(image, spacing_mm, shape)
+        return out.data.float(), np.asarray(out.affine), image
     tensor = torch.from_numpy(np.asarray(image.dataobj, dtype=np.float32)).unsqueeze(0)
     scalar = tio.ScalarImage(tensor=tensor, affine=image.affine)
-    out = tio.CropOrPad(tuple(int(s) for s in shape))(scalar).data.float()
+    cropped = tio.CropOrPad(tuple(int(s) for s in shape))(scalar)
+    out = cropped.data.float()
     mean = float(out.mean())
     if not np.isfinite(mean) or mean <= 0:
         raise VolumeError(f"{path}: mean intensity {mean:g} after preprocessing is not positive")
-    return out / mean
+    return out / mean, np.asarray(cropped.affine), image
 
 
 def _one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
-def _mosaic(volume: torch.Tensor) -> bytes:
-    from motionqc.report import mosaic_png
+def _pictures(volume: torch.Tensor, image: Any) -> tuple[bytes, bytes]:
+    """The encoder input's strip and the original volume's views (RAS+, its own voxel size)."""
+    import nibabel as nib
 
-    return mosaic_png(volume[0].numpy())
+    from motionqc.report import mosaic_png, views_png
+
+    canonical = nib.as_closest_canonical(image)
+    native = np.asarray(canonical.dataobj, dtype=np.float32)
+    while native.ndim > 3:  # a 4D file with one volume
+        native = native[..., 0]
+    return mosaic_png(volume[0].numpy()), views_png(native, canonical.header.get_zooms()[:3])
 
 
 class VolumeDataset(Dataset):
@@ -224,10 +243,12 @@ class VolumeDataset(Dataset):
         spacing_mm: Target voxel size (from the encoder file).
         shape: Target grid (from the encoder file).
         names: One name per path (default: the BIDS name of each file).
-        mosaics: Also render a slice mosaic (PNG bytes) of the preprocessed volume.
+        mosaics: Also render the preprocessed volume's strip and the original's views (PNG bytes,
+            :func:`motionqc.report.mosaic_png`, :func:`motionqc.report.views_png`).
 
     Each item is a dict with ``index``, ``bids_name``, ``path``, ``image`` (``(1, X, Y, Z)``
-    float32, or ``None``), ``error`` (one line, empty when fine) and ``mosaic`` (bytes or ``None``).
+    float32, or ``None``), ``affine`` (the image's, or ``None``), ``error`` (one line, empty when
+    fine), ``mosaic`` and ``views`` (bytes or ``None``).
     """
 
     def __init__(
@@ -255,28 +276,31 @@ class VolumeDataset(Dataset):
             "bids_name": self.names[index],
             "path": self.paths[index],
             "image": None,
+            "affine": None,
             "error": "",
             "mosaic": None,
+            "views": None,
         }
+        loaded = None
         try:
-            record["image"] = load_preprocessed(self.paths[index], self.spacing_mm, self.shape)
+            record["image"], record["affine"], loaded = _load_and_preprocess(
+                self.paths[index], self.spacing_mm, self.shape
+            )
         except VolumeError as exc:
             record["error"] = _one_line(exc)
         except Exception as exc:  # noqa: BLE001 - any failure is this volume's, not the run's
             record["error"] = _one_line(f"{self.paths[index]}: {type(exc).__name__}: {exc}")
         if record["image"] is not None and self.mosaics:
             try:
-                record["mosaic"] = _mosaic(record["image"])
+                record["mosaic"], record["views"] = _pictures(record["image"], loaded)
             except Exception:  # noqa: BLE001 - a missing thumbnail is not worth an error row
-                record["mosaic"] = None
+                record["mosaic"] = record["views"] = None
         return record
 
 
 def _collate(records: list[dict[str, Any]]) -> dict[str, Any]:
     good = [r for r in records if r["image"] is not None]
-    images = torch.stack([r.pop("image") for r in good]) if good else None
-    for r in records:
-        r.pop("image", None)
+    images = torch.stack([r["image"] for r in good]) if good else None
     return {"records": records, "images": images, "good": [r["index"] for r in good]}
 
 
@@ -403,7 +427,8 @@ class Scorer:
         """Score a batch of preprocessed volumes ``(B, 1, X, Y, Z)``.
 
         Returns:
-            ``motion_mm`` and ``motion_std`` ``(B,)``; with a QC head also ``p_qc`` ``(B, 3)``.
+            ``motion_mm`` and ``motion_std`` ``(B,)``, the bin ``probabilities`` ``(B, bins)``;
+            with a QC head also ``p_qc`` ``(B, 3)``.
         """
         # the intensity scaling the encoder was trained with (recorded in its file)
         x = scale_input(images.to(self.device, non_blocking=True), self.meta["input_intensity"])
@@ -420,6 +445,7 @@ class Scorer:
         result = {
             "motion_mm": decode(out, self.meta["bin_range"]).cpu().numpy(),
             "motion_std": predictive_std(out, self.meta["bin_range"]).cpu().numpy(),
+            "probabilities": torch.softmax(out, 1).cpu().numpy(),
         }
         if self.qc_head is not None:
             fmap = fmap.float()
@@ -435,6 +461,9 @@ def _batch_rows(scorer: Scorer, batch: dict[str, Any]) -> list[dict[str, Any]]:
             "bids_name": r["bids_name"],
             "path": r["path"],
             "mosaic": r["mosaic"],
+            "views": r.get("views"),
+            "image": r.get("image"),
+            "affine": r.get("affine"),
             "status": "error" if r["error"] else "ok",
             "error": r["error"],
         }
@@ -460,6 +489,7 @@ def _batch_rows(scorer: Scorer, batch: dict[str, Any]) -> list[dict[str, Any]]:
                 row = rows[index]
                 row["motion_mm"] = float(out["motion_mm"][k])
                 row["motion_std"] = float(out["motion_std"][k])
+                row["bins"] = [float(v) for v in out["probabilities"][k]]
                 if "p_qc" in out:
                     p = out["p_qc"][k]
                     row.update({f"p_qc{c}": float(p[c]) for c in range(len(p))})
@@ -490,13 +520,15 @@ def score_volumes(
             scorer's device).
         num_workers: Loader processes (0: load in this process; default
             :func:`default_num_workers` of the scorer's device).
-        mosaics: Also render a mosaic per volume (``row["mosaic"]``, PNG bytes).
+        mosaics: Also render the encoder input's strip (``row["mosaic"]``) and the original
+            volume's views (``row["views"]``), PNG bytes.
         prefetch_factor: Batches each worker prepares ahead.
 
     Yields:
         One dict per volume: ``bids_name``, ``path``, ``status`` (``ok``/``error``), ``error``,
-        ``motion_mm``, ``motion_std``, with a QC head ``p_qc0..2`` and ``qc_class``, and
-        ``mosaic``.
+        ``motion_mm``, ``motion_std``, the bin probabilities ``bins``, with a QC head
+        ``p_qc0..2`` and ``qc_class``, ``mosaic`` and ``views``, and the encoder's input
+        ``image`` ``(1, X, Y, Z)`` with its ``affine`` (``None`` for a volume that failed).
     """
     if batch_size is None:
         batch_size = default_batch_size(scorer.device.type)
@@ -527,6 +559,59 @@ def mosaic_path(output_dir: str | Path, name: str) -> Path:
     """Where the mosaic of a volume goes: ``<out>/sub-<label>/figures/<bids_name>_mosaic.png``."""
     subject = parse_entities(name).get("sub", "unknown")
     return Path(output_dir) / f"sub-{subject}" / "figures" / f"{name}_mosaic.png"
+
+
+def views_path(output_dir: str | Path, name: str) -> Path:
+    """Where the original volume's views go: ``<out>/sub-<label>/figures/<bids_name>_views.png``."""
+    return mosaic_path(output_dir, name).with_name(f"{name}_views.png")
+
+
+def _write_derivative(
+    out: Path, row: dict[str, Any], model: dict[str, object], bids_dir: str | Path
+) -> None:
+    """Write a scored volume's encoder input as NIfTI and its scores as the JSON sidecar."""
+    import nibabel as nib
+
+    target = derivative_path(out, row["bids_name"])
+    if target is None or row.get("image") is None:
+        return
+    data = np.asarray(row["image"][0], dtype=np.float32)
+    image = nib.Nifti1Image(data, np.asarray(row["affine"], dtype=float))
+    image.set_data_dtype(np.int16)  # scaled by nibabel (scl_slope): a quarter of float32's size
+    image.header.set_xyzt_units("mm")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp.nii.gz")
+    nib.save(image, tmp)
+    os.replace(tmp, target)
+    try:
+        source = Path(row["path"]).resolve().relative_to(Path(bids_dir).resolve())
+        sources = [f"bids:raw:{source.as_posix()}"]
+    except ValueError:
+        sources = [Path(row["path"]).resolve().as_uri()]
+    sidecar: dict[str, object] = {
+        "Description": (
+            "The T1w as the motionqc encoder saw it (canonical RAS+, resampled to "
+            f"{model['spacing_mm']} mm, cropped or padded to {model['shape']}, divided by its "
+            "mean) and the motion predicted for it"
+        ),
+        "Sources": sources,
+        "MotionScore": float(row["motion_mm"]),
+        "MotionScoreStd": float(row["motion_std"]),
+        "MotionScoreUnits": "mm (RMS deviation, Jenkinson)",
+        "ScoreConvention": model["score_convention"],
+        "BinRange": list(model["bin_range"]),  # type: ignore[call-overload]
+        "BinProbabilities": [round(float(v), 6) for v in row.get("bins", [])],
+        "EncoderSHA256": model["sha256"],
+    }
+    if row.get("qc_class") not in (None, ""):
+        sidecar["QCClass"] = int(row["qc_class"])
+        sidecar["QCProbabilities"] = [
+            float(row[f"p_qc{c}"]) for c in range(3) if row.get(f"p_qc{c}") is not None
+        ]
+    _write_bytes(
+        target.with_name(target.name.replace(".nii.gz", ".json")),
+        (json.dumps(sidecar, indent=2) + "\n").encode(),
+    )
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
@@ -741,6 +826,7 @@ def _score_into(
     model_info = scorer.describe()
     _check_same_model(out, model_info)
     write_dataset_description(out, source=bids_dir, model=model_info)
+    write_derivative_extras(out)
 
     existing = table.read()
     if with_qc:  # rows scored without the QC head are scored again
@@ -776,6 +862,10 @@ def _score_into(
             row["session"] = entities.get("ses", "")
             if row.get("mosaic"):
                 _write_bytes(mosaic_path(out, row["bids_name"]), row["mosaic"])
+            if row.get("views"):
+                _write_bytes(views_path(out, row["bids_name"]), row["views"])
+            if row["status"] == "ok":
+                _write_derivative(out, row, model_info, bids_dir)
             table.append(row)  # durable before the next volume
             if row["status"] == "ok":
                 summary.scored += 1
@@ -814,27 +904,50 @@ def run_group(output_dir: str | Path, title: str | None = None) -> Path:
     Raises:
         ValueError: If the folder holds no participant table.
     """
-    from motionqc.report import write_report
+    from motionqc.report import dataset_key, read_bins, write_report
 
     out = Path(output_dir)
     merged = merge_shards(out)
-    mosaics = {}
+    mosaics, views, bins = {}, {}, {}
+    bin_range = None
     for name in merged["bids_name"]:
         png = mosaic_path(out, name)
         if png.is_file():
             mosaics[name] = png.read_bytes()
+        png = views_path(out, name)
+        if png.is_file():
+            views[name] = png.read_bytes()
+        nifti = derivative_path(out, name)
+        found = (
+            read_bins(nifti.with_name(nifti.name.replace(".nii.gz", ".json"))) if nifti else None
+        )
+        if found is not None:
+            bins[name], bin_range = found
     shown = merged.copy()
     if "qc_class" in shown.columns:
+        shown["qc_value"] = shown["qc_class"]
         shown["qc_class"] = [_display_class(row) for row in shown.to_dict("records")]
+    source = str(out.resolve())
+    try:
+        source = json.loads((out / "dataset_description.json").read_text())["SourceDatasets"][0][
+            "URL"
+        ]
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        pass
     if title is None:
         title = "motionqc report"
-        description = out / "dataset_description.json"
-        try:
-            source = json.loads(description.read_text())["SourceDatasets"][0]["URL"]
+        if source.startswith("file:"):
             title = f"motionqc report: {Path(unquote(urlparse(source).path)).name}"
-        except (OSError, ValueError, KeyError, IndexError, TypeError):
-            pass
-    return write_report(shown, out / "report.html", mosaics, title=title)
+    return write_report(
+        shown,
+        out / "report.html",
+        mosaics,
+        title=title,
+        views=views,
+        bins=bins,
+        bin_range=bin_range,
+        key=dataset_key(source),
+    )
 
 
 def group_table(output_dir: str | Path) -> pd.DataFrame:
