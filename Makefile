@@ -16,7 +16,7 @@ TORCH_SPEC ?= torch==2.13.0
 PROFILE ?= sample
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb)) notebooks/demo.ipynb
 
-.PHONY: help venv data bids-validator pretrain test test-py test-notebooks test-stream-units test-stream-chain reproduce bench lint clean
+.PHONY: help venv data bids-validator gpu-prepare pretrain test test-py test-notebooks test-stream-units test-stream-chain reproduce bench lint clean
 
 help:
 	@sed -n '2,8p' Makefile | sed 's/^# \{0,1\}//'
@@ -35,6 +35,10 @@ $(BIDS_VALIDATOR):
 	npm install --silent --no-audit --no-fund --prefix build/bids-validator bids-validator@1.15.0
 
 bids-validator: $(BIDS_VALIDATOR)
+
+# Inputs of benchmarks/gpu_check.sh (the GPU machine has no TorchIO): build/gpu_check/inputs.pt.
+gpu-prepare: data
+	$(PY) benchmarks/gpu_prepare.py --out build/gpu_check
 
 data: venv
 	$(PY) -m motionqc.sample_data

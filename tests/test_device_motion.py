@@ -100,6 +100,23 @@ def test_motion_source_set_is_seeded_and_checks_its_input(sources, table):
         DeviceMotion()({"image": torch.zeros(2, 4, 4, 4)})
 
 
+def test_parameters_without_the_image_are_the_items_own(sources, table):
+    ds = MotionSourceSet(table, sources)
+    flips = 0
+    for i in range(len(ds)):
+        item, label = ds[i]
+        params = ds.parameters(i)
+        for key in ("n", "degrees", "translation", "times", "gamma", "bias", "rescale_max"):
+            assert torch.equal(params[key], item[key]), (i, key)
+        assert float(params["label"]) == float(label)
+        if bool(params["flip"]):  # the flip it reports is the one the item got
+            flips += 1
+            plain = MotionSourceSet(table, sources, p_elastic=0.0)[i][0]["image"]
+            source = sources[table.iloc[i]["source"]].data.float()
+            assert torch.equal(plain, source.flip(1))
+    assert flips > 0
+
+
 def test_trainer_with_device_motion_is_deterministic(sources, table):
     ds = MotionSourceSet(table, sources)
 

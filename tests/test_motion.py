@@ -11,13 +11,12 @@ from torchio.data.io import nib_to_sitk
 
 from motionqc.data import load_volume
 from motionqc.motion import (
-    MotionTransform,
-    RandomMotionTransform,
     itk_euler_matrix,
     kspace_weights,
     rigid_matrices,
     simulate_motion,
 )
+from motionqc.transforms import MotionTransform, RandomMotionTransform
 
 AFFINES = {
     "own": None,  # the volume's own (RAS, downsampled) affine

@@ -30,12 +30,14 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
-import torchio as tio
 
 __all__ = [
     "itk_euler_matrix",
@@ -43,8 +45,6 @@ __all__ = [
     "rigid_matrices",
     "kspace_weights",
     "simulate_motion",
-    "MotionTransform",
-    "RandomMotionTransform",
 ]
 
 _FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS <-> LPS (its own inverse)
@@ -219,6 +219,8 @@ def kspace_weights(times: object, size: int) -> np.ndarray:
 # --------------------------------------------------------------------------- simulation
 def _resample_sitk(image: sitk.Image, matrix: np.ndarray, fill: float, threads: int) -> sitk.Image:
     """Resample an identity-geometry image under an index-space affine (sitk axis order)."""
+    import SimpleITK as sitk
+
     transform = sitk.AffineTransform(3)
     transform.SetMatrix(matrix[:3, :3].ravel().tolist())
     transform.SetTranslation(matrix[:3, 3].tolist())
@@ -256,6 +258,8 @@ def _simulate_sitk(
     full FFT; the weighted sum is accumulated in one reused buffer and inverted with one real
     FFT per volume, written straight into the output.
     """
+    import SimpleITK as sitk  # here: the torch backend runs where SimpleITK is not installed
+
     b, *shape = volumes.shape
     size = shape[-1]
     lines = int(np.prod(shape[:-1]))
@@ -416,97 +420,10 @@ def simulate_motion(
     return out[0] if single else out
 
 
-# --------------------------------------------------------------------------- torchio wrappers
-class MotionTransform(tio.IntensityTransform):
-    """Drop-in replacement for ``tio.Motion`` (linear interpolation) backed by :func:`simulate_motion`.
-
-    Args:
-        degrees: (n, 3) rotations in degrees, or a dict image name → array.
-        translation: (n, 3) translations in mm, or a dict image name → array.
-        times: (n,) times in [0, 1], or a dict image name → array.
-        backend: See :func:`simulate_motion`.
-        **kwargs: See ``torchio.transforms.Transform``.
-    """
-
-    def __init__(
-        self,
-        degrees: object,
-        translation: object,
-        times: object,
-        backend: str = "auto",
-        **kwargs: object,
-    ) -> None:
-        super().__init__(**kwargs)
-        if backend not in _BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(_BACKENDS)}, not {backend!r}")
-        self.degrees = degrees
-        self.translation = translation
-        self.times = times
-        self.backend = backend
-        self.args_names = ["degrees", "translation", "times", "backend"]
-
-    def apply_transform(self, subject: tio.Subject) -> tio.Subject:
-        """Corrupt every intensity image of the subject (each channel with the same motion)."""
-        for name, image in self.get_images_dict(subject).items():
-            deg = self.get_parameter(self.degrees, name)
-            tra = self.get_parameter(self.translation, name)
-            tim = self.get_parameter(self.times, name)
-            data = image.data
-            out = simulate_motion(data, deg, tra, tim, image.affine, backend=self.backend)
-            image.set_data(out.to(data.device))
-        return subject
-
-
-class RandomMotionTransform(tio.RandomMotion):
-    """``tio.RandomMotion`` with the same parameter draws, applied by :class:`MotionTransform`.
-
-    Args:
-        degrees: See ``tio.RandomMotion``.
-        translation: See ``tio.RandomMotion``.
-        num_transforms: See ``tio.RandomMotion``.
-        backend: See :func:`simulate_motion`.
-        image_interpolation: Only ``"linear"``: the k-space model reproduces
-            ``tio.Motion(image_interpolation="linear")`` exactly and no other interpolation.
-        **kwargs: See ``torchio.transforms.Transform``.
-
-    Raises:
-        ValueError: For an ``image_interpolation`` other than ``"linear"``.
-    """
-
-    def __init__(
-        self,
-        degrees: float | tuple[float, float] = 10,
-        translation: float | tuple[float, float] = 10,
-        num_transforms: int = 2,
-        backend: str = "auto",
-        image_interpolation: str = "linear",
-        **kwargs: object,
-    ) -> None:
-        if image_interpolation != "linear":
-            raise ValueError(
-                f"image_interpolation must be 'linear' (the only interpolation the k-space model "
-                f"reproduces exactly), got {image_interpolation!r}; use tio.RandomMotion for others"
-            )
-        super().__init__(
-            degrees, translation, num_transforms, image_interpolation="linear", **kwargs
-        )
-        self.backend = backend
-
-    def apply_transform(self, subject: tio.Subject) -> tio.Subject:
-        """Draw parameters per image as TorchIO does, then apply them."""
-        args: dict[str, dict[str, object]] = {"degrees": {}, "translation": {}, "times": {}}
-        for name, image in self.get_images_dict(subject).items():
-            times, degrees, translation = self.get_params(
-                self.degrees_range, self.translation_range, self.num_transforms, is_2d=image.is_2d()
-            )
-            args["times"][name], args["degrees"][name] = times, degrees
-            args["translation"][name] = translation
-        transform = MotionTransform(**args, backend=self.backend, **self._get_base_args())
-        return transform(subject)
-
-
 # --------------------------------------------------------------------------- re-exports
 _REEXPORTS = {
+    "MotionTransform": "motionqc.transforms",
+    "RandomMotionTransform": "motionqc.transforms",
     "rms_deviation": "motionqc.score",
     "motion_score": "motionqc.score",
     "score_motion": "motionqc.score",

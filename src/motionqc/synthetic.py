@@ -486,13 +486,21 @@ class SyntheticMotionDataset(Dataset):
         Draws each decision from ``rng`` (the row's generator) and the elastic field from torch's
         global generator, which the caller seeds with the row's seed.
         """
-        if self.augment and rng.uniform() < self.p_flip:
+        flip, elastic = self.pre_motion_decisions(rng)
+        if flip:
             image = tio.Flip(axes=(0,))(image)
-        if self.augment and rng.uniform() < self.p_elastic:
+        if elastic:
             image = tio.RandomElasticDeformation(
                 num_control_points=7, max_displacement=8, image_interpolation="linear"
             )(image)
         return image
+
+    def pre_motion_decisions(self, rng: np.random.Generator) -> tuple[bool, bool]:
+        """Draw whether :meth:`pre_motion` flips and deforms (two draws when augmenting)."""
+        if not self.augment:
+            return False, False
+        flip = bool(rng.uniform() < self.p_flip)
+        return flip, bool(rng.uniform() < self.p_elastic)
 
     def __getitem__(self, index: int) -> dict[str, object]:
         """Return ``{"image": (1, X, Y, Z) float32, "label", "score", "source", "index"}``."""
