@@ -192,7 +192,9 @@ def training_section(
             torch.cuda.reset_peak_memory_stats(device)
         x = heads[[i % len(heads) for i in range(b)]][:, None]
         y = inputs["label"][:b].to(device)
-        _, sec, done = _train_steps(model, lambda _s: (x, y), steps, device, bf16, budget_s=60)
+        _, sec, done = _train_steps(
+            model, lambda _s, x=x, y=y: (x, y), steps, device, bf16, budget_s=60
+        )
         rate = b * (done - 1) / sec if done > 1 else math.nan
         precision = "bf16" if bf16 else "fp32"
         out.append(("train step", f"SFCN {precision} channels-last", b, rate, "vol/s", ""))
