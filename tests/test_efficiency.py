@@ -87,6 +87,7 @@ def test_table_from_real_monitor_logs(tmp_path: Path) -> None:
     assert table.at["pretrain", "max_memory_gb"] > table.at["transfer", "max_memory_gb"]
     expected = 100 * (1 - table.at["transfer", "duration_s"] / table.at["scratch", "duration_s"])
     assert math.isclose(table.at["Decreased (%)", "duration_s"], expected)
+    assert table.at["Decreased (%)", "duration"] == f"{expected:.2f}"  # shown in the table
     assert table.at["transfer", "duration"].count(":") == 2
 
 

@@ -107,7 +107,8 @@ def efficiency_table(logs: Mapping[str, str | Path] | Iterable[str | Path]) -> p
 
     Returns:
         One row per setting with :data:`COLUMNS`, ``energy_j`` and ``duration`` (hh:mm:ss); a
-        final ``Decreased (%)`` row when both transfer and scratch are present.
+        final ``Decreased (%)`` row when both transfer and scratch are present, its ``duration``
+        the time decrease in percent (two decimals, as the poster prints it).
     """
     items = logs.items() if isinstance(logs, Mapping) else ((None, p) for p in logs)
     rows = [load_resource_log(path, setting) for setting, path in items]
@@ -119,8 +120,8 @@ def efficiency_table(logs: Mapping[str, str | Path] | Iterable[str | Path]) -> p
         for column in ("max_memory_gb", "max_power_w", "duration_s", "energy_j"):
             decreased[column] = decrease_percent(t[column], s[column])
         table = pd.concat([table, pd.DataFrame([decreased])], ignore_index=True)
-    table["duration"] = [
-        hms(v) if r != "Decreased (%)" else ""
+    table["duration"] = [  # hh:mm:ss per run; the time decrease (%) in the last row
+        hms(v) if r != "Decreased (%)" else ("" if v is None or pd.isna(v) else f"{v:.2f}")
         for r, v in zip(table["setting"], table["duration_s"], strict=True)
     ]
     return table
