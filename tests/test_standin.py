@@ -21,7 +21,8 @@ def test_selection_keeps_every_split_site_and_class_of_the_authors_manifest() ->
     rated = table["qc_score"].notna()
     for column in ("split", "site", "role"):
         assert set(chosen[column]) == set(table[column])
-    want = {(s, qc_class(q)) for s, q in zip(table[rated]["split"], table[rated]["qc_score"])}
+    pairs = zip(table[rated]["split"], table[rated]["qc_score"], strict=True)
+    want = {(s, qc_class(q)) for s, q in pairs}
     got = {
         (s, qc_class(q))
         for s, q in zip(chosen["split"], chosen["qc_score"], strict=True)
