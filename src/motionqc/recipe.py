@@ -15,7 +15,10 @@ then resamples it to the encoder's grid. The recipe builds its training samples 
    (:func:`motionqc.motion.simulate_motion`, TorchIO's ``Motion``), then the inference
    preprocessing (:func:`motionqc.data.preprocess`) to the encoder grid. Rendered once, in worker
    processes, into chunk files keyed by everything that determines them (resumable).
-3. *Per step*: each pool sample gets a left-right flip and a fresh intensity draw — gamma, a
+3. *Per step*: each pool sample is zoomed (×0.83–1.2, its label with it), rotated (±10°) and
+   shifted (±10 mm) in its field of view (:func:`geometry_batch`: two training heads alone teach
+   one head size, and a larger head that fills the field of view was read as motion), then gets
+   a left-right flip and a fresh intensity draw — gamma, a
    random monotone contrast curve (the "contrast shift" that let the follow-up work's synthetic-only
    model transfer to real scans), a polynomial bias field, Rician noise — and the percentile
    scaling of inference (:func:`motionqc.encoder.scale_input`), so the network cannot key on one
@@ -109,7 +112,7 @@ class RecipeConfig:
     val_size: int = 96
     max_score: float = 4.0
     p_motion_free: float = 0.08
-    steps: int = 2800
+    steps: int = 2000
     batch_size: int = 8
     lr: float = 2e-3
     pct_start: float = 0.15
@@ -131,10 +134,10 @@ class RecipeConfig:
             "blur_mm": 1.2,
             "p_sharpen": 0.0,
             "sharpen": 1.0,
-            "p_geometry": 0.0,
-            "zoom": 0.0,
-            "rotate_deg": 0.0,
-            "shift_mm": 0.0,
+            "p_geometry": 0.8,
+            "zoom": 0.2,
+            "rotate_deg": 10.0,
+            "shift_mm": 10.0,
         }
     )
 
