@@ -8,9 +8,9 @@ a pseudo-volume at each row's exact relative ``path`` under ``DIR``:
 - **selection**: within every (dataset, role, split, site, QC class) group, ``ceil(F · size)``
   rows (at least one), taken in a seeded order — so every split, site and class of the
   manifest stays present;
-- **anatomy**: one of the bundled heads chosen per *subject* (hash of dataset and subject), given
-  that subject's own seeded affine + elastic deformation (:func:`motionqc.pretrain.augment_heads`):
-  a subject's sessions share an anatomy, two subjects do not share a deformation;
+- **anatomy**: per *subject* (hash of dataset and subject), one of ``anatomies_per_head`` seeded
+  affine + elastic deformations (:func:`motionqc.pretrain.augment_heads`) of one of the bundled
+  heads: a subject's sessions share an anatomy (``standin_head`` names it, e.g. ``colin27~2``);
 - **degradation consistent with the rating**: k-space motion (:func:`motionqc.motion.simulate_motion`)
   whose score under :data:`motionqc.score.SCORE_CONVENTION` is drawn from the band of the row's
   ``qc_score`` (:data:`BANDS_MM`: 4 → clean, 3 → 0.4–1.2 mm, 2 → 1.2–2.4 mm, 1 → 2.4–4 mm), and
@@ -124,15 +124,25 @@ def standin_volume(
     return data.numpy().astype(np.float32), score, sigma
 
 
-def _subject_anatomy(heads: dict, dataset: str, subject: str, seed: int):
-    """The subject's head: a bundled head with the subject's own affine + elastic deformation."""
+def _subject_anatomy(
+    heads: dict, dataset: str, subject: str, seed: int, per_head: int, cache: dict
+) -> tuple[str, object]:
+    """The subject's anatomy: one of ``per_head`` seeded affine + elastic deformations of a head.
+
+    An elastic deformation at 1 mm takes seconds, so each (head, k) is drawn once (``cache``) and
+    every subject hashed to it shares it.
+    """
     from motionqc.pretrain import augment_heads
 
     names = sorted(heads)
     key = _stable(seed, dataset, subject)
-    head = names[key % len(names)]
-    pseudo = augment_heads({head: heads[head]}, 2, seed=key % (2**31), keep_original=False)
-    return head, next(iter(pseudo.values()))
+    head, k = names[key % len(names)], (key // len(names)) % per_head
+    if (head, k) not in cache:
+        pseudo = augment_heads(
+            {head: heads[head]}, 1, seed=_stable(seed, head, k) % (2**31), keep_original=False
+        )
+        cache[(head, k)] = next(iter(pseudo.values()))
+    return f"{head}~{k}", cache[(head, k)]
 
 
 def write_standin(
@@ -142,6 +152,7 @@ def write_standin(
     seed: int = 0,
     grid: Sequence[int] = GRID,
     progress: bool = True,
+    anatomies_per_head: int = 4,
 ) -> pd.DataFrame:
     """Write the stand-in volumes and ``standin_manifest.tsv`` (see the module docstring).
 
@@ -152,6 +163,7 @@ def write_standin(
         seed: Seed of the selection, anatomies, motion and noise.
         grid: Grid of the volumes (1 mm).
         progress: Show a progress bar.
+        anatomies_per_head: Deformed copies of each bundled head the subjects are spread over.
 
     Returns:
         The stand-in manifest (also written to ``out/standin_manifest.tsv``).
@@ -177,17 +189,15 @@ def write_standin(
     sample = sample_manifest().set_index("volume_id")
     heads = {h: preprocess(sample.loc[h, "path"], 1.0, tuple(grid)) for h in sample.index}
     rows = []
-    last: tuple[tuple[str, str], tuple[str, object]] | None = None  # one subject's anatomy
-    ordered = chosen.sort_values([c for c in ("dataset", "subject") if c in chosen], kind="stable")
-    for row in tqdm(ordered.to_dict("records"), desc="stand-in", disable=not progress):
+    cache: dict = {}
+    for row in tqdm(chosen.to_dict("records"), desc="stand-in", disable=not progress):
         rel = Path(str(row["path"]))
         target = (root / rel).resolve()
         if rel.is_absolute() or root.resolve() not in target.parents:
             raise ValueError(f"{row['volume_id']}: path {rel} is not inside the data root")
-        who = (str(row.get("dataset", "")), str(row["subject"]))
-        if last is None or last[0] != who:
-            last = (who, _subject_anatomy(heads, who[0], who[1], seed))
-        head, anatomy = last[1]
+        head, anatomy = _subject_anatomy(
+            heads, str(row.get("dataset", "")), str(row["subject"]), seed, anatomies_per_head, cache
+        )
         volume, score, sigma = standin_volume(
             anatomy.data[0],
             np.asarray(anatomy.affine),
@@ -203,7 +213,7 @@ def write_standin(
         rows.append(
             {**row, "standin_head": head, "standin_motion_mm": score, "standin_noise": sigma}
         )
-    result = pd.DataFrame(rows).set_index("volume_id").loc[chosen["volume_id"]].reset_index()
+    result = pd.DataFrame(rows)
     result.to_csv(root / "standin_manifest.tsv", sep="\t", index=False)
     return result
 
