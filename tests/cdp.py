@@ -15,6 +15,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+HEADLESS_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
+"""Chromium flags of every browser test: headless, offline, no first-run or update work."""
+
 KEYS = {
     **{str(d): (f"Digit{d}", 48 + d) for d in range(10)},
     **{c: (f"Key{c.upper()}", ord(c.upper())) for c in "abcdefghijklmnopqrstuvwxyz"},
@@ -43,13 +54,7 @@ class Browser:
             os.dup2(write_end, 4)
 
         flags = [
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
+            *HEADLESS_FLAGS,
             "--remote-debugging-pipe",
             f"--user-data-dir={profile}",
             f"--window-size={size[0]},{size[1]}",

@@ -326,18 +326,11 @@ def test_console_script_subprocess(tmp_path: Path, bids: Path, encoder: Path) ->
 
 
 def test_report_renders_in_headless_chromium(scored: tuple[Path, str], tmp_path: Path) -> None:
+    from cdp import HEADLESS_FLAGS
     from test_report import require_chromium
 
     browser = require_chromium()
-    flags = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        f"--user-data-dir={tmp_path / 'profile'}",
-    ]
+    flags = [*HEADLESS_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
     page = (scored[0] / "report.html").as_uri()
     dom = subprocess.run(
         [browser, *flags, "--dump-dom", page],

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from cdp import HEADLESS_FLAGS, Browser
 
 from motionqc.data import load_volume, preprocess
 from motionqc.report import RATING_COLUMNS, bins_svg, mosaic_png, views_png, write_report
@@ -90,17 +91,7 @@ def test_report_renders_in_headless_chromium(tmp_path: Path, sample: pd.DataFram
     browser = require_chromium()
     table, mosaics = _table(sample)
     page = write_report(table, tmp_path / "report.html", mosaics)
-    flags = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}",
-    ]
+    flags = [*HEADLESS_FLAGS, "--disable-quic", f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run(
         [browser, *flags, "--dump-dom", page.as_uri()],
         capture_output=True,
@@ -180,7 +171,6 @@ def rated_study(tmp_path_factory: pytest.TempPathFactory, sample: pd.DataFrame):
 
 def test_rate_in_a_real_browser_then_train_qc(tmp_path: Path, rated_study) -> None:
     """Open the report in headless Chromium, rate with the keyboard, reload, export, train-qc."""
-    from cdp import Browser
 
     from motionqc.cli import main
 
