@@ -113,6 +113,13 @@ def test_score_volumes_in_order_with_workers(encoder: Path, volumes: dict[str, P
         assert [r["bids_name"] for r in got] == names
         assert [r["status"] for r in got] == ["ok", "ok", "error", "error", "error", "error"]
     assert [r.get("motion_mm") for r in rows[0]] == [r.get("motion_mm") for r in rows[2]]
+    assert all("image" not in r for r in rows[0])  # kept rows do not keep the volumes
+    with_inputs = list(score_volumes(scorer, paths, names=names, num_workers=0, inputs=True))
+    for row in with_inputs:
+        if row["status"] == "ok":
+            assert tuple(row["image"].shape) == (1, *scorer.shape) and row["affine"].shape == (4, 4)
+        else:
+            assert row["image"] is None
 
 
 def test_inference_failure_is_one_volumes_error() -> None:

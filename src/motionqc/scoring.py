@@ -509,6 +509,7 @@ def score_volumes(
     num_workers: int | None = None,
     mosaics: bool = False,
     prefetch_factor: int = 2,
+    inputs: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """Score volumes in input order, loading them in worker processes.
 
@@ -523,12 +524,14 @@ def score_volumes(
         mosaics: Also render the encoder input's strip (``row["mosaic"]``) and the original
             volume's views (``row["views"]``), PNG bytes.
         prefetch_factor: Batches each worker prepares ahead.
+        inputs: Also yield the encoder's input of each volume (``image`` ``(1, X, Y, Z)`` and
+            its ``affine``; ``None`` for a volume that failed); off, a caller that keeps the rows
+            does not keep every volume with them.
 
     Yields:
         One dict per volume: ``bids_name``, ``path``, ``status`` (``ok``/``error``), ``error``,
         ``motion_mm``, ``motion_std``, the bin probabilities ``bins``, with a QC head
-        ``p_qc0..2`` and ``qc_class``, ``mosaic`` and ``views``, and the encoder's input
-        ``image`` ``(1, X, Y, Z)`` with its ``affine`` (``None`` for a volume that failed).
+        ``p_qc0..2`` and ``qc_class``, ``mosaic`` and ``views`` (and ``image``, ``affine``).
     """
     if batch_size is None:
         batch_size = default_batch_size(scorer.device.type)
@@ -551,7 +554,11 @@ def score_volumes(
         pin_memory=scorer.device.type == "cuda",
     )
     for batch in loader:
-        yield from _batch_rows(scorer, batch)
+        for row in _batch_rows(scorer, batch):
+            if not inputs:
+                row.pop("image", None)
+                row.pop("affine", None)
+            yield row
 
 
 # --------------------------------------------------------------------------- BIDS steps
@@ -856,6 +863,7 @@ def _score_into(
             batch_size=batch_size,
             num_workers=workers,
             mosaics=mosaics,
+            inputs=True,
         ):
             entities = parse_entities(row["bids_name"])
             row["subject"] = entities.get("sub", "")
@@ -866,6 +874,7 @@ def _score_into(
                 _write_bytes(views_path(out, row["bids_name"]), row["views"])
             if row["status"] == "ok":
                 _write_derivative(out, row, model_info, bids_dir)
+            row.pop("image", None)  # written: not kept
             table.append(row)  # durable before the next volume
             if row["status"] == "ok":
                 summary.scored += 1
