@@ -27,6 +27,7 @@ __all__ = [
     "write_derivative_extras",
     "derivative_name",
     "derivative_path",
+    "sidecar_path",
     "BIDSIGNORE",
     "parse_shard",
     "shard_items",
@@ -187,6 +188,13 @@ def derivative_path(output_dir: str | Path, name: str) -> Path | None:
     if "ses" in entities:
         folder = folder / f"ses-{entities['ses']}"
     return folder / "anat" / f"{derived}.nii.gz"
+
+
+def sidecar_path(nifti: str | Path) -> Path:
+    """The JSON sidecar of a ``.nii.gz``/``.nii`` file (same name, ``.json``)."""
+    nifti = Path(nifti)
+    stem = nifti.name.removesuffix(".gz").removesuffix(".nii")
+    return nifti.with_name(f"{stem}.json")
 
 
 def parse_shard(text: str) -> tuple[int, int]:

@@ -47,6 +47,7 @@ from motionqc.derivatives import (
     merge_shards,
     shard_items,
     shard_table,
+    sidecar_path,
     table_text,
     write_dataset_description,
     write_derivative_extras,
@@ -223,16 +224,14 @@ def _one_line(text: object) -> str:
 
 
 def _pictures(volume: torch.Tensor, image: Any) -> tuple[bytes, bytes]:
-    """The encoder input's strip and the original volume's views (RAS+, its own voxel size)."""
-    import nibabel as nib
+    """The encoder input's strip and the original volume's views (its own voxel size).
 
+    ``image`` is what :func:`motionqc.data.load_volume` returned: already 3D, RAS+ and in memory.
+    """
     from motionqc.report import mosaic_png, views_png
 
-    canonical = nib.as_closest_canonical(image)
-    native = np.asarray(canonical.dataobj, dtype=np.float32)
-    while native.ndim > 3:  # a 4D file with one volume
-        native = native[..., 0]
-    return mosaic_png(volume[0].numpy()), views_png(native, canonical.header.get_zooms()[:3])
+    native = np.asarray(image.dataobj, dtype=np.float32)
+    return mosaic_png(volume[0].numpy()), views_png(native, image.header.get_zooms()[:3])
 
 
 class VolumeDataset(Dataset):
@@ -615,10 +614,7 @@ def _write_derivative(
         sidecar["QCProbabilities"] = [
             float(row[f"p_qc{c}"]) for c in range(3) if row.get(f"p_qc{c}") is not None
         ]
-    _write_bytes(
-        target.with_name(target.name.replace(".nii.gz", ".json")),
-        (json.dumps(sidecar, indent=2) + "\n").encode(),
-    )
+    _write_bytes(sidecar_path(target), (json.dumps(sidecar, indent=2) + "\n").encode())
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
@@ -927,9 +923,7 @@ def run_group(output_dir: str | Path, title: str | None = None) -> Path:
         if png.is_file():
             views[name] = png.read_bytes()
         nifti = derivative_path(out, name)
-        found = (
-            read_bins(nifti.with_name(nifti.name.replace(".nii.gz", ".json"))) if nifti else None
-        )
+        found = read_bins(sidecar_path(nifti)) if nifti else None
         if found is not None:
             bins[name], bin_range = found
     shown = merged.copy()
