@@ -90,8 +90,8 @@ pretrain: data
 # Under the sample profile the executed notebooks are copied over notebooks/ at the end: the
 # committed notebooks then show the run whose tables are in figures/ (see figures/PROVENANCE.md).
 reproduce: data
-	MOTIONQC_PROFILE=$(PROFILE) $(PY) -m motionqc.runner \
-		$(if $(filter sample,$(PROFILE)),--publish) $(NOTEBOOKS)
+	MOTIONQC_PROFILE=$(PROFILE) $(PY) -m motionqc.runner $(if $(PARAMS),--params $(PARAMS)) \
+		$(if $(and $(filter sample,$(PROFILE)),$(if $(PARAMS),,1)),--publish) $(NOTEBOOKS)
 
 bench: data
 	@for b in $(sort $(wildcard benchmarks/bench_*.py)); do echo "== $$b"; $(PY) $$b || exit 1; done

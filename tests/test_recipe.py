@@ -308,3 +308,70 @@ def test_geometry_scales_the_label_with_the_head():
     off = dict(augment, p_geometry=0.0)
     same, kept = recipe.geometry_batch(ball, labels, torch.Generator().manual_seed(3), off, 4.0)
     assert same is ball and kept is labels
+
+
+def _pool_manifest(tmp_path, rows):
+    """A manifest TSV of real NIfTI files (the synthetic heads), one row per (subject, role, split)."""
+    lines = ["volume_id\tdataset\tsite\tsubject\tpath\tqc_score\trole\tsplit"]
+    for i, (subject, role, split, score) in enumerate(rows):
+        path = tmp_path / f"v{i}.nii.gz"
+        _head(10 + i).save(path)
+        lines.append(f"v{i}\tD\tS{i % 2}\t{subject}\t{path.name}\t{score}\t{role}\t{split}")
+    manifest = tmp_path / "manifest.tsv"
+    manifest.write_text("\n".join(lines) + "\n")
+    return manifest
+
+
+def test_manifest_heads_take_the_pool_and_its_split_by_subject(tmp_path):
+    rows = [
+        ("s1", "synthetic_pool", "train", 4),
+        ("s1", "synthetic_pool", "train", 3),
+        ("s2", "synthetic_pool", "train", 4),
+        ("s3", "synthetic_pool", "val", 4),
+        ("s4", "synthetic_pool", "test", 4),
+        ("s5", "transfer", "train", 2),
+        ("s6", "synthetic_pool", "test", 4),
+    ]
+    manifest = _pool_manifest(tmp_path, rows)
+    (tmp_path / "v6.nii.gz").unlink()  # a missing file is left out and listed
+    with pytest.warns(UserWarning, match="v6: file not found"):
+        heads = stage.manifest_heads(manifest)
+    assert (heads.train, heads.val, heads.test) == (("v0", "v1", "v2"), ("v3",), ("v4",))
+    assert set(heads.errors) == {"v6"}
+    assert heads.files["v0"] == tmp_path / "v0.nii.gz"
+    # a given split that puts one subject in two splits is refused, naming the manifest
+    (tmp_path / "leaky").mkdir()
+    leaky = _pool_manifest(tmp_path / "leaky", [*rows[:4], ("s1", "synthetic_pool", "test", 4)])
+    with pytest.raises(ValueError, match="manifest.tsv: subject s1 .* more than one split"):
+        stage.manifest_heads(leaky)
+    # without roles and splits: the volumes rated best_score, a drawn split by subject
+    (tmp_path / "own").mkdir()
+    own_rows = [(f"s{i // 2}", "", "", 4 if i % 3 else 3) for i in range(18)]
+    own = _pool_manifest(tmp_path / "own", own_rows)
+    table = pd.read_csv(own, sep="\t").drop(columns=["role", "split"])
+    table.to_csv(own, sep="\t", index=False)
+    drawn = stage.manifest_heads(own, seed=0)
+    assert set(drawn.table["volume_id"]) == {f"v{i}" for i in range(18) if i % 3}
+    assert (drawn.table.groupby("subject")["split"].nunique() == 1).all()
+    assert drawn.train and drawn.val and drawn.test
+
+
+def test_pretrain_stage_runs_on_a_manifest_pool(tmp_path):
+    rows = [
+        (f"s{i}", "synthetic_pool", split, 4)
+        for i, split in enumerate(["train", "train", "train", "val", "test"])
+    ]
+    heads = stage.manifest_heads(_pool_manifest(tmp_path, rows))
+    config = SMOKE.replace(train_heads=heads.train, val_heads=heads.val, pseudo_subjects=1)
+    result = stage.run(
+        config, heads.files, test_heads=heads.test, draws=1, num_workers=0, log=False
+    )
+    pred = result.predictions
+    assert set(result.pool_table["head"]) <= set(heads.train)
+    assert set(pred.loc[pred["split"] == "val", "head"]) == set(heads.val)
+    assert set(pred.loc[pred["split"] == "test", "head"]) == set(heads.test)
+    assert (pred["split"] == "test").sum() == len(stage.TEST_SCORES)
+    with pytest.raises(ValueError, match="both training and validating"):
+        recipe.load_sources(heads.files, config.replace(val_heads=(heads.train[0],)))
+    with pytest.raises(ValueError, match="also used for training"):
+        stage.run(config, heads.files, test_heads=heads.val)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import nbformat
+
+from motionqc import paths
 
 
 def _notebook(path: Path, source: str) -> Path:
@@ -46,3 +49,70 @@ def test_publish_leaves_the_notebooks_alone_when_one_fails(tmp_path: Path) -> No
     assert _outputs(good) == [] and _outputs(bad) == []
     # Without --publish the notebooks are never written either.
     assert _run(str(good)).returncode == 0 and _outputs(good) == []
+
+
+def test_params_file_sets_parameters_per_notebook_and_the_environment(tmp_path: Path) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "language": "python", "display_name": "Python 3"}
+    nb.metadata["language_info"] = {"name": "python"}
+    params = nbformat.v4.new_code_cell("x = 1\nname = 'default'")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells += [
+        params,
+        nbformat.v4.new_code_cell("import os\nprint(x, name, os.environ['MQC_PROBE'])"),
+    ]
+    probe = tmp_path / "params_probe.ipynb"
+    nbformat.write(nb, probe)
+    (tmp_path / "p.yaml").write_text(
+        "environment:\n  MQC_PROBE: from-file\n"
+        "x: 2\n"
+        "params_probe:\n  name: ${MQC_BASE}/b\n"
+        "other_notebook:\n  x: 99\n"
+    )
+    env = {**os.environ, "MQC_BASE": "/data"}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "motionqc.runner",
+            "--profile",
+            "smoke",
+            "--params",
+            str(tmp_path / "p.yaml"),
+            "-p",
+            "x",
+            "3",
+            str(probe),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    out = paths.build_dir() / "notebooks" / "smoke" / probe.name
+    printed = nbformat.read(out, as_version=4).cells[-1].outputs[0]["text"].strip()
+    assert printed == "3 /data/b from-file"  # -p wins over the file; a section for one notebook
+    # a variable that is not set is refused with one line naming the file
+    env.pop("MQC_BASE")
+    failed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "motionqc.runner",
+            "--profile",
+            "smoke",
+            "--params",
+            str(tmp_path / "p.yaml"),
+            str(probe),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert failed.returncode == 2
+    assert failed.stderr.strip().splitlines() == [
+        f"motionqc.runner: {tmp_path / 'p.yaml'}: '${{MQC_BASE}}/b' names an environment "
+        "variable that is not set"
+    ]

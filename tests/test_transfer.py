@@ -373,6 +373,18 @@ def test_manifest_qc_set_reads_the_ratings_and_splits_by_subject(
     _, given, _ = manifest_qc_set(path, SMOKE)
     assert len(given) == 24
     assert given["split"].tolist() == authors.loc[authors.index[3:], "split"].tolist()
+    # the authors' split is by volume: a subject's later session in test is refused, or dropped
+    leaky = authors.copy()
+    moved = leaky.index[(leaky["split"] == "train") & (leaky["role"] == "transfer")][-1]
+    leaky.loc[moved, "split"] = "test"
+    leaky.to_csv(path, sep="\t", index=False)
+    with pytest.raises(ValueError, match="more than one split"):
+        manifest_qc_set(path, SMOKE)
+    _, kept, left_out = manifest_qc_set(path, SMOKE, drop_shared_subjects=True)
+    subject = leaky.loc[moved, "subject"]
+    assert [e["volume_id"] for e in left_out] == [leaky.loc[moved, "volume_id"]]
+    assert left_out[0]["error"] == f"left out: subject {subject} is also in train"
+    assert len(kept) == 23 and (kept.groupby("subject")["split"].nunique() == 1).all()
 
 
 def test_seed_runs_are_keyed_by_their_settings(tmp_path: Path) -> None:

@@ -77,8 +77,10 @@ class RecipeConfig:
     Attributes:
         name: Recipe name (``release``, ``sample``, ``smoke``).
         train_heads: Real heads whose pseudo-subjects train (and validate) the encoder.
-        pseudo_subjects: Pseudo-subjects per training head (the first is the head itself; the
-            last is held out for validation).
+        val_heads: Real heads that validate (a manifest's validation split, by subject); empty:
+            the last pseudo-subject of each training head validates.
+        pseudo_subjects: Pseudo-subjects per head (the first is the head itself; without
+            ``val_heads`` the last is held out for validation).
         sim_spacing_mm: Voxel size motion is simulated at (the acquisition grid).
         sim_shape: Grid of the sources at that voxel size.
         spacing_mm: The encoder's voxel size.
@@ -101,6 +103,7 @@ class RecipeConfig:
 
     name: str = "release"
     train_heads: tuple[str, ...] = ("robex_atlas", "mni152_2009")
+    val_heads: tuple[str, ...] = ()
     pseudo_subjects: int = 8
     sim_spacing_mm: float = 1.0
     sim_shape: tuple[int, int, int] = (160, 192, 160)
@@ -177,10 +180,11 @@ RECIPES: dict[str, RecipeConfig] = {
 def load_sources(
     paths: Mapping[str, str | Path], config: RecipeConfig
 ) -> dict[str, tio.ScalarImage]:
-    """The training heads at the simulation grid, multiplied into pseudo-subjects.
+    """The training (and validation) heads at the simulation grid, multiplied into pseudo-subjects.
 
     Args:
-        paths: Real head id → NIfTI file (only ``config.train_heads`` are read).
+        paths: Real head id → NIfTI file (only ``config.train_heads`` and ``config.val_heads``
+            are read).
         config: The recipe.
 
     Returns:
@@ -190,18 +194,27 @@ def load_sources(
     Raises:
         ValueError: If a training head has no file.
     """
-    missing = [h for h in config.train_heads if h not in paths]
+    heads = list(dict.fromkeys([*config.train_heads, *config.val_heads]))
+    both = sorted(set(config.train_heads) & set(config.val_heads))
+    if both:
+        raise ValueError(f"head(s) both training and validating: {', '.join(both)}")
+    missing = [h for h in heads if h not in paths]
     if missing:
         raise ValueError(f"no file for training head(s): {', '.join(missing)}")
-    real = {
-        h: preprocess(paths[h], config.sim_spacing_mm, config.sim_shape) for h in config.train_heads
-    }
+    real = {h: preprocess(paths[h], config.sim_spacing_mm, config.sim_shape) for h in heads}
     return augment_heads(real, config.pseudo_subjects, seed=config.seed)
 
 
 def source_splits(sources: Sequence[str], config: RecipeConfig) -> dict[str, str]:
-    """``train`` or ``val`` per pseudo-subject: the last of each head validates."""
+    """``train`` or ``val`` per pseudo-subject.
+
+    With ``config.val_heads`` every pseudo-subject of a validation head validates; without, the
+    last pseudo-subject of each training head does.
+    """
     out = {}
+    if config.val_heads:
+        val = set(config.val_heads)
+        return {s: "val" if head_of(s) in val else "train" for s in sources}
     for s in sources:
         k = int(s.split("~", 1)[1])
         last = k == config.pseudo_subjects - 1 and config.pseudo_subjects > 1
@@ -573,12 +586,16 @@ def val_inputs(val_x: torch.Tensor, config: RecipeConfig) -> torch.Tensor:
 
 @torch.inference_mode()
 def predict_logits(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
-    """Log-probabilities of already scaled inputs, in eval mode, batch by batch."""
+    """Log-probabilities of already scaled inputs, in eval mode, batch by batch, on the CPU.
+
+    The batches go to the device the model is on; the outputs come back to the CPU.
+    """
     model.eval()
+    device = next(model.parameters()).device
     outs = []
     for start in range(0, len(x), batch_size):
-        xb = x[start : start + batch_size].contiguous(memory_format=torch.channels_last_3d)
-        outs.append(model(xb).float())
+        xb = x[start : start + batch_size].to(device)
+        outs.append(model(xb.contiguous(memory_format=torch.channels_last_3d)).float().cpu())
     return torch.cat(outs) if outs else torch.zeros(0)
 
 
@@ -590,6 +607,7 @@ def train(
     run_dir: str | Path | None = None,
     *,
     log: bool = True,
+    device: str | torch.device = "cpu",
 ) -> pd.DataFrame:
     """Train the encoder for ``config.steps`` steps (resumable from ``run_dir/last.pt``).
 
@@ -605,6 +623,8 @@ def train(
         config: The recipe.
         run_dir: Folder of ``last.pt`` and ``history.csv`` (``None``: no checkpoints).
         log: Print one line per validation pass.
+        device: Where the model trains (``cuda``: each batch is drawn and augmented on the CPU,
+            with the same seeds, then copied over).
 
     Returns:
         One row per validation pass: ``step``, ``lr``, ``train_loss``, ``val_loss``, ``val_r2``,
@@ -616,7 +636,8 @@ def train(
     pool_x, pool_y = pool
     val_x, val_y = val
     loss_fn = SoftLabelKL()
-    model.to(memory_format=torch.channels_last_3d)
+    device = torch.device(device)
+    model.to(device=device, memory_format=torch.channels_last_3d)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     history: list[dict[str, float]] = []
     start, elapsed = 0, 0.0
@@ -640,7 +661,8 @@ def train(
             pool_x[idx], pool_y[idx], gen, config.augment, spacing_mm=config.spacing_mm
         )
         x = augment_batch(x, gen, config.augment, spacing_mm=config.spacing_mm)
-        x = x.contiguous(memory_format=torch.channels_last_3d)
+        x = x.to(device).contiguous(memory_format=torch.channels_last_3d)
+        y = y.to(device)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, config.steps, config.lr, config.pct_start)
         model.train()

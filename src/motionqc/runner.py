@@ -9,6 +9,15 @@ Kernels start with glibc malloc settings that keep freed memory for reuse
 (:data:`motionqc.allocator.ALLOCATOR_ENV`, unless those variables are set): a CPU training step
 then stops faulting its activations in again every time.
 
+``--params FILE`` reads papermill parameters from a YAML file (``make reproduce PARAMS=FILE``):
+top-level names go to every notebook, a mapping under a notebook's stem (``03_pretraining:``)
+to that notebook only, and a mapping under ``environment:`` sets variables for the kernels (an
+already set variable wins; the folders ``MOTIONQC_FIGURES``, ``MOTIONQC_DATA`` and
+``MOTIONQC_DATA_ROOT`` are resolved against the runner's working directory, since kernels run in
+``notebooks/``). ``$VAR`` and ``${VAR}`` in string values are expanded from the
+environment, so one file can name ``${MOTIONQC_DATA_ROOT}/manifest.tsv``; a variable that is not
+set is refused with one line. ``-p NAME VALUE`` overrides both.
+
 ``--inplace`` executes notebooks into their own files. ``--publish`` copies the executed
 copies over the notebooks once every one of them has run (``make reproduce`` under the sample
 profile does): the committed notebooks then carry the outputs of the run whose tables and figures
@@ -29,7 +38,64 @@ import pandas as pd
 from motionqc import allocator, paths
 from motionqc.profiles import get_profile
 
-__all__ = ["run_notebook", "main"]
+__all__ = ["run_notebook", "read_params", "main"]
+
+
+_PATH_VARIABLES = {"MOTIONQC_FIGURES", "MOTIONQC_DATA", "MOTIONQC_DATA_ROOT"}
+
+
+def _expand(value: object, source: Path) -> object:
+    """``$VAR`` / ``${VAR}`` expanded in strings (also inside lists and mappings)."""
+    if isinstance(value, str):
+        expanded = os.path.expandvars(value)
+        if "$" in expanded:
+            raise ValueError(f"{source}: {value!r} names an environment variable that is not set")
+        return expanded
+    if isinstance(value, list):
+        return [_expand(v, source) for v in value]
+    if isinstance(value, dict):
+        return {k: _expand(v, source) for k, v in value.items()}
+    return value
+
+
+def read_params(
+    path: str | Path, notebooks: list[Path]
+) -> tuple[dict[str, object], dict[str, dict[str, object]], dict[str, str]]:
+    """Read a parameters file (see the module docstring).
+
+    Args:
+        path: The YAML file.
+        notebooks: The notebooks that will run (their stems name per-notebook sections).
+
+    Returns:
+        ``(common, per_notebook, environment)``: the parameters for every notebook, those per
+        notebook stem, and the kernels' environment variables.
+
+    Raises:
+        ValueError: If the file is not a YAML mapping, a section is not a mapping, or a
+            ``$VAR`` is not set (one line naming the file).
+    """
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path}: cannot read parameters ({str(exc).splitlines()[0]})") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: parameters must be a YAML mapping of names to values")
+    stems = {nb.stem for nb in notebooks}
+    environment = data.pop("environment", {}) or {}
+    sections = {k: data.pop(k) for k in list(data) if k in stems}
+    for name, section in [("environment", environment), *sections.items()]:
+        if not isinstance(section, dict):
+            raise ValueError(f"{path}: {name!r} must be a mapping")
+    env = {str(k): str(_expand(v, path)) for k, v in environment.items()}
+    for name in _PATH_VARIABLES & set(env):
+        env[name] = str(Path(env[name]).expanduser().resolve())
+    common = _expand(data, path)
+    per = {k: _expand(v, path) for k, v in sections.items()}
+    return common, per, env  # type: ignore[return-value]
 
 
 def _peak_child_rss_mb() -> float:
@@ -104,6 +170,13 @@ def main(argv: list[str] | None = None) -> int:
         help="after every notebook has run, copy the executed copies over the notebooks",
     )
     parser.add_argument(
+        "--params",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="YAML file of papermill parameters (common, per notebook stem, environment)",
+    )
+    parser.add_argument(
         "-p",
         "--parameter",
         nargs=2,
@@ -120,12 +193,23 @@ def main(argv: list[str] | None = None) -> int:
     profile = get_profile()
     import yaml
 
-    params = {name: yaml.safe_load(value) for name, value in args.parameter}
+    common: dict[str, object] = {}
+    per: dict[str, dict[str, object]] = {}
+    if args.params is not None:
+        try:
+            common, per, env = read_params(args.params, args.notebooks)
+        except ValueError as exc:
+            print(f"motionqc.runner: {exc}", file=sys.stderr)
+            return 2
+        for name, value in env.items():
+            os.environ.setdefault(name, value)
+    given = {name: yaml.safe_load(value) for name, value in args.parameter}
     records = []
     total = time.perf_counter()
     for nb in args.notebooks:
         start = time.perf_counter()
         print(f"[motionqc] running {nb.name} (profile {profile.name})", flush=True)
+        params = common | per.get(nb.stem, {}) | given
         out = run_notebook(nb, output=nb if args.inplace else None, parameters=params)
         seconds = time.perf_counter() - start
         records.append(

@@ -37,13 +37,16 @@ from motionqc.trainer import kaiming_init, seed_everything
 
 __all__ = [
     "BANDS",
+    "POOL_ROLE",
     "TEST_SCORES",
+    "ManifestHeads",
     "PretrainResult",
     "band_table",
     "corrupt_with_torchio",
     "coverage",
     "load_native",
     "fit_temperature",
+    "manifest_heads",
     "run",
     "split_metrics",
     "predict_table",
@@ -56,6 +59,101 @@ TEST_SCORES = (0.0, 0.3, 0.6, 1.0, 1.5, 2.0, 3.0, 4.0)
 
 BANDS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
 """Edges of the bands of true score the per-band table reports ([0, 0.5], …, [3, 4] mm)."""
+
+
+POOL_ROLE = "synthetic_pool"
+"""``role`` of the authors' manifests whose volumes feed synthesis (the synthetic pool)."""
+
+
+@dataclass
+class ManifestHeads:
+    """The synthetic pool of a manifest, split by subject (:func:`manifest_heads`).
+
+    Attributes:
+        files: ``volume_id`` → resolved NIfTI path, for every usable pool volume.
+        train: Volumes whose motion-corrupted copies train the encoder.
+        val: Volumes that validate it (the temperature and the validation curve).
+        test: Volumes of the unseen-head test (corrupted by TorchIO's ``Motion``).
+        table: One row per usable pool volume: ``volume_id``, ``subject``, ``site``, ``split``.
+        errors: ``volume_id`` → why the file was left out.
+    """
+
+    files: dict[str, Path]
+    train: tuple[str, ...]
+    val: tuple[str, ...]
+    test: tuple[str, ...]
+    table: pd.DataFrame
+    errors: dict[str, str]
+
+
+def manifest_heads(
+    manifest: str | Path,
+    *,
+    data_root: str | Path | None = None,
+    best_score: int = 4,
+    seed: int = 0,
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+) -> ManifestHeads:
+    """The volumes of a manifest that feed synthesis, split train/val/test by subject.
+
+    With a ``role`` column (the authors' manifests, the stand-in) the pool is the rows of role
+    :data:`POOL_ROLE`, as the authors chose them; without one, the rows rated ``best_score``.
+    A complete ``split`` column (train/val/test) is used as given — refused if a subject spans
+    two splits — otherwise a seeded split by subject is drawn
+    (:func:`motionqc.transfer.subject_split`). Relative paths resolve against ``data_root``
+    (``None``: ``MOTIONQC_DATA_ROOT`` when set, else the manifest's folder); a missing
+    file is left out and listed in ``errors``.
+
+    Args:
+        manifest: The manifest TSV.
+        data_root: Folder the relative paths resolve against.
+        best_score: QC score of the pool's volumes when there is no ``role`` column.
+        seed: Seed of a drawn split.
+        fractions: Train, validation and test shares of a drawn split.
+
+    Returns:
+        The :class:`ManifestHeads`.
+
+    Raises:
+        motionqc.data.ManifestError: If the manifest is malformed.
+        ValueError: If a given split mixes subjects, or a split has no volume.
+    """
+    import os
+
+    from motionqc.data import load_manifest
+    from motionqc.transfer import check_subject_split, subject_split
+
+    root = data_root or (os.environ.get("MOTIONQC_DATA_ROOT", "").strip() or None)
+    table = load_manifest(manifest, base_dir=root, check_files=True, on_error="skip")
+    errors = dict(table.attrs.get("errors", {}))
+    if "role" in table.columns:
+        table = table[table["role"] == POOL_ROLE]
+    else:
+        table = table[table["qc_score"] == best_score]
+    table = table.reset_index(drop=True)
+    if table.empty:
+        raise ValueError(f"{manifest}: no volume of the synthetic pool")
+    if "split" in table.columns and table["split"].isin(["train", "val", "test"]).all():
+        split = table["split"].to_numpy(dtype=object)
+        check_subject_split(table, split, manifest)
+    else:
+        split = subject_split(
+            np.zeros(len(table), dtype=int), table["subject"].to_numpy(), fractions, seed
+        )
+    out = pd.DataFrame(
+        {
+            "volume_id": table["volume_id"].astype(str),
+            "subject": table["subject"].astype(str),
+            "site": table["site"].astype(str),
+            "split": split,
+        }
+    )
+    parts = {k: tuple(out.loc[out["split"] == k, "volume_id"]) for k in ("train", "val", "test")}
+    empty = [k for k, v in parts.items() if not v]
+    if empty:
+        raise ValueError(f"{manifest}: no synthetic-pool volume in split(s) {', '.join(empty)}")
+    files = {v: Path(p) for v, p in zip(out["volume_id"], table["path"], strict=True)}
+    return ManifestHeads(files=files, table=out, errors=errors, **parts)
 
 
 def fit_temperature(
@@ -301,6 +399,7 @@ def run(
     draws: int = 4,
     train_eval: int = 192,
     log: bool = True,
+    device: str = "cpu",
 ) -> PretrainResult:
     """Train, calibrate and test the motion encoder of a recipe.
 
@@ -314,6 +413,7 @@ def run(
         draws: TorchIO motions per test score and head.
         train_eval: Training samples scored for the ``train`` row (a seeded subset).
         log: Print one line per validation pass.
+        device: Where the encoder trains (the test and the returned model are on the CPU).
 
     Returns:
         The :class:`PretrainResult`.
@@ -321,7 +421,7 @@ def run(
     Raises:
         ValueError: If a test head is also a training head or has no file.
     """
-    overlap = sorted(set(test_heads) & set(config.train_heads))
+    overlap = sorted(set(test_heads) & {*config.train_heads, *config.val_heads})
     if overlap:
         raise ValueError(f"test head(s) also used for training: {', '.join(overlap)}")
     missing = sorted(set(test_heads) - set(files))
@@ -361,7 +461,9 @@ def run(
         config,
         Path(run_dir) if run_dir is not None else None,
         log=log,
+        device=device,
     )
+    model.to("cpu")
     train_s = time.perf_counter() - t1
     val_out = predict_logits(model, val_inputs(val[0], config))
     temperature = fit_temperature(val_out, y_val)

@@ -31,13 +31,17 @@ def manifest_qc_set(
     *,
     seed: int = 0,
     fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
+    drop_shared_subjects: bool = False,
 ) -> tuple[torch.Tensor, pd.DataFrame, list[dict[str, str]]]:
     """The rated volumes of a manifest, preprocessed for an encoder and split by subject.
 
     Rows without a ``qc_score`` are left out; with a ``role`` column (the authors' manifests),
     only the QC task's roles (:data:`TRANSFER_ROLES`) are kept. A complete ``split`` column
-    (train/val/test) is used as given — refused if a subject spans two splits — otherwise a
-    split by subject is drawn (:func:`motionqc.transfer.subject_split`). Paths resolve against
+    (train/val/test) is used as given — refused if a subject spans two splits, or, with
+    ``drop_shared_subjects``, such a subject keeps only its volumes of the first of train, val,
+    test it appears in (the others are listed in the errors: the authors' split is by volume, and
+    some of its subjects have a later session in the added test set) — otherwise a split by subject
+    is drawn (:func:`motionqc.transfer.subject_split`). Paths resolve against
     ``MOTIONQC_DATA_ROOT`` when it is set (the authors' manifests), else the manifest's folder.
     A file that cannot be used is listed in the returned errors and left out.
 
@@ -46,6 +50,7 @@ def manifest_qc_set(
         meta: The encoder's metadata (``spacing_mm``, ``shape``).
         seed: Seed of the drawn split.
         fractions: Train, validation and test shares of a drawn split.
+        drop_shared_subjects: Drop a shared subject's later-split volumes instead of refusing.
 
     Returns:
         ``(images (N, 1, X, Y, Z), table, errors)``; the table has ``volume_id``, ``subject``,
@@ -61,7 +66,23 @@ def manifest_qc_set(
     if "role" in table.columns:
         table = table[table["role"].isin(TRANSFER_ROLES)]
     table = table.reset_index(drop=True)
+    shared: list[dict[str, str]] = []
+    if drop_shared_subjects and "split" in table.columns:
+        rank = table["split"].map({"train": 0, "val": 1, "test": 2})
+        if rank.notna().all():
+            first = rank.groupby(table["subject"].astype(str)).transform("min")
+            later = rank > first
+            names = {0: "train", 1: "val"}
+            shared = [
+                {
+                    "volume_id": str(r.volume_id),
+                    "error": f"left out: subject {r.subject} is also in {names[int(f)]}",
+                }
+                for r, f in zip(table[later].itertuples(), first[later], strict=True)
+            ]
+            table = table[~later].reset_index(drop=True)
     images, table, errors = preprocess_rows(table, meta)
+    errors = shared + errors
     if len(table) < 10:
         raise ValueError(f"{manifest}: {len(table)} usable rated volumes; at least 10 are needed")
     y = np.array([qc_class(s) for s in table["qc_score"]])
