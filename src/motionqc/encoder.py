@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from motionqc import paths
 from motionqc.models import SFCN
 from motionqc.soft_labels import BIN_RANGE, N_BINS, SIGMA, decode, predictive_std
 
@@ -62,9 +61,9 @@ def default_encoder_path(profile: str) -> Path:
     Returns:
         The path (its folder is created; the file may not exist yet).
     """
-    folder = paths.checkpoints_dir() / profile
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / "encoder.pt"
+    from motionqc import artefacts
+
+    return artefacts.encoder(profile)
 
 
 def released_encoder_path() -> Path:
