@@ -19,7 +19,7 @@ def _code(nb: Path) -> str:
     return "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
 
 
-def test_artefacts_of_a_profile_are_distinct_files_of_that_profile():
+def test_artefacts_of_a_profile_are_distinct_files_of_that_profile(tmp_path, monkeypatch):
     found = [
         artefacts.encoder("p"),
         artefacts.qc_set("p"),
@@ -28,11 +28,12 @@ def test_artefacts_of_a_profile_are_distinct_files_of_that_profile():
         *(artefacts.resources("p", s) for s in artefacts.STAGES),
     ]
     assert len(set(found)) == len(found)
-    kept = [f for f in found if f != artefacts.qc_set("p")]
-    assert all(f.is_relative_to(paths.checkpoints_dir() / "p") for f in kept)
+    assert all(f.is_relative_to(paths.checkpoints_dir() / "p") for f in found)
     assert artefacts.encoder("p") != artefacts.encoder("q")
     assert artefacts.qc_set("p") != artefacts.qc_set("q")
     assert default_encoder_path("p") == artefacts.encoder("p")
+    monkeypatch.setenv("MOTIONQC_CHECKPOINTS", str(tmp_path / "run"))
+    assert artefacts.qc_set("p") == tmp_path / "run" / "p" / "qc_set.pt"
     with pytest.raises(ValueError, match="unknown stage 'pretraining'"):
         artefacts.stage_dir("p", "pretraining")
 

@@ -20,6 +20,7 @@ from motionqc.transfer import (
     load_qc_head,
     predict_classes,
     save_qc_head,
+    train_scratch,
     train_transfer,
 )
 
@@ -133,6 +134,19 @@ def test_class_weights_and_transfer_head_learn_separable_embeddings(tmp_path):
     other = save_encoder(tmp_path / "other.pt", SFCN(dropout=0.3), spacing_mm=4.0, shape=SHAPE)
     with pytest.raises(ValueError, match="another encoder"):
         load_qc_head(head_path, other)
+
+
+def test_transfer_head_trains_when_the_last_batch_holds_one_volume():
+    rng = np.random.default_rng(1)
+    y = np.array([0, 1, 2] * 5 + [0, 1])  # 17 volumes, batches of 16: a last batch of one
+    z = torch.tensor(rng.normal(0, 1, (len(y), 8)) + y[:, None], dtype=torch.float32)
+    run = train_transfer(z, y, z, y, seed=0, max_epochs=2, batch_size=16)
+    assert len(run.history) == 2
+    x = torch.rand(len(y), 1, *SHAPE)  # the scratch SFCN: BatchNorm3d on 1x1x1 maps at the end
+    scratch = train_scratch(
+        x, y, x[:3], y[:3], seed=0, max_epochs=1, batch_size=16, channels=(2, 2, 2, 2, 2, 2)
+    )
+    assert len(scratch.history) == 1
 
 
 def test_embedding_cache_skips_known_volumes(tmp_path):

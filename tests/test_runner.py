@@ -53,7 +53,11 @@ def test_publish_leaves_the_notebooks_alone_when_one_fails(tmp_path: Path) -> No
 
 def test_params_file_sets_parameters_per_notebook_and_the_environment(tmp_path: Path) -> None:
     nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "language": "python", "display_name": "Python 3"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "language": "python",
+        "display_name": "Python 3",
+    }
     nb.metadata["language_info"] = {"name": "python"}
     params = nbformat.v4.new_code_cell("x = 1\nname = 'default'")
     params.metadata["tags"] = ["parameters"]

@@ -1,7 +1,8 @@
 """What one notebook hands the next: every file passed between stages, named in one place.
 
-Each function returns the path of one artefact of a profile's run (its folder is created; the file
-may not exist yet). Notebooks and stages take these paths instead of building their own, so the
+Each function returns the path of one artefact of a profile's run, under
+:func:`motionqc.paths.checkpoints_dir` (``MOTIONQC_CHECKPOINTS`` moves a whole run elsewhere); its
+folder is created, the file may not exist yet. Notebooks and stages take these paths instead of building their own, so the
 writer and its readers cannot drift apart.
 
 ============================  ==================  ==========================================
@@ -71,8 +72,8 @@ def resources(profile: str, stage: str) -> Path:
 
 
 def qc_set(profile: str) -> Path:
-    """``build/qc_demo_set_<profile>.pt``: notebook 04's QC volumes, labels and splits."""
-    return paths.build_dir() / f"qc_demo_set_{profile}.pt"
+    """``checkpoints/<profile>/qc_set.pt``: notebook 04's QC volumes, labels and splits."""
+    return run_root(profile) / "qc_set.pt"
 
 
 def embedding_cache(profile: str, encoder_digest: str) -> Path:

@@ -90,5 +90,10 @@ def build_dir() -> Path:
 
 
 def checkpoints_dir() -> Path:
-    """Return the ignored ``checkpoints/`` folder, created if missing."""
-    return _ensure(repo_root() / "checkpoints")
+    """Return the ignored ``checkpoints/`` folder, created if missing.
+
+    ``MOTIONQC_CHECKPOINTS`` overrides it; every run's hand-overs (:mod:`motionqc.artefacts`)
+    live under it.
+    """
+    env = os.environ.get("MOTIONQC_CHECKPOINTS")
+    return _ensure(Path(env).expanduser().resolve() if env else repo_root() / "checkpoints")

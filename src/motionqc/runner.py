@@ -12,8 +12,8 @@ then stops faulting its activations in again every time.
 ``--params FILE`` reads papermill parameters from a YAML file (``make reproduce PARAMS=FILE``):
 top-level names go to every notebook, a mapping under a notebook's stem (``03_pretraining:``)
 to that notebook only, and a mapping under ``environment:`` sets variables for the kernels (an
-already set variable wins; the folders ``MOTIONQC_FIGURES``, ``MOTIONQC_DATA`` and
-``MOTIONQC_DATA_ROOT`` are resolved against the runner's working directory, since kernels run in
+already set variable wins; the folders ``MOTIONQC_FIGURES``, ``MOTIONQC_CHECKPOINTS``,
+``MOTIONQC_DATA`` and ``MOTIONQC_DATA_ROOT`` are resolved against the runner's working directory, since kernels run in
 ``notebooks/``). ``$VAR`` and ``${VAR}`` in string values are expanded from the
 environment, so one file can name ``${MOTIONQC_DATA_ROOT}/manifest.tsv``; a variable that is not
 set is refused with one line. ``-p NAME VALUE`` overrides both.
@@ -41,7 +41,12 @@ from motionqc.profiles import get_profile
 __all__ = ["run_notebook", "read_params", "main"]
 
 
-_PATH_VARIABLES = {"MOTIONQC_FIGURES", "MOTIONQC_DATA", "MOTIONQC_DATA_ROOT"}
+_PATH_VARIABLES = {
+    "MOTIONQC_FIGURES",
+    "MOTIONQC_CHECKPOINTS",
+    "MOTIONQC_DATA",
+    "MOTIONQC_DATA_ROOT",
+}
 
 
 def _expand(value: object, source: Path) -> object:

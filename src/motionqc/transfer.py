@@ -7,6 +7,7 @@ the imbalance, early stopping on validation balanced accuracy, and are evaluated
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -175,6 +176,8 @@ def _fit(
     config: TrainConfig,
     run_dir: str | Path | None,
 ) -> QCRun:
+    if len(train) % config.batch_size == 1:  # BatchNorm cannot train on a last batch of one
+        config = dataclasses.replace(config, drop_last=True)
     trainer = Trainer(
         model,
         WeightedCE(weights),

@@ -1,0 +1,109 @@
+"""The paper profile's path on a manifest, end to end at CI size (issue 17).
+
+A stand-in for the authors' restricted data (``motionqc.standin`` at 5 % of the AMPSCZ and HCP-EP
+manifests, small 1 mm crops) goes through notebooks 01, 03, 04, 05 and 06 with
+``motionqc.runner --params``, as ``MOTIONQC_DATA_ROOT=DIR make reproduce PROFILE=paper
+PARAMS=notebooks/params/standin.yaml`` does, at the smoke profile's sizes, in folders of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+
+from motionqc.standin import write_standin
+
+ROOT = Path(__file__).parents[1]
+NOTEBOOKS = [
+    "01_data_curation",
+    "03_pretraining",
+    "04_embedding_transfer",
+    "05_scratch_baseline",
+    "06_efficiency",
+]
+
+
+def _printed(nb: Path) -> str:
+    cells = nbformat.read(nb, as_version=4).cells
+    return "".join(o.get("text", "") for c in cells if c.cell_type == "code" for o in c.outputs)
+
+
+@pytest.fixture(scope="module")
+def standin_run(tmp_path_factory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("paper_profile")
+    data = base / "standin"
+    manifests = [ROOT / "data_manifest" / "ampscz.tsv", ROOT / "data_manifest" / "hcpep.tsv"]
+    write_standin(manifests, data, 0.05, grid=(64, 72, 64), progress=False)
+    params = base / "standin_ci.yaml"
+    params.write_text(
+        "environment:\n"
+        f"  MOTIONQC_FIGURES: {base / 'figures'}\n"
+        f"  MOTIONQC_CHECKPOINTS: {base / 'checkpoints'}\n"
+        "manifest: ${MOTIONQC_DATA_ROOT}/standin_manifest.tsv\n"
+        "device: cpu\n"
+        "03_pretraining:\n  draws: 1\n  samples_per_volume: 1\n  num_workers: 0\n"
+    )
+    env = {**os.environ, "MOTIONQC_DATA_ROOT": str(data)}
+    env.pop("MOTIONQC_FIGURES", None)
+    env.pop("MOTIONQC_CHECKPOINTS", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "motionqc.runner", "--profile", "smoke", "--params", str(params)]
+        + [str(ROOT / "notebooks" / f"{n}.ipynb") for n in NOTEBOOKS],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env=env,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return {"data": data, "figures": base / "figures", "checkpoints": base / "checkpoints"}
+
+
+def test_notebook_01_keeps_the_manifests_roles_and_splits(standin_run) -> None:
+    manifest = pd.read_csv(standin_run["data"] / "standin_manifest.tsv", sep="\t")
+    split = pd.read_csv(standin_run["figures"] / "tables" / "data_split.csv")
+    transfer = manifest[manifest["role"].isin(["transfer", "transfer_test_added"])]
+    # the authors' files: transfer train, val, and test + added test are the poster's rows
+    want = {
+        "Train": (transfer["split"] == "train").sum(),
+        "Test": (transfer["split"] == "val").sum(),
+        "Validation": (transfer["split"] == "test").sum(),
+    }
+    assert dict(zip(split["split"], split["total"], strict=True)) == want
+    printed = _printed(ROOT / "build" / "notebooks" / "smoke" / "01_data_curation.ipynb")
+    assert "manifest's roles" in printed
+
+
+def test_notebook_03_pretrains_on_the_pool_and_tests_on_its_test_split(standin_run) -> None:
+    manifest = pd.read_csv(standin_run["data"] / "standin_manifest.tsv", sep="\t")
+    pool = manifest[manifest["role"] == "synthetic_pool"]
+    metrics = pd.read_csv(standin_run["figures"] / "tables" / "pretrain_metrics.csv")
+    n_test = int(metrics.set_index("split").loc["test", "n"])
+    assert n_test == 8 * (pool["split"] == "test").sum()  # 8 TorchIO scores, 1 draw per head
+    assert (standin_run["checkpoints"] / "smoke" / "encoder.pt").is_file()
+    printed = _printed(ROOT / "build" / "notebooks" / "smoke" / "03_pretraining.ipynb")
+    counts = pool["split"].value_counts().to_dict()
+    assert f"synthetic pool {counts}" in printed
+
+
+def test_notebooks_04_05_train_on_the_manifests_ratings(standin_run) -> None:
+    manifest = pd.read_csv(standin_run["data"] / "standin_manifest.tsv", sep="\t")
+    rated = manifest[
+        manifest["role"].isin(["transfer", "transfer_test_added"]) & manifest["qc_score"].notna()
+    ].set_index("volume_id")
+    qc = pd.read_csv(standin_run["figures"] / "tables" / "04_qc_demo_set.csv")
+    assert set(qc["volume_id"]) <= set(rated.index) and len(qc) >= 10
+    assert qc["qc_score"].tolist() == [int(rated.loc[v, "qc_score"]) for v in qc["volume_id"]]
+    assert qc["split"].tolist() == [rated.loc[v, "split"] for v in qc["volume_id"]]
+    scratch = pd.read_csv(
+        standin_run["figures"] / "tables" / "qc_predictions_scratch.tsv", sep="\t"
+    )
+    assert set(scratch["volume_id"]) <= set(qc.loc[qc["split"] == "test", "volume_id"])
+    efficiency = pd.read_csv(standin_run["figures"] / "tables" / "efficiency.csv")
+    assert len(efficiency) >= 3
