@@ -19,12 +19,13 @@ def _notebook(path: Path, source: str) -> Path:
     return path
 
 
-def _run(*args: str) -> subprocess.CompletedProcess:
+def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "motionqc.runner", "--profile", "smoke", *args],
         capture_output=True,
         text=True,
         timeout=600,
+        env=env,
     )
 
 
@@ -74,47 +75,14 @@ def test_params_file_sets_parameters_per_notebook_and_the_environment(tmp_path: 
         "other_notebook:\n  x: 99\n"
     )
     env = {**os.environ, "MQC_BASE": "/data"}
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "motionqc.runner",
-            "--profile",
-            "smoke",
-            "--params",
-            str(tmp_path / "p.yaml"),
-            "-p",
-            "x",
-            "3",
-            str(probe),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
+    done = _run("--params", str(tmp_path / "p.yaml"), "-p", "x", "3", str(probe), env=env)
     assert done.returncode == 0, done.stderr
     out = paths.build_dir() / "notebooks" / "smoke" / probe.name
     printed = nbformat.read(out, as_version=4).cells[-1].outputs[0]["text"].strip()
     assert printed == "3 /data/b from-file"  # -p wins over the file; a section for one notebook
     # a variable that is not set is refused with one line naming the file
     env.pop("MQC_BASE")
-    failed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "motionqc.runner",
-            "--profile",
-            "smoke",
-            "--params",
-            str(tmp_path / "p.yaml"),
-            str(probe),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
+    failed = _run("--params", str(tmp_path / "p.yaml"), str(probe), env=env)
     assert failed.returncode == 2
     assert failed.stderr.strip().splitlines() == [
         f"motionqc.runner: {tmp_path / 'p.yaml'}: '${{MQC_BASE}}/b' names an environment "
