@@ -2,8 +2,8 @@
 
 Each function returns the path of one artefact of a profile's run, under
 :func:`motionqc.paths.checkpoints_dir` (``MOTIONQC_CHECKPOINTS`` moves a whole run elsewhere); its
-folder is created, the file may not exist yet. Notebooks and stages take these paths instead of building their own, so the
-writer and its readers cannot drift apart.
+folder is created, the file may not exist yet. Notebooks and stages take these paths instead of
+building their own, so the writer and its readers cannot drift apart.
 
 ============================  ==================  ==========================================
 artefact                      written by          read by
