@@ -13,10 +13,11 @@ then stops faulting its activations in again every time.
 top-level names go to every notebook, a mapping under a notebook's stem (``03_pretraining:``)
 to that notebook only, and a mapping under ``environment:`` sets variables for the kernels (an
 already set variable wins; the folders ``MOTIONQC_FIGURES``, ``MOTIONQC_CHECKPOINTS``,
-``MOTIONQC_DATA`` and ``MOTIONQC_DATA_ROOT`` are resolved against the runner's working directory, since kernels run in
-``notebooks/``). ``$VAR`` and ``${VAR}`` in string values are expanded from the
-environment, so one file can name ``${MOTIONQC_DATA_ROOT}/manifest.tsv``; a variable that is not
-set is refused with one line. ``-p NAME VALUE`` overrides both.
+``MOTIONQC_DATA`` and ``MOTIONQC_DATA_ROOT`` are resolved against the runner's working
+directory, since kernels run in ``notebooks/``). ``$VAR`` and ``${VAR}`` in string values are
+expanded from the environment, so one file can name ``${MOTIONQC_DATA_ROOT}/manifest.tsv``; a
+value still holding a ``$`` afterwards (a variable that is not set) is refused with one line.
+``-p NAME VALUE`` overrides both.
 
 ``--inplace`` executes notebooks into their own files. ``--publish`` copies the executed
 copies over the notebooks once every one of them has run (``make reproduce`` under the sample
