@@ -68,11 +68,12 @@ def test_params_file_sets_parameters_per_notebook_and_the_environment(tmp_path: 
     ]
     probe = tmp_path / "params_probe.ipynb"
     nbformat.write(nb, probe)
+    nbformat.write(nb, tmp_path / "params_other.ipynb")  # its section is left out, not injected
     (tmp_path / "p.yaml").write_text(
         "environment:\n  MQC_PROBE: from-file\n"
         "x: 2\n"
         "params_probe:\n  name: ${MQC_BASE}/b\n"
-        "other_notebook:\n  x: 99\n"
+        "params_other:\n  x: 99\n  y: 1\n"
     )
     env = {**os.environ, "MQC_BASE": "/data"}
     done = _run("--params", str(tmp_path / "p.yaml"), "-p", "x", "3", str(probe), env=env)
@@ -80,6 +81,8 @@ def test_params_file_sets_parameters_per_notebook_and_the_environment(tmp_path: 
     out = paths.build_dir() / "notebooks" / "smoke" / probe.name
     printed = nbformat.read(out, as_version=4).cells[-1].outputs[0]["text"].strip()
     assert printed == "3 /data/b from-file"  # -p wins over the file; a section for one notebook
+    sources = [c.source for c in nbformat.read(out, as_version=4).cells]
+    assert not any("params_other" in src or "y = 1" in src for src in sources)
     # a variable that is not set is refused with one line naming the file
     env.pop("MQC_BASE")
     failed = _run("--params", str(tmp_path / "p.yaml"), str(probe), env=env)

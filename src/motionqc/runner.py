@@ -71,7 +71,8 @@ def read_params(
 
     Args:
         path: The YAML file.
-        notebooks: The notebooks that will run (their stems name per-notebook sections).
+        notebooks: The notebooks that will run (their stems, and those of the other notebooks
+            in their folders, name per-notebook sections).
 
     Returns:
         ``(common, per_notebook, environment)``: the parameters for every notebook, those per
@@ -90,9 +91,14 @@ def read_params(
         raise ValueError(f"{path}: cannot read parameters ({str(exc).splitlines()[0]})") from exc
     if not isinstance(data, dict):
         raise ValueError(f"{path}: parameters must be a YAML mapping of names to values")
+    # a section may name any notebook beside those that run (it is then left out)
     stems = {nb.stem for nb in notebooks}
+    stems |= {f.stem for folder in {nb.parent for nb in notebooks} for f in folder.glob("*.ipynb")}
     environment = data.pop("environment", {}) or {}
     sections = {k: data.pop(k) for k in list(data) if k in stems}
+    bad = [k for k in data if not str(k).isidentifier()]
+    if bad:
+        raise ValueError(f"{path}: {bad[0]!r} is neither a parameter name nor a notebook")
     for name, section in [("environment", environment), *sections.items()]:
         if not isinstance(section, dict):
             raise ValueError(f"{path}: {name!r} must be a mapping")
