@@ -11,12 +11,13 @@ from motionqc.authors import (
     DATA_ROOT_ENV,
     MANIFEST_COLUMNS,
     build_paper_manifest,
+    manifest_base,
     read_paper_manifest,
     resolve_paper_manifest,
     role_split_table,
     write_paper_manifests,
 )
-from motionqc.data import REQUIRED_COLUMNS, ManifestError, file_sha256
+from motionqc.data import REQUIRED_COLUMNS, ManifestError, file_sha256, load_manifest
 from motionqc.paths import manifest_dir
 from motionqc.poster import POSTER_COUNTS, POSTER_DATA_SPLIT, authors_table
 
@@ -150,6 +151,39 @@ def test_root_from_the_environment(
     full = resolve_paper_manifest(tsv)
     assert len(full) == 143 and full.attrs["missing"] == [] and full.attrs["missing_summary"] == ""
     assert full["path"].iloc[0] == str(tmp_path.resolve() / hcpep["path"].iloc[0])
+
+
+def test_manifest_base_names_the_folder_relative_paths_resolve_against(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """data_root, else MOTIONQC_DATA_ROOT, else the manifest's own folder."""
+    beside, env_root, given = (tmp_path / n for n in ("beside", "env", "given"))
+    tsv = beside / "m.tsv"
+    for folder in (beside, env_root, given):
+        (folder / "sub").mkdir(parents=True)
+        (folder / "sub" / "a.nii.gz").write_bytes(b"")
+    pd.DataFrame(
+        [
+            {
+                "volume_id": "a",
+                "dataset": "d",
+                "site": "s",
+                "subject": "p",
+                "path": "sub/a.nii.gz",
+                "qc_score": 4,
+            }
+        ]
+    ).to_csv(tsv, sep="\t", index=False)
+
+    def resolved(root: Path | None) -> Path:
+        table = load_manifest(tsv, base_dir=manifest_base(root), check_files=False)
+        return Path(table["path"].iloc[0]).resolve()
+
+    monkeypatch.delenv(DATA_ROOT_ENV, raising=False)
+    assert manifest_base() is None and resolved(None) == beside.resolve() / "sub" / "a.nii.gz"
+    monkeypatch.setenv(DATA_ROOT_ENV, str(env_root))
+    assert resolved(None) == env_root.resolve() / "sub" / "a.nii.gz"
+    assert resolved(given) == given.resolve() / "sub" / "a.nii.gz"
 
 
 def test_checksums_checked_only_where_filled(tmp_path: Path, hcpep: pd.DataFrame) -> None:

@@ -4,11 +4,14 @@ A stand-in for the authors' restricted data (``motionqc.standin`` at 5 % of the 
 manifests, small 1 mm crops) goes through notebooks 01, 03, 04, 05 and 06 with
 ``motionqc.runner --params``, as ``MOTIONQC_DATA_ROOT=DIR make reproduce PROFILE=paper
 PARAMS=notebooks/params/standin.yaml`` does, at the smoke profile's sizes, in folders of its own.
+An MR-ART-shaped BIDS tree then goes through ``manifest_from_mrart``, ``motionqc train-qc`` and
+notebooks 04-05 with the stand-in run's encoder.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +20,7 @@ import nbformat
 import pandas as pd
 import pytest
 
+from motionqc.bids import manifest_from_mrart
 from motionqc.standin import write_standin
 
 ROOT = Path(__file__).parents[1]
@@ -107,3 +111,62 @@ def test_notebooks_04_05_train_on_the_manifests_ratings(standin_run) -> None:
     assert set(scratch["volume_id"]) <= set(qc.loc[qc["split"] == "test", "volume_id"])
     efficiency = pd.read_csv(standin_run["figures"] / "tables" / "efficiency.csv")
     assert len(efficiency) >= 3
+
+
+def test_an_mrart_manifest_goes_through_train_qc_and_notebooks_04_05(
+    standin_run, mrart: Path, tmp_path: Path
+) -> None:
+    """Three scans per subject: train-qc and the notebooks both keep each person in one split."""
+    manifest = manifest_from_mrart(mrart)
+    tsv = tmp_path / "mrart.tsv"
+    manifest.to_csv(tsv, sep="\t", index=False)
+    encoder = standin_run["checkpoints"] / "smoke" / "encoder.pt"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOTIONQC_")}
+    trained = subprocess.run(
+        [sys.executable, "-m", "motionqc.cli", "train-qc", "--manifest", str(tsv)]
+        + ["--checkpoint", str(encoder), str(tmp_path / "qc"), "--seeds", "1"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=ROOT,
+    )
+    assert trained.returncode == 0, trained.stdout[-2000:] + trained.stderr[-2000:]
+    splits = pd.read_csv(tmp_path / "qc" / "splits.tsv", sep="\t")
+    assert sorted(splits["volume_id"]) == sorted(manifest["volume_id"])
+    assert (splits.groupby("subject")["split"].nunique() == 1).all()
+    assert set(splits["split"]) == {"train", "val", "test"}
+
+    (tmp_path / "checkpoints" / "smoke").mkdir(parents=True)
+    shutil.copyfile(encoder, tmp_path / "checkpoints" / "smoke" / "encoder.pt")
+    params = tmp_path / "mrart.yaml"
+    params.write_text(
+        "environment:\n"
+        f"  MOTIONQC_FIGURES: {tmp_path / 'figures'}\n"
+        f"  MOTIONQC_CHECKPOINTS: {tmp_path / 'checkpoints'}\n"
+        f"manifest: {tsv}\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "motionqc.runner", "--profile", "smoke", "--params", str(params)]
+        + [str(ROOT / "notebooks" / f"{n}.ipynb") for n in NOTEBOOKS[2:4]],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env=env,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    qc = pd.read_csv(tmp_path / "figures" / "tables" / "04_qc_demo_set.csv")
+    rated = manifest.set_index("volume_id")
+    assert sorted(qc["volume_id"]) == sorted(manifest["volume_id"])
+    assert qc["qc_score"].tolist() == [int(rated.loc[v, "qc_score"]) for v in qc["volume_id"]]
+    # one manifest, one rule: the notebooks' split is train-qc's, volume for volume
+    assert (
+        qc.set_index("volume_id")["split"]
+        .sort_index()
+        .equals(splits.set_index("volume_id")["split"].sort_index())
+    )
+    scratch = pd.read_csv(tmp_path / "figures" / "tables" / "qc_predictions_scratch.tsv", sep="\t")
+    assert set(scratch["volume_id"]) == set(qc.loc[qc["split"] == "test", "volume_id"])
+    printed = _printed(ROOT / "build" / "notebooks" / "smoke" / "05_scratch_baseline.ipynb")
+    assert f"median balanced accuracy (ratings of {tsv})" in printed

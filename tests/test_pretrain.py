@@ -6,13 +6,20 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torchio as tio
 from sklearn.metrics import balanced_accuracy_score
 
 from motionqc.data import preprocess
 from motionqc.encoder import EncoderError, load_encoder, predict_motion, save_encoder
 from motionqc.models import SFCN
 from motionqc.pretrain import augment_heads, head_of, head_splits, render_synthetic
-from motionqc.qc_demo import make_qc_set, rate
+from motionqc.qc_demo import (
+    ARTEFACT_PROBABILITY,
+    ARTEFACT_RANGE,
+    corrupt,
+    make_qc_set,
+    quality_measures,
+)
 from motionqc.synthetic import SyntheticMotionDataset, build_parameter_table
 from motionqc.transfer import (
     class_weights,
@@ -92,29 +99,70 @@ def test_encoder_file_round_trip_and_errors(tmp_path):
         load_encoder(tmp_path / "junk.pt")
 
 
-def test_simulated_rater_follows_the_poster_imbalance():
-    d = np.random.default_rng(0).gamma(2.0, 1.0, 1150)
-    scores = rate(d, seed=0)
-    share = np.array([(scores <= 2).mean(), (scores == 3).mean(), (scores == 4).mean()])
-    assert np.allclose(share, np.array([7, 38, 70]) / 115, atol=0.01)
-    # Without rater noise the grade is monotone in the degradation.
-    clean = rate(d, seed=0, rater_noise=0.0)
-    order = np.argsort(d)
-    assert (np.diff(clean[order]) <= 0).all()
+def test_quality_measures_match_their_analytic_values(real_heads):
+    clean = next(iter(real_heads.values())).data[0].float()
+    head = clean > 0.1 * float(clean.mean())
+    assert quality_measures(clean, clean, head) == {
+        "nrmse": 0.0,
+        "background_error": 0.0,
+        "sharpness_loss": 0.0,
+    }
+    # A constant offset is no detail and no loss of edges; in the background it is all error.
+    offset = quality_measures(clean + 0.3, clean, head)
+    assert offset["nrmse"] == pytest.approx(0.0, abs=1e-6)
+    assert offset["sharpness_loss"] == pytest.approx(0.0, abs=1e-6)
+    assert offset["background_error"] == pytest.approx(0.3 / float(clean[head].mean()), rel=1e-5)
+    # White noise of std s: the detail error is the noise itself (its smooth part is ~0).
+    noise = torch.from_numpy(np.random.default_rng(0).normal(0, 0.05, clean.shape)).float()
+    noisy = quality_measures(clean + noise, clean, head)
+    rms = float(clean[head].pow(2).mean().sqrt())
+    assert noisy["nrmse"] == pytest.approx(0.05 / rms, rel=0.05)
+    assert noisy["sharpness_loss"] == 0.0  # noise adds gradient
+    blurred = tio.Blur(std=(2.0,) * 3)(
+        tio.ScalarImage(tensor=clean[None], affine=np.diag([4.0] * 3 + [1]))
+    ).data[0]
+    assert quality_measures(blurred, clean, head)["sharpness_loss"] > 0.1
+    with pytest.raises(ValueError, match="inside and outside"):
+        quality_measures(clean, clean, torch.ones_like(head))
 
 
-def test_demo_qc_set_is_deterministic_and_degradation_tracks_grades(real_heads):
-    heads = augment_heads(real_heads, 2, seed=5, keep_original=False)
-    splits = {s: ("train" if i % 2 else "test") for i, s in enumerate(heads)}
-    images, table = make_qc_set(heads, 6, splits, seed=0)
-    images2, table2 = make_qc_set(heads, 6, splits, seed=0)
+def test_artefacts_are_drawn_independently(real_heads):
+    image = next(iter(real_heads.values()))
+    columns = [column for column, _ in ARTEFACT_RANGE.values()]
+    draws = pd.DataFrame([corrupt(image, seed)[1] for seed in range(240)])[columns] > 0
+    for artefact, (column, _) in ARTEFACT_RANGE.items():
+        p = ARTEFACT_PROBABILITY[artefact]
+        assert abs(draws[column].mean() - p) < 3.5 * np.sqrt(p * (1 - p) / len(draws)), artefact
+    # A shared severity (the former "badness") made artefacts co-occur: r of about 0.3 and more.
+    r = draws.astype(float).corr().to_numpy()[np.triu_indices(len(columns), 1)]
+    assert np.abs(r).max() < 0.2, r
+
+
+def test_demo_qc_set_fixes_its_cut_offs_on_the_training_split(real_heads, sample):
+    heads = augment_heads(real_heads, 3, seed=5, keep_original=False)
+    splits = {s: ("test" if s.endswith("~2") else "train") for s in heads}
+    images, table = make_qc_set(heads, 8, splits, seed=0, head_of={s: head_of(s) for s in heads})
+    images2, table2 = make_qc_set(heads, 8, splits, seed=0, head_of={s: head_of(s) for s in heads})
     assert torch.equal(images, images2)
     pd.testing.assert_frame_equal(table, table2)
-    assert images.shape == (len(heads) * 6, 1, *SHAPE)
-    assert set(table["qc_class"]) <= {0, 1, 2}
-    assert table.groupby("source")["split"].nunique().max() == 1
-    means = table.groupby("qc_score")["degradation"].mean()
-    assert means.loc[means.index.max()] < means.loc[means.index.min()]
+    assert images.shape == (len(heads) * 8, 1, *SHAPE)
+    assert set(table["head"]) == set(real_heads) and set(table["qc_class"]) <= {0, 1, 2}
+    assert (table["qc_score"] == table["qc_score_rater1"]).all()
+    assert (table["qc_score_rater1"] != table["qc_score_rater2"]).any()  # two raters disagree
+    # The test split's volumes do not move the training split's cut-offs: degrading every test
+    # volume further changes no training grade (quantiles over the whole set would).
+    worse = {s: 50 if splits[s] == "test" else 8 for s in heads}
+    _, more = make_qc_set(heads, worse, splits, seed=0, head_of={s: head_of(s) for s in heads})
+    train = table["split"] == "train"
+    pd.testing.assert_series_equal(
+        more.loc[more["split"] == "train", "qc_score"].reset_index(drop=True),
+        table.loc[train, "qc_score"].reset_index(drop=True),
+    )
+    # On a finer grid the artefacts are simulated and rated there, the volumes returned on grid.
+    row = sample.set_index("volume_id").loc[next(iter(real_heads))]
+    fine = {row.name: preprocess(row.path, 2.0, (80, 96, 80))}
+    fine_images, _ = make_qc_set(fine, 2, dict.fromkeys(fine, "train"), seed=0, grid=(4.0, SHAPE))
+    assert fine_images.shape == (2, 1, *SHAPE)
 
 
 def test_class_weights_and_transfer_head_learn_separable_embeddings(tmp_path):

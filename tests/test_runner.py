@@ -73,7 +73,7 @@ def test_params_file_sets_parameters_per_notebook_and_the_environment(tmp_path: 
         "environment:\n  MQC_PROBE: from-file\n"
         "x: 2\n"
         "params_probe:\n  name: ${MQC_BASE}/b\n"
-        "params_other:\n  x: 99\n  y: 1\n"
+        "params_other:\n  x: 99\n  name: other\n"
     )
     env = {**os.environ, "MQC_BASE": "/data"}
     done = _run("--params", str(tmp_path / "p.yaml"), "-p", "x", "3", str(probe), env=env)
@@ -82,7 +82,7 @@ def test_params_file_sets_parameters_per_notebook_and_the_environment(tmp_path: 
     printed = nbformat.read(out, as_version=4).cells[-1].outputs[0]["text"].strip()
     assert printed == "3 /data/b from-file"  # -p wins over the file; a section for one notebook
     sources = [c.source for c in nbformat.read(out, as_version=4).cells]
-    assert not any("params_other" in src or "y = 1" in src for src in sources)
+    assert not any("x = 99" in src or "other" in src for src in sources)
     # a variable that is not set is refused with one line naming the file
     env.pop("MQC_BASE")
     failed = _run("--params", str(tmp_path / "p.yaml"), str(probe), env=env)
@@ -91,3 +91,43 @@ def test_params_file_sets_parameters_per_notebook_and_the_environment(tmp_path: 
         f"motionqc.runner: {tmp_path / 'p.yaml'}: '${{MQC_BASE}}/b' names an environment "
         "variable that is not set"
     ]
+
+
+def test_params_file_names_only_what_the_notebooks_declare(tmp_path: Path) -> None:
+    """Top-level names reach only the notebooks that declare them; an unknown name is refused."""
+    declared = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell("x = 1  # a comment\nlimit: int = 2\na, b = 3, 4")
+    params.metadata["tags"] = ["parameters"]
+    declared.cells += [params, nbformat.v4.new_code_cell("print(x, limit, a, b)")]
+    for nb in (declared,):
+        nb.metadata["kernelspec"] = {
+            "name": "python3",
+            "language": "python",
+            "display_name": "Python 3",
+        }
+        nb.metadata["language_info"] = {"name": "python"}
+    probe = tmp_path / "declares_probe.ipynb"
+    nbformat.write(declared, probe)
+    plain = _notebook(tmp_path / "declares_nothing.ipynb", "print('plain')")
+    (tmp_path / "ok.yaml").write_text("x: 5\nb: 7\ndeclares_probe:\n  limit: 6\n")
+    done = _run("--params", str(tmp_path / "ok.yaml"), str(probe), str(plain))
+    assert done.returncode == 0, done.stderr
+    out = paths.build_dir() / "notebooks" / "smoke"
+    assert (
+        nbformat.read(out / probe.name, as_version=4).cells[-1].outputs[0]["text"].strip()
+        == "5 6 3 7"
+    )
+    plain_cells = nbformat.read(out / plain.name, as_version=4).cells
+    assert [c.source for c in plain_cells] == [
+        "print('plain')"
+    ]  # nothing injected where nothing is declared
+    for text, message in [
+        ("x: 5\ntypo_name: 1\n", "'typo_name' is a parameter of no notebook"),
+        ("declares_probe:\n  x: 1\n  nme: 2\n", "'nme' is not a parameter of declares_probe"),
+    ]:
+        (tmp_path / "bad.yaml").write_text(text)
+        failed = _run("--params", str(tmp_path / "bad.yaml"), str(probe), str(plain))
+        assert failed.returncode == 2
+        assert failed.stderr.strip().splitlines() == [
+            f"motionqc.runner: {tmp_path / 'bad.yaml'}: {message}"
+        ]

@@ -304,31 +304,6 @@ def test_subject_split_keeps_each_subject_whole() -> None:
         subject_split([0, 1, 2, 0], ["a", "a", "b", "b"])
 
 
-@pytest.fixture(scope="module")
-def mrart(tmp_path_factory: pytest.TempPathFactory, sample: pd.DataFrame) -> Path:
-    """An MR-ART-shaped BIDS tree: 9 subjects x {standard, headmotion1, headmotion2}, real NIfTI."""
-    root = tmp_path_factory.mktemp("ds004173")
-    rng = np.random.default_rng(1)
-    image = preprocess(sample["path"].iloc[0], 4.0, (40, 48, 40), normalise=False)
-    data = image.data[0].numpy()
-    lines = ["bids_name\tscore"]
-    for i in range(9):
-        sub = f"{100 + i:06d}"
-        for j, acq in enumerate(["standard", "headmotion1", "headmotion2"]):
-            score = min(3, j + 1 + int(rng.integers(0, 2)) * (j > 0) * (i % 2))
-            noisy = data + rng.normal(0, score * 0.1 * data.std(), data.shape)
-            name = f"sub-{sub}_acq-{acq}_T1w"
-            write_nifti(
-                root / f"sub-{sub}" / "anat" / f"{name}.nii.gz",
-                noisy.astype(np.float32),
-                image.affine,
-            )
-            lines.append(f"{name}\t{score}")
-    (root / "derivatives").mkdir()
-    (root / "derivatives" / "scores.tsv").write_text("\n".join(lines) + "\n")
-    return root
-
-
 def test_train_qc_on_mrart_splits_by_subject(tmp_path: Path, mrart: Path) -> None:
     manifest = manifest_from_mrart(mrart)
     path = tmp_path / "mrart.tsv"

@@ -36,6 +36,7 @@ __all__ = [
     "read_paper_manifest",
     "role_split_table",
     "data_root",
+    "manifest_base",
     "resolve_paper_manifest",
     "main",
 ]
@@ -195,6 +196,20 @@ def data_root(root: str | Path | None = None) -> Path:
     if not folder.is_dir():
         raise ManifestError(f"data root {folder} is not a folder")
     return folder
+
+
+def manifest_base(root: str | Path | None = None) -> Path | None:
+    """Folder a manifest's relative paths resolve against, when one is named.
+
+    Args:
+        root: The folder; ``None`` reads :data:`DATA_ROOT_ENV` (``MOTIONQC_DATA_ROOT``).
+
+    Returns:
+        ``root``, else the variable's folder when it is set, else ``None``
+        (:func:`motionqc.data.load_manifest` then resolves against the manifest's own folder).
+    """
+    value = root if root not in (None, "") else os.environ.get(DATA_ROOT_ENV, "").strip()
+    return Path(value).expanduser() if value else None
 
 
 def resolve_paper_manifest(

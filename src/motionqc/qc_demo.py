@@ -1,14 +1,25 @@
 """A demo QC set with SIMULATED ratings, for the sample profile (the sample heads have no ratings).
 
-Each volume is a pseudo-subject (:func:`motionqc.pretrain.augment_heads`) never used in
-pretraining, corrupted by a mix of artefacts at random severities: k-space motion plus artefacts
-the motion encoder was never trained on (Gaussian noise, ghosting, bias field, blur, k-space
-spikes; torchio's deterministic transforms with seeded parameters). A per-volume latent
-"badness" makes artefacts co-occur, as in real bad scans. A *simulated rater* grades every volume
-from its visible degradation (relative RMS difference to the clean volume) times log-normal rater
-noise; the grade thresholds are the quantiles that give the poster's class imbalance
-(QC 1/2 : 3 : 4 ≈ 7 : 38 : 70). The labels are therefore synthetic — say so wherever they are
-shown — and the same notebooks run on real ratings (a manifest with ``qc_score``) under ``paper``.
+Each volume is a pseudo-subject (:func:`motionqc.pretrain.augment_heads`) corrupted by artefacts
+drawn **independently of one another** (:func:`corrupt`): k-space motion and artefacts the motion
+encoder was never trained on (Gaussian noise, ghosting, bias field, blur, k-space spikes;
+TorchIO's deterministic transforms with seeded parameters). Each artefact is present with its
+own probability (:data:`ARTEFACT_PROBABILITY`) at a severity drawn uniformly on its own range;
+no latent "badness" ties them together, so how much of a grade motion explains is a measured
+quantity, not a design choice.
+
+Artefacts are simulated and rated on a finer grid than the models see (``make_qc_set(grid=...)``),
+as a scan is acquired and rated at its own resolution and then resampled to the encoder's grid by
+the inference preprocessing (:func:`motionqc.data.preprocess`); at the 4 mm encoder grid k-space
+motion is mostly averaged away. The grade comes from **image-quality measures of each result
+against its clean source** (:func:`quality_measures`): the relative RMS error inside the head, the error in the background
+(ghosts, spikes, ringing), and the loss of edge sharpness (blur, motion smearing). Two simulated
+raters (:data:`RATERS`) weigh the measures differently, each with its own log-normal noise, so they
+disagree as real raters do. Each rater's grade cut-offs are the quantiles of its perceived
+degradation **on the training split only** that give the poster's class imbalance
+(QC 1/2 : 3 : 4 ≈ 7 : 38 : 70; :func:`grade_cutoffs`); validation and test volumes are graded with
+those cut-offs. The labels are synthetic — say so wherever they are shown — and the same
+notebooks run on real ratings (a manifest with ``qc_score``) under ``paper``.
 """
 
 from __future__ import annotations
@@ -20,26 +31,76 @@ import pandas as pd
 import torch
 import torchio as tio
 
-from motionqc.data import qc_class
+from motionqc.data import preprocess, qc_class
 from motionqc.motion import sample_motion, simulate_motion
 
-__all__ = ["ARTEFACTS", "POSTER_SHARES", "corrupt", "make_qc_set", "rate"]
+__all__ = [
+    "ARTEFACTS",
+    "ARTEFACT_PROBABILITY",
+    "ARTEFACT_RANGE",
+    "MEASURES",
+    "POSTER_SHARES",
+    "RATERS",
+    "corrupt",
+    "grade",
+    "grade_cutoffs",
+    "make_qc_set",
+    "perceive",
+    "quality_measures",
+]
 
 POSTER_SHARES: tuple[int, int, int] = (7, 38, 70)
 """The poster's training split per QC class (1/2, 3, 4)."""
 
 ARTEFACTS: tuple[str, ...] = ("motion", "noise", "ghosting", "bias", "blur", "spike")
 
+ARTEFACT_PROBABILITY: dict[str, float] = {
+    "motion": 0.6,
+    "noise": 0.3,
+    "ghosting": 0.2,
+    "bias": 0.3,
+    "blur": 0.25,
+    "spike": 0.1,
+}
+"""Probability that each artefact is present, drawn independently per volume."""
+
+ARTEFACT_RANGE: dict[str, tuple[str, float]] = {
+    "motion": ("motion_mm", 4.0),
+    "noise": ("noise_std", 0.05),
+    "ghosting": ("ghosting", 0.3),
+    "bias": ("bias", 0.4),
+    "blur": ("blur_mm", 1.5),
+    "spike": ("spike", 0.3),
+}
+"""Artefact → (severity column, upper end of its uniform severity range)."""
+
+MEASURES: tuple[str, ...] = ("nrmse", "background_error", "sharpness_loss")
+"""The image-quality measures of :func:`quality_measures`, in the order :data:`RATERS` weigh them."""
+
+RATERS: dict[str, dict[str, float]] = {
+    "rater1": {"nrmse": 1.0, "background_error": 4.0, "sharpness_loss": 1.0, "noise": 0.25},
+    "rater2": {"nrmse": 0.5, "background_error": 8.0, "sharpness_loss": 2.0, "noise": 0.35},
+}
+"""Each simulated rater's weight per measure and the standard deviation of its log-normal noise:
+rater 1 looks mostly at the overall error, rater 2 more at ghosts and blur."""
+
 
 def corrupt(
-    image: tio.ScalarImage, seed: int, badness: float
+    image: tio.ScalarImage,
+    seed: int,
+    probability: Mapping[str, float] = ARTEFACT_PROBABILITY,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Corrupt a head with a seeded mix of artefacts whose strength scales with ``badness``.
+    """Corrupt a head with artefacts drawn independently of one another.
+
+    Each artefact of :data:`ARTEFACTS` is present with its own ``probability``; a present one gets
+    a severity drawn uniformly between 5 % and 100 % of its :data:`ARTEFACT_RANGE` (motion: a target score
+    in mm, reached by :func:`motionqc.motion.sample_motion`). They are applied in acquisition
+    order: motion, blur, bias field, ghosting, spikes, noise.
 
     Args:
         image: Preprocessed head (one channel, intensities ÷ mean).
         seed: Seed of every draw.
-        badness: Latent severity in [0, 1].
+        probability: Artefact → probability of being present.
 
     Returns:
         ``(volume (X, Y, Z) float32, severities)``: ``motion_mm`` (the motion score), and the
@@ -47,117 +108,213 @@ def corrupt(
     """
     rng = np.random.default_rng(seed)
     data = image.data[0].float()
-    sev: dict[str, float] = dict.fromkeys(
-        ("motion_mm", "noise_std", "ghosting", "bias", "blur_mm", "spike"), 0.0
-    )
-    present = {a: rng.uniform() < 0.25 + 0.7 * badness for a in ARTEFACTS}
-    scale = lambda hi: float(hi * badness * rng.uniform(0.3, 1.0))  # noqa: E731
+    sev: dict[str, float] = {column: 0.0 for column, _ in ARTEFACT_RANGE.values()}
+    # Every draw is made for every artefact, present or not, so one artefact's presence never
+    # shifts another's random stream.
+    present = {a: bool(rng.uniform() < probability[a]) for a in ARTEFACTS}
+    level = {a: float(rng.uniform(0.05, 1.0)) * ARTEFACT_RANGE[a][1] for a in ARTEFACTS}
+    motion_seed, ghost_n, ghost_axis, noise_seed = (int(v) for v in rng.integers(2**31, size=4))
+    bias_coefficients = rng.uniform(-1, 1, 10)
+    spike_positions = rng.uniform(-0.4, 0.4, (int(rng.integers(1, 3)), 3))
     if present["motion"]:
-        target = scale(3.0)
-        if target > 0.02:
-            p = sample_motion(
-                target, int(rng.integers(2**31)), affine=image.affine, shape=data.shape
-            )
-            data = simulate_motion(data, p["degrees"], p["translation"], p["times"], image.affine)
-            sev["motion_mm"] = float(p["score"])
+        p = sample_motion(level["motion"], motion_seed, affine=image.affine, shape=data.shape)
+        data = simulate_motion(data, p["degrees"], p["translation"], p["times"], image.affine)
+        sev["motion_mm"] = float(p["score"])
     img = tio.ScalarImage(tensor=data[None], affine=image.affine)
     if present["blur"]:
-        sev["blur_mm"] = scale(4.0)
+        sev["blur_mm"] = level["blur"]
         img = tio.Blur(std=(sev["blur_mm"],) * 3)(img)
     if present["bias"]:
-        sev["bias"] = scale(0.6)
-        coeffs = (rng.uniform(-1, 1, 10) * sev["bias"]).tolist()
-        img = tio.BiasField(coefficients=coeffs, order=2)(img)
+        sev["bias"] = level["bias"]
+        img = tio.BiasField(coefficients=(bias_coefficients * sev["bias"]).tolist(), order=2)(img)
     if present["ghosting"]:
-        sev["ghosting"] = scale(0.8)
+        sev["ghosting"] = level["ghosting"]
         img = tio.Ghosting(
-            num_ghosts=int(rng.integers(2, 8)),
-            axis=int(rng.integers(3)),
-            intensity=sev["ghosting"],
-            restore=0.02,
+            num_ghosts=2 + ghost_n % 6, axis=ghost_axis % 3, intensity=sev["ghosting"], restore=0.02
         )(img)
     if present["spike"]:
-        sev["spike"] = scale(1.5)
-        pos = rng.uniform(-0.4, 0.4, (int(rng.integers(1, 3)), 3))
-        img = tio.Spike(spikes_positions=pos, intensity=sev["spike"])(img)
+        sev["spike"] = level["spike"]
+        img = tio.Spike(spikes_positions=spike_positions, intensity=sev["spike"])(img)
     if present["noise"]:
-        sev["noise_std"] = scale(0.25)
-        img = tio.Noise(mean=0.0, std=sev["noise_std"], seed=int(rng.integers(2**31)))(img)
+        sev["noise_std"] = level["noise"]
+        img = tio.Noise(mean=0.0, std=sev["noise_std"], seed=noise_seed)(img)
     return img.data[0].float(), sev
 
 
-def rate(
-    degradation: np.ndarray,
-    seed: int,
-    shares: Sequence[float] = POSTER_SHARES,
-    rater_noise: float = 0.25,
-) -> np.ndarray:
-    """Simulated rater: QC scores 1–4 from degradation × log-normal noise, at the given shares.
+def _gradient_magnitude(v: torch.Tensor) -> torch.Tensor:
+    gx, gy, gz = torch.gradient(v.double())
+    return (gx**2 + gy**2 + gz**2).sqrt()
+
+
+def quality_measures(
+    volume: torch.Tensor,
+    clean: torch.Tensor,
+    head: torch.Tensor,
+    smooth_vox: float = 4.0,
+) -> dict[str, float]:
+    """Full-reference image-quality measures of a corrupted volume against its clean source.
+
+    * ``nrmse``: RMS of the *detail* of ``volume - clean`` inside the head (the difference minus
+      its Gaussian-smoothed self, σ = ``smooth_vox`` voxels) over the RMS of ``clean`` there: a
+      smooth intensity inhomogeneity, which raters discount (and bias correction removes),
+      barely counts, while ringing, ghosts, noise and smearing do;
+    * ``background_error``: mean ``|volume - clean|`` outside the head over the mean of ``clean``
+      inside it (ghosts, spikes and ringing land in the background);
+    * ``sharpness_loss``: ``max(0, 1 - G(volume) / G(clean))``, ``G`` the mean gradient magnitude
+      inside the head (blur and motion smear edges; noise adds gradient, so it is no loss).
 
     Args:
-        degradation: Visible degradation per volume (≥ 0).
-        seed: Seed of the rater's noise.
-        shares: Relative sizes of QC 1/2, 3 and 4 (QC 1 is the worse half of QC 1/2).
-        rater_noise: Standard deviation of the log-normal noise.
+        volume: The corrupted volume ``(X, Y, Z)``.
+        clean: Its clean source, same shape.
+        head: Boolean head mask, same shape (needs voxels inside and outside).
+        smooth_vox: Scale (voxels) below which a difference counts as detail in ``nrmse``.
 
     Returns:
-        Integer QC scores (4 = best).
+        Measure name → value (all 0 for ``volume == clean``).
+
+    Raises:
+        ValueError: If the shapes differ or the mask is empty or full.
     """
-    d = np.asarray(degradation, dtype=float)
-    perceived = d * np.exp(np.random.default_rng(seed).normal(0.0, rater_noise, d.shape))
+    if volume.shape != clean.shape or head.shape != clean.shape:
+        raise ValueError(
+            f"shapes differ: {tuple(volume.shape)}, {tuple(clean.shape)}, {tuple(head.shape)}"
+        )
+    head = head.bool()
+    if not head.any() or head.all():
+        raise ValueError("the head mask must have voxels inside and outside the head")
+    from motionqc.recipe import gaussian_blur
+
+    v, c = volume.double(), clean.double()
+    diff = v - c
+    detail = diff - gaussian_blur(diff.float(), smooth_vox).double()
+    nrmse = detail[head].pow(2).mean().sqrt() / c[head].pow(2).mean().sqrt()
+    background = diff[~head].abs().mean() / c[head].mean()
+    sharp = _gradient_magnitude(v)[head].mean() / _gradient_magnitude(c)[head].mean()
+    return {
+        "nrmse": float(nrmse),
+        "background_error": float(background),
+        "sharpness_loss": float(max(0.0, 1.0 - float(sharp))),
+    }
+
+
+def perceive(measures: pd.DataFrame, rater: Mapping[str, float], z: np.ndarray) -> np.ndarray:
+    """A rater's perceived degradation: its weighted sum of the measures × log-normal noise.
+
+    Args:
+        measures: One row per volume with the :data:`MEASURES` columns.
+        rater: Weight per measure and ``noise`` (standard deviation of the log-normal noise).
+        z: One standard-normal draw per volume (the rater's mood on that volume).
+
+    Returns:
+        Perceived degradation per volume (≥ 0).
+    """
+    weighted = sum(rater[m] * measures[m].to_numpy(dtype=float) for m in MEASURES)
+    return np.asarray(weighted, dtype=float) * np.exp(rater["noise"] * np.asarray(z, dtype=float))
+
+
+def grade_cutoffs(
+    perceived: np.ndarray, shares: Sequence[float] = POSTER_SHARES
+) -> tuple[float, float, float]:
+    """The perceived-degradation cut-offs of QC 4 | 3 | 2 | 1 that give ``shares`` on ``perceived``.
+
+    Compute them on the training split only and grade every split with them (:func:`grade`).
+
+    Args:
+        perceived: Perceived degradation of the training volumes.
+        shares: Relative sizes of QC 1/2, 3 and 4 (QC 1 is the worse half of QC 1/2).
+
+    Returns:
+        ``(cut_4, cut_3, cut_2)``: at most ``cut_4`` is QC 4, at most ``cut_3`` QC 3, ...
+
+    Raises:
+        ValueError: If ``perceived`` is empty.
+    """
+    perceived = np.asarray(perceived, dtype=float)
+    if perceived.size == 0:
+        raise ValueError("no training volume to fix the grade cut-offs on")
     s = np.asarray(shares, dtype=float) / float(np.sum(shares))
-    # Best scores for the least perceived degradation.
-    cut_4, cut_3, cut_2 = np.quantile(perceived, [s[2], s[2] + s[1], s[2] + s[1] + s[0] / 2])
-    return np.select(
-        [perceived <= cut_4, perceived <= cut_3, perceived <= cut_2], [4, 3, 2], default=1
-    ).astype(int)
+    cuts = np.quantile(perceived, [s[2], s[2] + s[1], s[2] + s[1] + s[0] / 2])
+    return float(cuts[0]), float(cuts[1]), float(cuts[2])
+
+
+def grade(perceived: np.ndarray, cutoffs: Sequence[float]) -> np.ndarray:
+    """QC scores 1–4 (4 = best) from perceived degradation and :func:`grade_cutoffs`."""
+    p = np.asarray(perceived, dtype=float)
+    cut_4, cut_3, cut_2 = cutoffs
+    return np.select([p <= cut_4, p <= cut_3, p <= cut_2], [4, 3, 2], default=1).astype(int)
 
 
 def make_qc_set(
     heads: Mapping[str, tio.ScalarImage],
-    per_head: int,
+    per_head: int | Mapping[str, int],
     splits: Mapping[str, str],
     seed: int = 0,
     *,
     shares: Sequence[float] = POSTER_SHARES,
-    rater_noise: float = 0.25,
+    raters: Mapping[str, Mapping[str, float]] = RATERS,
+    head_of: Mapping[str, str] | None = None,
+    grid: tuple[float, Sequence[int]] | None = None,
 ) -> tuple[torch.Tensor, pd.DataFrame]:
-    """Build the demo QC set: corrupted pseudo-subjects with simulated ratings.
+    """Build the demo QC set: corrupted pseudo-subjects graded by simulated raters.
 
     Args:
         heads: Pseudo-subject id → preprocessed image (never used in pretraining).
-        per_head: Corrupted volumes drawn per pseudo-subject.
+        per_head: Corrupted volumes per pseudo-subject (one number, or one per pseudo-subject).
         splits: Pseudo-subject id → ``train`` / ``val`` / ``test`` (all its volumes follow it).
-        seed: Base seed (corruptions and rater).
-        shares: Class shares for the rater (the poster's 7 : 38 : 70).
-        rater_noise: Log-normal rater noise.
+        seed: Base seed (each volume's corruption and raters' noise derive from it, the head's
+            index and the volume's index).
+        shares: Class shares on the training split (the poster's 7 : 38 : 70).
+        raters: Rater name → :func:`perceive` settings; the first rater's grade is ``qc_score``,
+            each rater's grade is in ``qc_score_<rater>``.
+        head_of: Pseudo-subject id → real head (the ``head`` column); ``None``: the id itself.
+        grid: ``(spacing_mm, shape)`` of the returned volumes (the encoder's grid): each corrupted
+            volume is simulated and measured on the heads' grid, then preprocessed to this one
+            (:func:`motionqc.data.preprocess`); ``None``: the heads' grid.
 
     Returns:
-        ``(images (N, 1, X, Y, Z) float32, table)``; the table has ``volume_id, source, split,
-        badness, degradation, qc_score, qc_class`` and one column per artefact severity.
+        ``(images (N, 1, X, Y, Z) float32, table)``; the table has ``volume_id, source, head,
+        split``, one column per artefact severity, the :data:`MEASURES`, ``perceived_<rater>``
+        and ``qc_score_<rater>`` per rater, ``qc_score`` and ``qc_class``.
+
+    Raises:
+        ValueError: If no pseudo-subject is in the training split.
     """
     rows, images = [], []
     for h_idx, (sid, image) in enumerate(heads.items()):
         clean = image.data[0].float()
+        spacing = float(np.mean(image.spacing))
         inside = clean > 0.1 * float(clean.mean())
-        for k in range(per_head):
-            vseed = int(np.random.SeedSequence([int(seed), h_idx, k]).generate_state(1)[0])
-            badness = float(np.random.default_rng(vseed + 1).beta(1.2, 2.5))
-            vol, sev = corrupt(image, vseed, badness)
-            diff = (vol - clean)[inside]
-            degradation = float(diff.pow(2).mean().sqrt() / clean[inside].pow(2).mean().sqrt())
+        n = per_head if isinstance(per_head, int) else per_head[sid]
+        for k in range(n):
+            vseed, rseed = np.random.SeedSequence([int(seed), h_idx, k]).generate_state(2)
+            vol, sev = corrupt(image, int(vseed))
+            # each rater's noise on this volume, drawn from the volume's own seed: a grade never
+            # depends on which other volumes are in the set
+            moods = np.random.default_rng(int(rseed)).standard_normal(len(raters))
+            measures = quality_measures(vol, clean, inside, smooth_vox=8.0 / spacing)
+            if grid is not None:
+                moved = tio.ScalarImage(tensor=vol[None], affine=image.affine)
+                vol = preprocess(moved, grid[0], grid[1]).data[0].float()
             images.append(vol[None])
             rows.append(
                 {
                     "volume_id": f"{sid}_qc{k:02d}",
                     "source": sid,
+                    "head": head_of[sid] if head_of is not None else sid,
                     "split": splits[sid],
-                    "badness": badness,
-                    "degradation": degradation,
                     **sev,
+                    **measures,
+                    **{f"_z_{name}": float(m) for name, m in zip(raters, moods, strict=True)},
                 }
             )
     table = pd.DataFrame(rows)
-    table["qc_score"] = rate(table["degradation"].to_numpy(), seed + 7, shares, rater_noise)
+    train = (table["split"] == "train").to_numpy()
+    if not train.any():
+        raise ValueError("make_qc_set: no pseudo-subject in the training split")
+    for name, rater in raters.items():
+        perceived = perceive(table, rater, table.pop(f"_z_{name}").to_numpy())
+        table[f"perceived_{name}"] = perceived
+        table[f"qc_score_{name}"] = grade(perceived, grade_cutoffs(perceived[train], shares))
+    table["qc_score"] = table[f"qc_score_{next(iter(raters))}"]
     table["qc_class"] = [qc_class(s) for s in table["qc_score"]]
     return torch.stack(images), table

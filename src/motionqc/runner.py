@@ -10,13 +10,14 @@ Kernels start with glibc malloc settings that keep freed memory for reuse
 then stops faulting its activations in again every time.
 
 ``--params FILE`` reads papermill parameters from a YAML file (``make reproduce PARAMS=FILE``):
-top-level names go to every notebook, a mapping under a notebook's stem (``03_pretraining:``)
-to that notebook only, and a mapping under ``environment:`` sets variables for the kernels (an
+top-level names go to every notebook whose ``parameters`` cell assigns them, a mapping under a
+notebook's stem (``03_pretraining:``) to that notebook only, and a mapping under ``environment:`` sets variables for the kernels (an
 already set variable wins; the folders ``MOTIONQC_FIGURES``, ``MOTIONQC_CHECKPOINTS``,
 ``MOTIONQC_DATA`` and ``MOTIONQC_DATA_ROOT`` are resolved against the runner's working
 directory, since kernels run in ``notebooks/``). ``$VAR`` and ``${VAR}`` in string values are
 expanded from the environment, so one file can name ``${MOTIONQC_DATA_ROOT}/manifest.tsv``; a
-value still holding a ``$`` afterwards (a variable that is not set) is refused with one line.
+value still holding a ``$`` afterwards (a variable that is not set) is refused with one line, and
+so is a name no notebook's ``parameters`` cell assigns (a typo would otherwise change nothing).
 ``-p NAME VALUE`` overrides both.
 
 ``--inplace`` executes notebooks into their own files. ``--publish`` copies the executed
@@ -28,6 +29,7 @@ are in ``figures/``.
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import resource
 import sys
@@ -39,7 +41,7 @@ import pandas as pd
 from motionqc import allocator, paths
 from motionqc.profiles import get_profile
 
-__all__ = ["run_notebook", "read_params", "main"]
+__all__ = ["run_notebook", "read_params", "notebook_parameters", "main"]
 
 
 _PATH_VARIABLES = {
@@ -64,6 +66,39 @@ def _expand(value: object, source: Path) -> object:
     return value
 
 
+def notebook_parameters(notebook: str | Path) -> set[str]:
+    """The names a notebook's ``parameters``-tagged cell assigns (empty without such a cell).
+
+    Args:
+        notebook: The ``.ipynb``.
+
+    Returns:
+        The assigned names.
+
+    Raises:
+        ValueError: If the parameters cell is not valid Python (one line naming the notebook).
+    """
+    import nbformat
+
+    names: set[str] = set()
+    for cell in nbformat.read(notebook, as_version=4).cells:
+        if cell.cell_type != "code" or "parameters" not in cell.metadata.get("tags", []):
+            continue
+        try:
+            tree = ast.parse(cell.source)
+        except SyntaxError as exc:
+            raise ValueError(f"{notebook}: parameters cell does not parse ({exc.msg})") from exc
+        for node in tree.body:
+            targets = (
+                node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+            )
+            for target in targets:
+                for leaf in ast.walk(target) if target is not None else []:
+                    if isinstance(leaf, ast.Name):
+                        names.add(leaf.id)
+    return names
+
+
 def read_params(
     path: str | Path, notebooks: list[Path]
 ) -> tuple[dict[str, object], dict[str, dict[str, object]], dict[str, str]]:
@@ -75,12 +110,14 @@ def read_params(
             in their folders, name per-notebook sections).
 
     Returns:
-        ``(common, per_notebook, environment)``: the parameters for every notebook, those per
-        notebook stem, and the kernels' environment variables.
+        ``(common, per_notebook, environment)``: the parameters for every notebook (each
+        notebook receives those its parameters cell assigns), those per notebook stem, and the
+        kernels' environment variables.
 
     Raises:
-        ValueError: If the file is not a YAML mapping, a section is not a mapping, or a
-            ``$VAR`` is not set (one line naming the file).
+        ValueError: If the file is not a YAML mapping, a section is not a mapping, a name is
+            assigned by no notebook's parameters cell (by the section's notebook, for a
+            section), or a ``$VAR`` is not set (one line naming the file).
     """
     import yaml
 
@@ -92,8 +129,10 @@ def read_params(
     if not isinstance(data, dict):
         raise ValueError(f"{path}: parameters must be a YAML mapping of names to values")
     # a section may name any notebook beside those that run (it is then left out)
-    stems = {nb.stem for nb in notebooks}
-    stems |= {f.stem for folder in {nb.parent for nb in notebooks} for f in folder.glob("*.ipynb")}
+    files = {nb.stem: nb for nb in notebooks}
+    for folder in {nb.parent for nb in notebooks}:
+        files |= {f.stem: f for f in folder.glob("*.ipynb") if f.stem not in files}
+    stems = set(files)
     environment = data.pop("environment", {}) or {}
     sections = {k: data.pop(k) for k in list(data) if k in stems}
     bad = [k for k in data if not str(k).isidentifier()]
@@ -102,6 +141,15 @@ def read_params(
     for name, section in [("environment", environment), *sections.items()]:
         if not isinstance(section, dict):
             raise ValueError(f"{path}: {name!r} must be a mapping")
+    declared = {stem: notebook_parameters(f) for stem, f in files.items()}
+    for stem, section in sections.items():
+        unknown = sorted(set(map(str, section)) - declared[stem])
+        if unknown:
+            raise ValueError(f"{path}: {unknown[0]!r} is not a parameter of {stem}")
+    anywhere = set().union(*declared.values())
+    unknown = sorted(set(map(str, data)) - anywhere)
+    if unknown:
+        raise ValueError(f"{path}: {unknown[0]!r} is a parameter of no notebook")
     env = {str(k): str(_expand(v, path)) for k, v in environment.items()}
     for name in _PATH_VARIABLES & set(env):
         env[name] = str(Path(env[name]).expanduser().resolve())
@@ -216,12 +264,14 @@ def main(argv: list[str] | None = None) -> int:
         for name, value in env.items():
             os.environ.setdefault(name, value)
     given = {name: yaml.safe_load(value) for name, value in args.parameter}
+    declared = {nb: notebook_parameters(nb) for nb in args.notebooks} if common else {}
     records = []
     total = time.perf_counter()
     for nb in args.notebooks:
         start = time.perf_counter()
         print(f"[motionqc] running {nb.name} (profile {profile.name})", flush=True)
-        params = common | per.get(nb.stem, {}) | given
+        mine = {k: v for k, v in common.items() if k in declared[nb]}
+        params = mine | per.get(nb.stem, {}) | given
         out = run_notebook(nb, output=nb if args.inplace else None, parameters=params)
         seconds = time.perf_counter() - start
         records.append(

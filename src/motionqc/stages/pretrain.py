@@ -100,8 +100,9 @@ def manifest_heads(
     :data:`POOL_ROLE`, as the authors chose them; without one, the rows rated ``best_score``.
     A complete ``split`` column (train/val/test) is used as given — refused if a subject spans
     two splits — otherwise a seeded split by subject is drawn
-    (:func:`motionqc.transfer.subject_split`). Relative paths resolve against ``data_root``
-    (``None``: ``MOTIONQC_DATA_ROOT`` when set, else the manifest's folder); a missing
+    (:func:`motionqc.transfer.split_by_subject`). Relative paths resolve against
+    :func:`motionqc.authors.manifest_base` (``data_root``, else ``MOTIONQC_DATA_ROOT`` when
+    set, else the manifest's folder); a missing
     file is left out and listed in ``errors``.
 
     Args:
@@ -118,13 +119,13 @@ def manifest_heads(
         motionqc.data.ManifestError: If the manifest is malformed.
         ValueError: If a given split mixes subjects, or a split has no volume.
     """
-    import os
-
+    from motionqc.authors import manifest_base
     from motionqc.data import load_manifest
-    from motionqc.transfer import check_subject_split, subject_split
+    from motionqc.transfer import split_by_subject
 
-    root = data_root or (os.environ.get("MOTIONQC_DATA_ROOT", "").strip() or None)
-    table = load_manifest(manifest, base_dir=root, check_files=True, on_error="skip")
+    table = load_manifest(
+        manifest, base_dir=manifest_base(data_root), check_files=True, on_error="skip"
+    )
     errors = dict(table.attrs.get("errors", {}))
     if "role" in table.columns:
         table = table[table["role"] == POOL_ROLE]
@@ -133,13 +134,9 @@ def manifest_heads(
     table = table.reset_index(drop=True)
     if table.empty:
         raise ValueError(f"{manifest}: no volume of the synthetic pool")
-    if "split" in table.columns and table["split"].isin(["train", "val", "test"]).all():
-        split = table["split"].to_numpy(dtype=object)
-        check_subject_split(table, split, manifest)
-    else:
-        split = subject_split(
-            np.zeros(len(table), dtype=int), table["subject"].to_numpy(), fractions, seed
-        )
+    split = split_by_subject(
+        table, np.zeros(len(table), dtype=int), manifest, fractions=fractions, seed=seed
+    )
     out = pd.DataFrame(
         {
             "volume_id": table["volume_id"].astype(str),

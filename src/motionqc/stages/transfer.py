@@ -8,7 +8,6 @@ the encoder, its QC class, and a split **by subject**.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -16,8 +15,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from motionqc.authors import manifest_base
 from motionqc.data import load_manifest, qc_class
-from motionqc.transfer import check_subject_split, preprocess_rows, subject_split
+from motionqc.transfer import preprocess_rows, split_by_subject
 
 __all__ = ["TRANSFER_ROLES", "manifest_qc_set"]
 
@@ -29,6 +29,7 @@ def manifest_qc_set(
     manifest: str | Path,
     meta: Mapping[str, object],
     *,
+    data_root: str | Path | None = None,
     seed: int = 0,
     fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
     drop_shared_subjects: bool = False,
@@ -41,13 +42,15 @@ def manifest_qc_set(
     ``drop_shared_subjects``, such a subject keeps only its volumes of the first of train, val,
     test it appears in (the others are listed in the errors: the authors' split is by volume, and
     some of its subjects have a later session in the added test set) — otherwise a split by subject
-    is drawn (:func:`motionqc.transfer.subject_split`). Paths resolve against
-    ``MOTIONQC_DATA_ROOT`` when it is set (the authors' manifests), else the manifest's folder.
+    is drawn (:func:`motionqc.transfer.split_by_subject`). Relative paths resolve against
+    :func:`motionqc.authors.manifest_base` (``data_root``, else ``MOTIONQC_DATA_ROOT`` when it is
+    set, else the manifest's folder).
     A file that cannot be used is listed in the returned errors and left out.
 
     Args:
         manifest: The manifest TSV.
         meta: The encoder's metadata (``spacing_mm``, ``shape``).
+        data_root: Folder the relative paths resolve against.
         seed: Seed of the drawn split.
         fractions: Train, validation and test shares of a drawn split.
         drop_shared_subjects: Drop a shared subject's later-split volumes instead of refusing.
@@ -60,8 +63,7 @@ def manifest_qc_set(
         motionqc.data.ManifestError: If the manifest is malformed.
         ValueError: If fewer than 10 rated volumes remain, or a given split mixes subjects.
     """
-    root = os.environ.get("MOTIONQC_DATA_ROOT", "").strip() or None
-    table = load_manifest(manifest, base_dir=root, check_files=False)
+    table = load_manifest(manifest, base_dir=manifest_base(data_root), check_files=False)
     table = table[table["qc_score"].notna()]
     if "role" in table.columns:
         table = table[table["role"].isin(TRANSFER_ROLES)]
@@ -86,12 +88,7 @@ def manifest_qc_set(
     if len(table) < 10:
         raise ValueError(f"{manifest}: {len(table)} usable rated volumes; at least 10 are needed")
     y = np.array([qc_class(s) for s in table["qc_score"]])
-    given = "split" in table.columns and table["split"].isin(["train", "val", "test"]).all()
-    if given:
-        split = table["split"].to_numpy(dtype=object)
-        check_subject_split(table, split, manifest)
-    else:
-        split = subject_split(y, table["subject"].to_numpy(), fractions=fractions, seed=seed)
+    split = split_by_subject(table, y, manifest, fractions=fractions, seed=seed)
     out = pd.DataFrame(
         {
             "volume_id": table["volume_id"].astype(str),
