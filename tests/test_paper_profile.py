@@ -33,6 +33,25 @@ NOTEBOOKS = [
 ]
 
 
+def _module(module: str, *args: str, env: dict[str, str]) -> None:
+    """Run ``python -m module args`` in the repository; fail with the end of its output."""
+    done = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env=env,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def _notebooks(params: Path, names: list[str], env: dict[str, str]) -> None:
+    """Run notebooks under the smoke profile with a parameters file, as ``make reproduce PARAMS=``."""
+    paths = [str(ROOT / "notebooks" / f"{n}.ipynb") for n in names]
+    _module("motionqc.runner", "--profile", "smoke", "--params", str(params), *paths, env=env)
+
+
 def _printed(nb: Path) -> str:
     cells = nbformat.read(nb, as_version=4).cells
     return "".join(o.get("text", "") for c in cells if c.cell_type == "code" for o in c.outputs)
@@ -56,16 +75,7 @@ def standin_run(tmp_path_factory) -> dict[str, Path]:
     env = {**os.environ, "MOTIONQC_DATA_ROOT": str(data)}
     env.pop("MOTIONQC_FIGURES", None)
     env.pop("MOTIONQC_CHECKPOINTS", None)
-    done = subprocess.run(
-        [sys.executable, "-m", "motionqc.runner", "--profile", "smoke", "--params", str(params)]
-        + [str(ROOT / "notebooks" / f"{n}.ipynb") for n in NOTEBOOKS],
-        capture_output=True,
-        text=True,
-        timeout=1200,
-        env=env,
-        cwd=ROOT,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    _notebooks(params, NOTEBOOKS, env)
     return {"data": data, "figures": base / "figures", "checkpoints": base / "checkpoints"}
 
 
@@ -122,16 +132,8 @@ def test_an_mrart_manifest_goes_through_train_qc_and_notebooks_04_05(
     manifest.to_csv(tsv, sep="\t", index=False)
     encoder = standin_run["checkpoints"] / "smoke" / "encoder.pt"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MOTIONQC_")}
-    trained = subprocess.run(
-        [sys.executable, "-m", "motionqc.cli", "train-qc", "--manifest", str(tsv)]
-        + ["--checkpoint", str(encoder), str(tmp_path / "qc"), "--seeds", "1"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-        cwd=ROOT,
-    )
-    assert trained.returncode == 0, trained.stdout[-2000:] + trained.stderr[-2000:]
+    qc_args = ["--manifest", str(tsv), "--checkpoint", str(encoder), str(tmp_path / "qc")]
+    _module("motionqc.cli", "train-qc", *qc_args, "--seeds", "1", env=env)
     splits = pd.read_csv(tmp_path / "qc" / "splits.tsv", sep="\t")
     assert sorted(splits["volume_id"]) == sorted(manifest["volume_id"])
     assert (splits.groupby("subject")["split"].nunique() == 1).all()
@@ -146,16 +148,7 @@ def test_an_mrart_manifest_goes_through_train_qc_and_notebooks_04_05(
         f"  MOTIONQC_CHECKPOINTS: {tmp_path / 'checkpoints'}\n"
         f"manifest: {tsv}\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "motionqc.runner", "--profile", "smoke", "--params", str(params)]
-        + [str(ROOT / "notebooks" / f"{n}.ipynb") for n in NOTEBOOKS[2:4]],
-        capture_output=True,
-        text=True,
-        timeout=1200,
-        env=env,
-        cwd=ROOT,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    _notebooks(params, NOTEBOOKS[2:4], env)
     qc = pd.read_csv(tmp_path / "figures" / "tables" / "04_qc_demo_set.csv")
     rated = manifest.set_index("volume_id")
     assert sorted(qc["volume_id"]) == sorted(manifest["volume_id"])
