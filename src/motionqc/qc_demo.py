@@ -12,8 +12,9 @@ Artefacts are simulated and rated on a finer grid than the models see (``make_qc
 as a scan is acquired and rated at its own resolution and then resampled to the encoder's grid by
 the inference preprocessing (:func:`motionqc.data.preprocess`); at the 4 mm encoder grid k-space
 motion is mostly averaged away. The grade comes from **image-quality measures of each result
-against its clean source** (:func:`quality_measures`): the relative RMS error inside the head, the error in the background
-(ghosts, spikes, ringing), and the loss of edge sharpness (blur, motion smearing). Two simulated
+against its clean source** (:func:`quality_measures`): the relative RMS of the difference's
+detail inside the head (smooth inhomogeneity discounted), the error in the background (ghosts,
+spikes, ringing), and the loss of edge sharpness (blur, motion smearing). Two simulated
 raters (:data:`RATERS`) weigh the measures differently, each with its own log-normal noise, so they
 disagree as real raters do. Each rater's grade cut-offs are the quantiles of its perceived
 degradation **on the training split only** that give the poster's class imbalance
@@ -81,8 +82,9 @@ RATERS: dict[str, dict[str, float]] = {
     "rater1": {"nrmse": 1.0, "background_error": 4.0, "sharpness_loss": 1.0, "noise": 0.25},
     "rater2": {"nrmse": 0.5, "background_error": 8.0, "sharpness_loss": 2.0, "noise": 0.35},
 }
-"""Each simulated rater's weight per measure and the standard deviation of its log-normal noise:
-rater 1 looks mostly at the overall error, rater 2 more at ghosts and blur."""
+"""Each simulated rater's weight per measure and the standard deviation of its log-normal noise.
+Relative to the error inside the head, rater 2 weighs the background error (ghosts, spikes) and the
+lost sharpness four times as much as rater 1 does, and is noisier."""
 
 
 def corrupt(
