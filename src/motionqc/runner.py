@@ -110,9 +110,9 @@ def read_params(
             in their folders, name per-notebook sections).
 
     Returns:
-        ``(common, per_notebook, environment)``: the parameters for every notebook (each
-        notebook receives those its parameters cell assigns), those per notebook stem, and the
-        kernels' environment variables.
+        ``(common, per_notebook, environment)``: the top-level parameters; per stem of each
+        notebook that runs, what it receives (the top-level names its parameters cell assigns,
+        then its own section); and the kernels' environment variables.
 
     Raises:
         ValueError: If the file is not a YAML mapping, a section is not a mapping, a name is
@@ -154,7 +154,12 @@ def read_params(
     for name in _PATH_VARIABLES & set(env):
         env[name] = str(Path(env[name]).expanduser().resolve())
     common = _expand(data, path)
-    per = {k: _expand(v, path) for k, v in sections.items()}
+    sections = {k: _expand(v, path) for k, v in sections.items()}
+    per = {
+        nb.stem: {k: v for k, v in common.items() if k in declared[nb.stem]}
+        | sections.get(nb.stem, {})
+        for nb in notebooks
+    }
     return common, per, env  # type: ignore[return-value]
 
 
@@ -253,25 +258,22 @@ def main(argv: list[str] | None = None) -> int:
     profile = get_profile()
     import yaml
 
-    common: dict[str, object] = {}
     per: dict[str, dict[str, object]] = {}
     if args.params is not None:
         try:
-            common, per, env = read_params(args.params, args.notebooks)
+            _, per, env = read_params(args.params, args.notebooks)
         except ValueError as exc:
             print(f"motionqc.runner: {exc}", file=sys.stderr)
             return 2
         for name, value in env.items():
             os.environ.setdefault(name, value)
     given = {name: yaml.safe_load(value) for name, value in args.parameter}
-    declared = {nb: notebook_parameters(nb) for nb in args.notebooks} if common else {}
     records = []
     total = time.perf_counter()
     for nb in args.notebooks:
         start = time.perf_counter()
         print(f"[motionqc] running {nb.name} (profile {profile.name})", flush=True)
-        mine = {k: v for k, v in common.items() if k in declared[nb]}
-        params = mine | per.get(nb.stem, {}) | given
+        params = per.get(nb.stem, {}) | given
         out = run_notebook(nb, output=nb if args.inplace else None, parameters=params)
         seconds = time.perf_counter() - start
         records.append(
