@@ -141,8 +141,8 @@ def test_artefacts_are_drawn_independently(real_heads):
 def test_demo_qc_set_fixes_its_cut_offs_on_the_training_split(real_heads, sample):
     heads = augment_heads(real_heads, 3, seed=5, keep_original=False)
     splits = {s: ("test" if s.endswith("~2") else "train") for s in heads}
-    images, table = make_qc_set(heads, 8, splits, seed=0, head_of={s: head_of(s) for s in heads})
-    images2, table2 = make_qc_set(heads, 8, splits, seed=0, head_of={s: head_of(s) for s in heads})
+    images, table = make_qc_set(heads, 8, splits, seed=0)
+    images2, table2 = make_qc_set(heads, 8, splits, seed=0)
     assert torch.equal(images, images2)
     pd.testing.assert_frame_equal(table, table2)
     assert images.shape == (len(heads) * 8, 1, *SHAPE)
@@ -152,7 +152,7 @@ def test_demo_qc_set_fixes_its_cut_offs_on_the_training_split(real_heads, sample
     # The test split's volumes do not move the training split's cut-offs: degrading every test
     # volume further changes no training grade (quantiles over the whole set would).
     worse = {s: 50 if splits[s] == "test" else 8 for s in heads}
-    _, more = make_qc_set(heads, worse, splits, seed=0, head_of={s: head_of(s) for s in heads})
+    _, more = make_qc_set(heads, worse, splits, seed=0)
     train = table["split"] == "train"
     pd.testing.assert_series_equal(
         more.loc[more["split"] == "train", "qc_score"].reset_index(drop=True),

@@ -34,6 +34,7 @@ import torchio as tio
 
 from motionqc.data import preprocess, qc_class
 from motionqc.motion import sample_motion, simulate_motion
+from motionqc.pretrain import head_of
 
 __all__ = [
     "ARTEFACTS",
@@ -254,13 +255,13 @@ def make_qc_set(
     *,
     shares: Sequence[float] = POSTER_SHARES,
     raters: Mapping[str, Mapping[str, float]] = RATERS,
-    head_of: Mapping[str, str] | None = None,
     grid: tuple[float, Sequence[int]] | None = None,
 ) -> tuple[torch.Tensor, pd.DataFrame]:
     """Build the demo QC set: corrupted pseudo-subjects graded by simulated raters.
 
     Args:
-        heads: Pseudo-subject id → preprocessed image (never used in pretraining).
+        heads: Pseudo-subject id → preprocessed image (never used in pretraining); the ``head``
+            column names the real head of each (:func:`motionqc.pretrain.head_of`).
         per_head: Corrupted volumes per pseudo-subject (one number, or one per pseudo-subject).
         splits: Pseudo-subject id → ``train`` / ``val`` / ``test`` (all its volumes follow it).
         seed: Base seed (each volume's corruption and raters' noise derive from it, the head's
@@ -268,7 +269,6 @@ def make_qc_set(
         shares: Class shares on the training split (the poster's 7 : 38 : 70).
         raters: Rater name → :func:`perceive` settings; the first rater's grade is ``qc_score``,
             each rater's grade is in ``qc_score_<rater>``.
-        head_of: Pseudo-subject id → real head (the ``head`` column); ``None``: the id itself.
         grid: ``(spacing_mm, shape)`` of the returned volumes (the encoder's grid): each corrupted
             volume is simulated and measured on the heads' grid, then preprocessed to this one
             (:func:`motionqc.data.preprocess`); ``None``: the heads' grid.
@@ -302,7 +302,7 @@ def make_qc_set(
                 {
                     "volume_id": f"{sid}_qc{k:02d}",
                     "source": sid,
-                    "head": head_of[sid] if head_of is not None else sid,
+                    "head": head_of(sid),
                     "split": splits[sid],
                     **sev,
                     **measures,
