@@ -23,6 +23,7 @@ from motionqc.thickness import (
     manifest_thickness,
     read_aparc_stats,
     thickness_batch,
+    thickness_cache_key,
 )
 
 FAST = {"spacing_mm": 5.0, "iterations": 5}
@@ -98,6 +99,69 @@ def test_thickness_of_a_phantom_of_known_thickness():
     assert measured[4.0] - measured[2.0] == pytest.approx(2.0, abs=0.25), measured
 
 
+def test_cropping_to_the_mask_keeps_the_thickness_and_drops_the_background():
+    """A phantom padded with 30 voxels of background, cropped with a 4 mm margin, is the
+    unpadded phantom (4 voxels beyond its mask) again: the same thickness to float precision."""
+    image, mask = _shells(2.0)
+    padded_image = np.pad(image, 30, constant_values=0.0)
+    padded_mask = np.pad(mask, 30, constant_values=0)
+    settings = {"spacing_mm": None, "voxel_size_mm": 1.0, "iterations": 5}
+    plain = cortical_thickness(image, mask, crop_margin_mm=None, name="plain", **settings)
+    cropped = cortical_thickness(
+        padded_image, padded_mask, crop_margin_mm=4.0, name="padded", **settings
+    )
+    assert cropped.n_gm_voxels == plain.n_gm_voxels
+    assert cropped.thickness_mm == pytest.approx(plain.thickness_mm, rel=1e-4)
+    with pytest.raises(ValueError, match="crop_margin_mm"):
+        cortical_thickness(image, mask, crop_margin_mm=-1.0, **settings)
+
+
+def test_cache_key_follows_voxels_mask_and_settings_not_the_name(tmp_path):
+    image, mask = _shells(2.0)
+    settings = {"spacing_mm": None, "voxel_size_mm": 1.0, "iterations": 5, "seed": 0}
+    a = write_nifti(tmp_path / "a.nii.gz", image, np.eye(4))
+    b = write_nifti(tmp_path / "renamed.nii.gz", image, np.eye(4))
+    m = write_nifti(tmp_path / "mask.nii.gz", mask, np.eye(4))
+    key = thickness_cache_key(a, m, settings)
+    assert len(key) == 64 and key == thickness_cache_key(b, m, settings)  # a renamed copy
+    assert key == thickness_cache_key(
+        image, mask, settings
+    )  # array with voxel_size_mm 1 = the file
+    moved = image.copy()
+    moved[5, 5, 5] += 1.0
+    other_mask = mask.copy()
+    other_mask[0, 0, 0] = 1
+    different = {
+        thickness_cache_key(moved, mask, settings),
+        thickness_cache_key(image, other_mask, settings),
+        thickness_cache_key(image, mask, settings | {"iterations": 6}),
+        thickness_cache_key(image, mask, settings | {"seed": 1}),
+        thickness_cache_key(image, mask, settings | {"voxel_size_mm": 2.0}),
+    }
+    assert key not in different and len(different) == 5
+
+
+def test_batch_cache_reads_back_ok_rows_and_recomputes_failures(robex, empty_mask, tmp_path):
+    items = [
+        ("robex", robex.path, robex.mask_path),
+        {"volume": "broken", "image": robex.path, "mask": empty_mask},
+    ]
+    first = thickness_batch(items, n_jobs=1, progress=False, cache_dir=tmp_path, **FAST)
+    assert list(first["cached"]) == [False, False]
+    assert len(list(tmp_path.glob("*.json"))) == 1  # the failure is not cached
+    renamed = [("robex_again", robex.path, robex.mask_path), items[1]]
+    second = thickness_batch(renamed, n_jobs=1, progress=False, cache_dir=tmp_path, **FAST)
+    assert list(second["cached"]) == [True, False]
+    assert second.loc[0, "thickness_mm"] == first.loc[0, "thickness_mm"]
+    assert second.loc[0, "gm_volume_ml"] == first.loc[0, "gm_volume_ml"]
+    assert second.loc[1, "status"] == "failed" and "mask is empty" in second.loc[1, "error"]
+    (cached,) = tmp_path.glob("*.json")
+    cached.write_text("{not json")  # a damaged entry is recomputed, not trusted
+    third = thickness_batch(items[:1], n_jobs=1, progress=False, cache_dir=tmp_path, **FAST)
+    assert not third.loc[0, "cached"]
+    assert third.loc[0, "thickness_mm"] == first.loc[0, "thickness_mm"]
+
+
 def test_real_head_gives_a_thickness_and_an_adult_grey_matter_volume(batch):
     row = batch.set_index("volume").loc["robex_a"]
     assert row.status == "ok" and row.thickness_mm > 0
@@ -113,7 +177,9 @@ def test_batch_reports_bad_item_and_keeps_the_others(batch):
         "seconds",
         "status",
         "error",
+        "cached",
     ]
+    assert not batch["cached"].any()  # no cache_dir: everything computed
     assert list(batch["volume"]) == ["robex_a", "broken", "robex_b"]  # input order
     bad = batch.set_index("volume").loc["broken"]
     assert bad.status == "failed"

@@ -23,6 +23,8 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import dataclasses
+import hashlib
+import json
 import multiprocessing as mp
 import os
 import re
@@ -42,6 +44,7 @@ __all__ = [
     "ThicknessResult",
     "cortical_thickness",
     "thickness_batch",
+    "thickness_cache_key",
     "read_aparc_stats",
     "AparcStats",
     "freesurfer_mean_thickness",
@@ -58,6 +61,7 @@ BATCH_COLUMNS: tuple[str, ...] = (
     "seconds",
     "status",
     "error",
+    "cached",
 )
 
 
@@ -215,12 +219,13 @@ def cortical_thickness(
     gradient_step: float = 0.025,
     smoothing: float = 1.5,
     thickness_prior_mm: float = 10.0,
+    crop_margin_mm: float | None = 10.0,
     seed: int = 0,
     threads: int | None = None,
 ) -> ThicknessResult:
     """Mean cortical thickness of one head with ANTs DiReCT (KellyKapowski).
 
-    Pipeline: resample image (linear) and mask (nearest neighbour) to ``spacing_mm`` → N4
+    Pipeline: crop image and mask to the mask's bounding box plus ``crop_margin_mm`` → resample image (linear) and mask (nearest neighbour) to ``spacing_mm`` → N4
     bias correction inside the mask (shrink factor and iterations kept low for speed) →
     Atropos 3-class segmentation (k-means initialisation, MRF smoothing) inside the mask, the
     classes sorted by intensity so 1 = CSF, 2 = GM, 3 = WM on a T1w image → DiReCT thickness
@@ -250,6 +255,8 @@ def cortical_thickness(
         gradient_step: DiReCT gradient step (``-r``).
         smoothing: DiReCT gradient field smoothing (``-m``).
         thickness_prior_mm: DiReCT thickness prior (``-t``): no voxel exceeds it.
+        crop_margin_mm: Margin (mm) kept around the mask's bounding box: DiReCT's cost grows
+            with the whole grid, most of which is background. ``None`` keeps the whole grid.
         seed: Seed for ANTs (``ANTS_RANDOM_SEED``).
         threads: ITK thread count to request (effective only before the first ANTs call of the
             process); ``None`` leaves ITK's setting.
@@ -297,6 +304,15 @@ def cortical_thickness(
         zooms = tuple(np.broadcast_to(np.asarray(voxel_size_mm, dtype=float), (3,)).tolist())
     if min(zooms) <= 0:
         raise ValueError(f"{name}: voxel size must be positive, got {zooms}")
+    if crop_margin_mm is not None:
+        if not crop_margin_mm >= 0:
+            raise ValueError(f"crop_margin_mm must be >= 0 or None, got {crop_margin_mm}")
+        where = np.argwhere(brain)
+        margin = np.ceil(float(crop_margin_mm) / np.asarray(zooms, dtype=float)).astype(int)
+        low = np.maximum(where.min(0) - margin, 0)
+        high = np.minimum(where.max(0) + 1 + margin, brain.shape)
+        box = tuple(slice(int(a), int(b)) for a, b in zip(low, high, strict=True))
+        data, brain = np.ascontiguousarray(data[box]), np.ascontiguousarray(brain[box])
 
     ants = _import_ants()
     # The affine's rotation is irrelevant to distances, so the voxel grid with its spacing is
@@ -380,6 +396,7 @@ def cortical_thickness(
         "gradient_step": float(gradient_step),
         "smoothing": float(smoothing),
         "thickness_prior_mm": float(thickness_prior_mm),
+        "crop_margin_mm": None if crop_margin_mm is None else float(crop_margin_mm),
         "seed": int(seed),
         "threads": threads,
     }
@@ -407,20 +424,24 @@ def _batch_worker_init(seed: int, threads: int) -> None:
     _configure_ants(seed, threads)
 
 
+def _failed_row(name: str, seconds: float, exc: BaseException) -> dict[str, Any]:
+    return {
+        "volume": name,
+        "thickness_mm": float("nan"),
+        "gm_volume_ml": float("nan"),
+        "seconds": seconds,
+        "status": "failed",
+        "error": _one_line(f"{type(exc).__name__}: {exc}"),
+    }
+
+
 def _batch_one(item: Mapping[str, Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
     name = str(item["volume"])
     start = time.perf_counter()
     try:
         res = cortical_thickness(item["image"], item["mask"], name=name, **kwargs)
     except Exception as exc:  # noqa: BLE001 - every failure is reported in its row
-        return {
-            "volume": name,
-            "thickness_mm": float("nan"),
-            "gm_volume_ml": float("nan"),
-            "seconds": time.perf_counter() - start,
-            "status": "failed",
-            "error": _one_line(f"{type(exc).__name__}: {exc}"),
-        }
+        return _failed_row(name, time.perf_counter() - start, exc)
     return {
         "volume": name,
         "thickness_mm": res.thickness_mm,
@@ -454,6 +475,72 @@ def _normalise_items(items: Iterable[Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _voxels_digest(volume: VolumeLike, what: str, name: str, voxel_size_mm: Any) -> bytes:
+    data, zooms, _ = _as_array(volume, what, name)
+    if not zooms:
+        zooms = tuple(np.broadcast_to(np.asarray(voxel_size_mm, dtype=float), (3,)).tolist())
+    digest = hashlib.sha256()
+    digest.update(repr((data.shape, str(data.dtype), [round(float(z), 6) for z in zooms])).encode())
+    digest.update(np.ascontiguousarray(data).tobytes())
+    return digest.digest()
+
+
+def thickness_cache_key(
+    image: VolumeLike, mask: VolumeLike, settings: Mapping[str, Any], name: str = "volume"
+) -> str:
+    """The key a cached thickness result is stored under.
+
+    It is the SHA-256 of everything the result depends on: the image's and the mask's voxels,
+    shapes, data types and voxel sizes, every setting passed to :func:`cortical_thickness`
+    (seed and thread count included) and the installed ``antspyx`` version. The file name does
+    not enter it, so a renamed copy of the same volume finds its result.
+
+    Args:
+        image: T1w head (path, nibabel image or array).
+        mask: Brain mask on the same grid.
+        settings: Keyword arguments of :func:`cortical_thickness`.
+        name: Name used in messages if a volume cannot be read.
+
+    Returns:
+        64 hexadecimal characters.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        ants_version = version("antspyx")
+    except PackageNotFoundError:  # pragma: no cover - ANTs is a core dependency
+        ants_version = "absent"
+    voxel_size = settings.get("voxel_size_mm", 1.0)
+    digest = hashlib.sha256()
+    digest.update(_voxels_digest(image, "image", name, voxel_size))
+    digest.update(_voxels_digest(mask, "mask", name, voxel_size))
+    clean = {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in settings.items()}
+    digest.update(
+        json.dumps(
+            {"settings": clean, "antspyx": ants_version}, sort_keys=True, default=str
+        ).encode()
+    )
+    return digest.hexdigest()
+
+
+def _cache_read(path: Path) -> dict[str, Any] | None:
+    try:
+        row = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # missing or unreadable: computed again (and rewritten)
+    if not isinstance(row, dict) or row.get("status") != "ok":
+        return None
+    try:
+        value = float(row["thickness_mm"])
+        gm = float(row["gm_volume_ml"])
+        seconds = float(row["seconds"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not (np.isfinite(value) and value > 0):
+        return None
+    return {"thickness_mm": value, "gm_volume_ml": gm, "seconds": seconds}
+
+
 def thickness_batch(
     items: Iterable[Mapping[str, Any] | tuple[str, VolumeLike, VolumeLike]],
     n_jobs: int = 2,
@@ -462,6 +549,7 @@ def thickness_batch(
     seed: int = 0,
     progress: bool = True,
     start_method: str = "spawn",
+    cache_dir: str | Path | None = None,
     **kwargs: Any,
 ) -> pd.DataFrame:
     """Mean cortical thickness of many volumes, in parallel processes.
@@ -483,12 +571,18 @@ def thickness_batch(
         seed: ANTs seed (``ANTS_RANDOM_SEED``), the same for every volume.
         progress: Show a ``tqdm.auto`` progress bar.
         start_method: ``"spawn"`` or ``"forkserver"``.
+        cache_dir: Folder of cached results, one JSON file per volume named by
+            :func:`thickness_cache_key` (its voxels, its mask's and every setting). A volume whose
+            key is there is not computed again (its row has ``cached`` true and the first run's
+            ``seconds``); a computed ``ok`` row is written there. Failures are never cached.
+            ``None``: no cache.
         **kwargs: Settings passed on to :func:`cortical_thickness` (``spacing_mm``,
             ``iterations``, …).
 
     Returns:
         One row per item, in input order, with columns ``volume, thickness_mm, gm_volume_ml,
-        seconds, status`` (``"ok"`` or ``"failed"``) ``, error`` (one line, empty when ok).
+        seconds, status`` (``"ok"`` or ``"failed"``) ``, error`` (one line, empty when ok) and
+        ``cached`` (read from ``cache_dir`` rather than computed).
 
     Raises:
         ValueError: If an item is malformed, names repeat, or a setting is out of range.
@@ -507,38 +601,64 @@ def thickness_batch(
     entries = _normalise_items(items)
     settings = dict(kwargs, seed=int(seed), threads=int(threads_per_job))
     rows: list[dict[str, Any] | None] = [None] * len(entries)
+    keys: list[str | None] = [None] * len(entries)
+    cache = Path(cache_dir) if cache_dir is not None else None
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        for k, entry in enumerate(entries):
+            name = str(entry["volume"])
+            try:
+                keys[k] = thickness_cache_key(entry["image"], entry["mask"], settings, name)
+            except Exception as exc:  # noqa: BLE001 - unreadable input: its row says why
+                rows[k] = _failed_row(name, float("nan"), exc)
+                continue
+            hit = _cache_read(cache / f"{keys[k]}.json")
+            if hit is not None:
+                rows[k] = {"volume": name, **hit, "status": "ok", "error": "", "cached": True}
+    todo = [k for k in range(len(entries)) if rows[k] is None]
     bar = tqdm(total=len(entries), desc="cortical thickness", unit="vol", disable=not progress)
+    bar.update(len(entries) - len(todo))
     try:
-        if int(n_jobs) == 1 or len(entries) <= 1:
-            for k, entry in enumerate(entries):
-                rows[k] = _batch_one(entry, settings)
+        if int(n_jobs) == 1 or len(todo) <= 1:
+            for k in todo:
+                rows[k] = _finish(_batch_one(entries[k], settings), cache, keys[k])
                 bar.update()
         else:
             context = mp.get_context(start_method)
             with cf.ProcessPoolExecutor(
-                max_workers=min(int(n_jobs), len(entries)),
+                max_workers=min(int(n_jobs), len(todo)),
                 mp_context=context,
                 initializer=_batch_worker_init,
                 initargs=(int(seed), int(threads_per_job)),
             ) as pool:
-                futures = {pool.submit(_batch_one, e, settings): k for k, e in enumerate(entries)}
+                futures = {pool.submit(_batch_one, entries[k], settings): k for k in todo}
                 for future in cf.as_completed(futures):
                     k = futures[future]
                     try:
-                        rows[k] = future.result()
+                        rows[k] = _finish(future.result(), cache, keys[k])
                     except Exception as exc:  # noqa: BLE001 - e.g. a worker killed for memory
-                        rows[k] = {
-                            "volume": str(entries[k]["volume"]),
-                            "thickness_mm": float("nan"),
-                            "gm_volume_ml": float("nan"),
-                            "seconds": float("nan"),
-                            "status": "failed",
-                            "error": _one_line(f"{type(exc).__name__}: {exc}"),
-                        }
+                        rows[k] = _finish(
+                            _failed_row(str(entries[k]["volume"]), float("nan"), exc), None, None
+                        )
                     bar.update()
     finally:
         bar.close()
     return pd.DataFrame(rows, columns=list(BATCH_COLUMNS))
+
+
+def _finish(row: dict[str, Any], cache: Path | None, key: str | None) -> dict[str, Any]:
+    """Mark a computed row; store an ``ok`` one under its key at once.
+
+    A batch stopped later keeps what it had finished.
+    """
+    row["cached"] = False
+    if cache is not None and key is not None and row["status"] == "ok":
+        target = cache / f"{key}.json"
+        partial = target.with_suffix(f".{os.getpid()}.tmp")
+        fields = ("volume", "thickness_mm", "gm_volume_ml", "seconds", "status")
+        partial.write_text(json.dumps({f: row[f] for f in fields}))
+        os.replace(partial, target)  # a run killed mid-write leaves no half file under the key
+    return row
 
 
 # --------------------------------------------------------------------------------------------
