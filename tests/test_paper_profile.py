@@ -1,7 +1,7 @@
 """The paper profile's path on a manifest, end to end at CI size (issue 17).
 
 A stand-in for the authors' restricted data (``motionqc.standin`` at 5 % of the AMPSCZ and HCP-EP
-manifests, small 1 mm crops) goes through notebooks 01, 03, 04, 05 and 06 with
+manifests, small 1 mm crops) goes through notebooks 01, 03, 04, 05, 06 and 07 with
 ``motionqc.runner --params``, as ``MOTIONQC_DATA_ROOT=DIR make reproduce PROFILE=paper
 PARAMS=notebooks/params/standin.yaml`` does, at the smoke profile's sizes, in folders of its own.
 An MR-ART-shaped BIDS tree then goes through ``manifest_from_mrart``, ``motionqc train-qc`` and
@@ -30,6 +30,7 @@ NOTEBOOKS = [
     "04_embedding_transfer",
     "05_scratch_baseline",
     "06_efficiency",
+    "07_cortical_thickness",
 ]
 
 
@@ -71,6 +72,7 @@ def standin_run(tmp_path_factory) -> dict[str, Path]:
         "manifest: ${MOTIONQC_DATA_ROOT}/standin_manifest.tsv\n"
         "device: cpu\n"
         "03_pretraining:\n  draws: 1\n  samples_per_volume: 1\n  num_workers: 0\n"
+        "07_cortical_thickness:\n  thickness_manifest: ${MOTIONQC_DATA_ROOT}/standin_manifest.tsv\n"
     )
     env = {**os.environ, "MOTIONQC_DATA_ROOT": str(data)}
     env.pop("MOTIONQC_FIGURES", None)
@@ -121,6 +123,17 @@ def test_notebooks_04_05_train_on_the_manifests_ratings(standin_run) -> None:
     assert set(scratch["volume_id"]) <= set(qc.loc[qc["split"] == "test", "volume_id"])
     efficiency = pd.read_csv(standin_run["figures"] / "tables" / "efficiency.csv")
     assert len(efficiency) >= 3
+
+
+def test_notebook_07_fits_the_manifests_thickness_on_predicted_motion(standin_run) -> None:
+    manifest = pd.read_csv(standin_run["data"] / "standin_manifest.tsv", sep="\t")
+    model = pd.read_csv(standin_run["figures"] / "tables" / "thickness_motion_model.csv")
+    assert model.loc[0, "manifest"] == "standin_manifest.tsv"
+    assert model.loc[0, "n"] == manifest["thickness"].notna().sum() == len(manifest)
+    assert model.loc[0, "n_groups"] == manifest["site"].nunique()  # site: the random intercept
+    printed = _printed(ROOT / "build" / "notebooks" / "smoke" / "07_cortical_thickness.ipynb")
+    assert f"standin_manifest.tsv: {len(manifest)} volumes with a thickness" in printed
+    assert "the synthetic table stands in" not in printed
 
 
 def test_an_mrart_manifest_goes_through_train_qc_and_notebooks_04_05(

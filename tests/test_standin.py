@@ -10,7 +10,14 @@ import pandas as pd
 import pytest
 
 from motionqc.data import qc_class
-from motionqc.standin import BANDS_MM, main, select_rows, write_standin
+from motionqc.standin import (
+    BANDS_MM,
+    THICKNESS_NOISE_SD,
+    THICKNESS_PER_MM,
+    main,
+    select_rows,
+    write_standin,
+)
 
 ROOT = Path(__file__).parents[1]
 
@@ -88,6 +95,14 @@ def test_standin_volumes_sit_at_the_manifests_paths_and_follow_the_ratings(tmp_p
     # another subject is another anatomy (another deformation, perhaps another head)
     assert volumes["D_1"].shape == a1.shape and np.abs(volumes["D_1"] - a1).mean() > 0.01 * scale
     assert result.set_index("volume_id").loc["D_1", "standin_noise"] == 0  # unrated: clean
+    # the synthetic thickness: one base per subject (its two clean sessions differ by noise only)
+    thickness = result.set_index("volume_id")["thickness"]
+    assert thickness.notna().all() and thickness.between(1.5, 3.5).all()
+    assert abs(thickness["A_1"] - thickness["A_2"]) <= 6 * THICKNESS_NOISE_SD
+    planted = THICKNESS_PER_MM * result.set_index("volume_id").loc["A_3", "standin_motion_mm"]
+    change = thickness["A_3"] - (thickness["A_1"] + thickness["A_2"]) / 2
+    assert abs(change - planted) <= 6 * THICKNESS_NOISE_SD  # same subject: base cancels
+    assert saved["thickness"].tolist() == result["thickness"].tolist()
 
 
 def test_standin_refuses_a_path_leaving_the_root(tmp_path: Path, capsys) -> None:

@@ -19,7 +19,13 @@ a pseudo-volume at each row's exact relative ``path`` under ``DIR``:
 
 ``DIR/standin_manifest.tsv`` holds the chosen rows with their original columns plus
 ``standin_head``, ``standin_motion_mm`` (the applied motion score) and ``standin_noise``, so a
-run on the stand-in can be checked against what was put in. Point ``MOTIONQC_DATA_ROOT`` at
+run on the stand-in can be checked against what was put in, and a **synthetic** ``thickness``
+column (mm) for notebook 07's real-data path: a subject's base thickness (:data:`THICKNESS_MM`
+± :data:`THICKNESS_SUBJECT_SD`, shared by its sessions) plus a planted motion effect
+(:data:`THICKNESS_PER_MM` per mm of ``standin_motion_mm``) plus per-volume noise
+(:data:`THICKNESS_NOISE_SD`). It is not measured from the pseudo-volume: it exists so that the
+thickness model runs on a manifest and its slope on the applied motion can be compared with the
+planted one. Point ``MOTIONQC_DATA_ROOT`` at
 ``DIR`` to use it wherever the real data would go.
 """
 
@@ -38,7 +44,20 @@ import numpy as np
 import pandas as pd
 import torch
 
-__all__ = ["BANDS_MM", "NOISE", "GRID", "select_rows", "standin_volume", "write_standin", "main"]
+__all__ = [
+    "BANDS_MM",
+    "NOISE",
+    "GRID",
+    "THICKNESS_MM",
+    "THICKNESS_SUBJECT_SD",
+    "THICKNESS_PER_MM",
+    "THICKNESS_NOISE_SD",
+    "select_rows",
+    "standin_thickness",
+    "standin_volume",
+    "write_standin",
+    "main",
+]
 
 BANDS_MM: dict[int, tuple[float, float]] = {
     4: (0.0, 0.0),
@@ -53,6 +72,18 @@ NOISE: dict[int, float] = {4: 0.0, 3: 0.01, 2: 0.02, 1: 0.03}
 
 GRID = (169, 208, 179)
 """Clinica ``t1-linear``'s cropped 1 mm MNI grid."""
+
+THICKNESS_MM = 2.5
+"""Mean base cortical thickness (mm) of the stand-in's subjects."""
+
+THICKNESS_SUBJECT_SD = 0.1
+"""Spread (mm) of the subjects' base thickness."""
+
+THICKNESS_PER_MM = -0.05
+"""Planted motion effect on the stand-in's thickness: mm per mm of applied motion score."""
+
+THICKNESS_NOISE_SD = 0.03
+"""Per-volume noise (mm) of the stand-in's thickness."""
 
 _GROUPS = ("dataset", "role", "split", "site", "qc_score")
 
@@ -122,6 +153,31 @@ def standin_volume(
         n2 = torch.randn(data.shape, generator=gen) * sigma * top
         data = torch.sqrt((data + n1) ** 2 + n2**2)
     return data.numpy().astype(np.float32), score, sigma
+
+
+def standin_thickness(
+    dataset: str, subject: str, volume_id: str, motion_mm: float, seed: int = 0
+) -> float:
+    """The stand-in's synthetic thickness of one volume (see the module docstring).
+
+    Args:
+        dataset: The row's dataset (with ``subject``, it seeds the subject's base thickness).
+        subject: The row's subject.
+        volume_id: The row's volume (seeds its noise).
+        motion_mm: The motion score applied to the volume.
+        seed: The stand-in's seed.
+
+    Returns:
+        Thickness in mm.
+    """
+    base = np.random.default_rng(_stable(seed, "thickness", dataset, subject) % (2**31))
+    noise = np.random.default_rng(_stable(seed, "thickness", volume_id) % (2**31))
+    return float(
+        THICKNESS_MM
+        + THICKNESS_SUBJECT_SD * base.standard_normal()
+        + THICKNESS_PER_MM * float(motion_mm)
+        + THICKNESS_NOISE_SD * noise.standard_normal()
+    )
 
 
 def _subject_anatomy(
@@ -210,8 +266,17 @@ def write_standin(
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp.nii.gz")
         nib.save(image, tmp)
         os.replace(tmp, target)
+        thickness = standin_thickness(
+            str(row.get("dataset", "")), str(row["subject"]), str(row["volume_id"]), score, seed
+        )
         rows.append(
-            {**row, "standin_head": head, "standin_motion_mm": score, "standin_noise": sigma}
+            {
+                **row,
+                "standin_head": head,
+                "standin_motion_mm": score,
+                "standin_noise": sigma,
+                "thickness": round(thickness, 4),
+            }
         )
     result = pd.DataFrame(rows)
     result.to_csv(root / "standin_manifest.tsv", sep="\t", index=False)
