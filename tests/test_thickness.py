@@ -19,6 +19,7 @@ from motionqc.thickness import (
     AparcStats,
     ThicknessError,
     cortical_thickness,
+    crop_box,
     freesurfer_mean_thickness,
     manifest_thickness,
     read_aparc_stats,
@@ -116,6 +117,16 @@ def test_cropping_to_the_mask_keeps_the_thickness_and_drops_the_background():
         cortical_thickness(image, mask, crop_margin_mm=-1.0, **settings)
 
 
+def test_crop_box_widens_by_whole_voxels_per_axis_and_stops_at_the_grid():
+    brain = np.zeros((20, 30, 40), bool)
+    brain[0:3, 10:12, 30:40] = True  # touches the low edge of x and the high edge of z
+    box = crop_box(brain, (1.0, 2.0, 0.5), 3.0)
+    # x: 3 voxels of 1 mm, clipped at 0; y: ceil(3/2) = 2 voxels; z: 6 voxels of 0.5 mm, clipped at 40
+    assert box == (slice(0, 6), slice(8, 14), slice(24, 40))
+    assert brain[box].sum() == brain.sum()
+    assert crop_box(brain, (1.0, 1.0, 1.0), 0.0) == (slice(0, 3), slice(10, 12), slice(30, 40))
+
+
 def test_cache_key_follows_voxels_mask_and_settings_not_the_name(tmp_path):
     image, mask = _shells(2.0)
     settings = {"spacing_mm": None, "voxel_size_mm": 1.0, "iterations": 5, "seed": 0}
@@ -139,6 +150,10 @@ def test_cache_key_follows_voxels_mask_and_settings_not_the_name(tmp_path):
         thickness_cache_key(image, mask, settings | {"voxel_size_mm": 2.0}),
     }
     assert key not in different and len(different) == 5
+    # a setting passed at its default value is the same setting as one left out
+    assert thickness_cache_key(image, mask, settings | {"crop_margin_mm": 10.0}) == key
+    assert thickness_cache_key(image, mask, settings | {"crop_margin_mm": 5.0}) != key
+    assert thickness_cache_key(image, mask * 7, settings) == key  # only non-zero voxels matter
 
 
 def test_batch_cache_reads_back_ok_rows_and_recomputes_failures(robex, empty_mask, tmp_path):
@@ -155,6 +170,10 @@ def test_batch_cache_reads_back_ok_rows_and_recomputes_failures(robex, empty_mas
     assert second.loc[0, "thickness_mm"] == first.loc[0, "thickness_mm"]
     assert second.loc[0, "gm_volume_ml"] == first.loc[0, "gm_volume_ml"]
     assert second.loc[1, "status"] == "failed" and "mask is empty" in second.loc[1, "error"]
+    missing = [("gone", tmp_path / "missing.nii.gz", robex.mask_path), *renamed[:1]]
+    with_missing = thickness_batch(missing, n_jobs=1, progress=False, cache_dir=tmp_path, **FAST)
+    assert with_missing["cached"].dtype == bool and list(with_missing["cached"]) == [False, True]
+    assert with_missing.loc[0, "status"] == "failed" and "gone" in with_missing.loc[0, "error"]
     (cached,) = tmp_path.glob("*.json")
     cached.write_text("{not json")  # a damaged entry is recomputed, not trusted
     third = thickness_batch(items[:1], n_jobs=1, progress=False, cache_dir=tmp_path, **FAST)

@@ -3,11 +3,11 @@
 Two parts:
 
 - **Estimation**: :func:`cortical_thickness` runs ANTs' DiReCT pipeline through ``antspyx``
-  (Das et al. 2009, NeuroImage 45:867; Tustison et al. 2014, NeuroImage 99:166): resampling to an
-  isotropic grid → N4 bias correction (Tustison et al. 2010) → Atropos 3-class segmentation
+  (Das et al. 2009, NeuroImage 45:867; Tustison et al. 2014, NeuroImage 99:166): cropping to the
+  brain mask's bounding box (plus a margin) → resampling to an isotropic grid → N4 bias correction (Tustison et al. 2010) → Atropos 3-class segmentation
   (CSF/GM/WM) inside the brain mask (Avants et al. 2011) → ``KellyKapowski`` thickness → mean
   over grey-matter voxels with positive thickness. :func:`thickness_batch` runs many volumes in
-  parallel processes and reports failures per row. Coarse grids underestimate absolute thickness
+  parallel processes, reports failures per row and can cache results by content. Coarse grids underestimate absolute thickness
   (at 2 mm a cortical ribbon is one or two voxels thick), so compare values at one resolution only.
 - **Existing values**: :func:`read_aparc_stats` and :func:`freesurfer_mean_thickness` read
   ``?h.aparc.stats`` for users who already have FreeSurfer results, and
@@ -24,12 +24,14 @@ import concurrent.futures as cf
 import contextlib
 import dataclasses
 import hashlib
+import inspect
 import json
 import multiprocessing as mp
 import os
 import re
 import tempfile
 import time
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +47,8 @@ __all__ = [
     "cortical_thickness",
     "thickness_batch",
     "thickness_cache_key",
+    "crop_box",
+    "PIPELINE_VERSION",
     "read_aparc_stats",
     "AparcStats",
     "freesurfer_mean_thickness",
@@ -53,6 +57,10 @@ __all__ = [
 
 VolumeLike = str | Path | nib.Nifti1Image | np.ndarray
 """A NIfTI path, a nibabel image, or a 3D array (voxel size given separately)."""
+
+PIPELINE_VERSION = 1
+"""Version of :func:`cortical_thickness`'s pipeline, part of every cache key: raised whenever a
+change of the code changes its results, so cached results of older code are not read back."""
 
 BATCH_COLUMNS: tuple[str, ...] = (
     "volume",
@@ -204,6 +212,27 @@ def _as_array(
 # --------------------------------------------------------------------------------------------
 
 
+def crop_box(
+    brain: np.ndarray, zooms: Sequence[float], margin_mm: float
+) -> tuple[slice, slice, slice]:
+    """The slices of the mask's bounding box, widened by ``margin_mm`` and clipped to the grid.
+
+    Args:
+        brain: Boolean mask (3D, at least one true voxel).
+        zooms: Voxel size (mm) along each axis.
+        margin_mm: Margin kept on every side (rounded up to whole voxels per axis).
+
+    Returns:
+        One slice per axis.
+    """
+    where = np.argwhere(brain)
+    margin = np.ceil(float(margin_mm) / np.asarray(zooms, dtype=float)).astype(int)
+    low = np.maximum(where.min(0) - margin, 0)
+    high = np.minimum(where.max(0) + 1 + margin, brain.shape)
+    a, b, c = (slice(int(lo), int(hi)) for lo, hi in zip(low, high, strict=True))
+    return a, b, c
+
+
 def cortical_thickness(
     image: VolumeLike,
     mask: VolumeLike,
@@ -225,7 +254,8 @@ def cortical_thickness(
 ) -> ThicknessResult:
     """Mean cortical thickness of one head with ANTs DiReCT (KellyKapowski).
 
-    Pipeline: crop image and mask to the mask's bounding box plus ``crop_margin_mm`` → resample image (linear) and mask (nearest neighbour) to ``spacing_mm`` → N4
+    Pipeline: crop image and mask to the mask's bounding box plus ``crop_margin_mm``
+    (:func:`crop_box`) → resample image (linear) and mask (nearest neighbour) to ``spacing_mm`` → N4
     bias correction inside the mask (shrink factor and iterations kept low for speed) →
     Atropos 3-class segmentation (k-means initialisation, MRF smoothing) inside the mask, the
     classes sorted by intensity so 1 = CSF, 2 = GM, 3 = WM on a T1w image → DiReCT thickness
@@ -307,11 +337,7 @@ def cortical_thickness(
     if crop_margin_mm is not None:
         if not crop_margin_mm >= 0:
             raise ValueError(f"crop_margin_mm must be >= 0 or None, got {crop_margin_mm}")
-        where = np.argwhere(brain)
-        margin = np.ceil(float(crop_margin_mm) / np.asarray(zooms, dtype=float)).astype(int)
-        low = np.maximum(where.min(0) - margin, 0)
-        high = np.minimum(where.max(0) + 1 + margin, brain.shape)
-        box = tuple(slice(int(a), int(b)) for a, b in zip(low, high, strict=True))
+        box = crop_box(brain, zooms, float(crop_margin_mm))
         data, brain = np.ascontiguousarray(data[box]), np.ascontiguousarray(brain[box])
 
     ants = _import_ants()
@@ -432,6 +458,7 @@ def _failed_row(name: str, seconds: float, exc: BaseException) -> dict[str, Any]
         "seconds": seconds,
         "status": "failed",
         "error": _one_line(f"{type(exc).__name__}: {exc}"),
+        "cached": False,
     }
 
 
@@ -475,8 +502,12 @@ def _normalise_items(items: Iterable[Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _voxels_digest(volume: VolumeLike, what: str, name: str, voxel_size_mm: Any) -> bytes:
+def _voxels_digest(
+    volume: VolumeLike, what: str, name: str, voxel_size_mm: Any, binary: bool = False
+) -> bytes:
     data, zooms, _ = _as_array(volume, what, name)
+    if binary:  # a mask: only "non-zero" matters
+        data = (data > 0).astype(np.uint8)
     if not zooms:
         zooms = tuple(np.broadcast_to(np.asarray(voxel_size_mm, dtype=float), (3,)).tolist())
     digest = hashlib.sha256()
@@ -490,9 +521,10 @@ def thickness_cache_key(
 ) -> str:
     """The key a cached thickness result is stored under.
 
-    It is the SHA-256 of everything the result depends on: the image's and the mask's voxels,
-    shapes, data types and voxel sizes, every setting passed to :func:`cortical_thickness`
-    (seed and thread count included) and the installed ``antspyx`` version. The file name does
+    It is the SHA-256 of what the result depends on: the image's voxels, shape, data type and
+    voxel size, the mask's non-zero voxels, every setting of :func:`cortical_thickness` (those
+    not passed at their default values; seed and thread count included), the installed
+    ``antspyx`` version and :data:`PIPELINE_VERSION`. The file name does
     not enter it, so a renamed copy of the same volume finds its result.
 
     Args:
@@ -510,11 +542,21 @@ def thickness_cache_key(
         ants_version = version("antspyx")
     except PackageNotFoundError:  # pragma: no cover - ANTs is a core dependency
         ants_version = "absent"
-    voxel_size = settings.get("voxel_size_mm", 1.0)
+    bound = inspect.signature(cortical_thickness).bind_partial(**settings)
+    bound.apply_defaults()  # a setting left at its default is keyed by that default's value
+    resolved = {k: v for k, v in bound.arguments.items() if k not in ("image", "mask", "name")}
+    voxel_size = resolved["voxel_size_mm"]
     digest = hashlib.sha256()
     digest.update(_voxels_digest(image, "image", name, voxel_size))
-    digest.update(_voxels_digest(mask, "mask", name, voxel_size))
-    clean = {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in settings.items()}
+    digest.update(_voxels_digest(mask, "mask", name, voxel_size, binary=True))
+    clean = {
+        k: ([float(x) for x in v] if isinstance(v, (tuple, list)) else v)
+        for k, v in resolved.items()
+    }
+    clean = {
+        k: (float(v) if isinstance(v, int) and not isinstance(v, bool) else v)
+        for k, v in clean.items()
+    }
     digest.update(
         json.dumps(
             {"settings": clean, "antspyx": ants_version}, sort_keys=True, default=str
@@ -566,7 +608,8 @@ def thickness_batch(
             images or arrays), or ``(volume, image, mask)`` tuples. Extra mapping keys are
             ignored.
         n_jobs: Worker processes; ``1`` runs in this process (no pool; the thread count then
-            only applies if ANTs has not run in this process yet).
+            only applies if ANTs has not run in this process yet, so with ``cache_dir`` prefer
+            ``n_jobs >= 2``: results are cached under ``threads_per_job``).
         threads_per_job: ITK threads per worker.
         seed: ANTs seed (``ANTS_RANDOM_SEED``), the same for every volume.
         progress: Show a ``tqdm.auto`` progress bar.
@@ -619,7 +662,7 @@ def thickness_batch(
     bar = tqdm(total=len(entries), desc="cortical thickness", unit="vol", disable=not progress)
     bar.update(len(entries) - len(todo))
     try:
-        if int(n_jobs) == 1 or len(todo) <= 1:
+        if int(n_jobs) == 1 or not todo:
             for k in todo:
                 rows[k] = _finish(_batch_one(entries[k], settings), cache, keys[k])
                 bar.update()
@@ -656,8 +699,11 @@ def _finish(row: dict[str, Any], cache: Path | None, key: str | None) -> dict[st
         target = cache / f"{key}.json"
         partial = target.with_suffix(f".{os.getpid()}.tmp")
         fields = ("volume", "thickness_mm", "gm_volume_ml", "seconds", "status")
-        partial.write_text(json.dumps({f: row[f] for f in fields}))
-        os.replace(partial, target)  # a run killed mid-write leaves no half file under the key
+        try:
+            partial.write_text(json.dumps({f: row[f] for f in fields}))
+            os.replace(partial, target)  # a run killed mid-write leaves no half file under the key
+        except OSError as exc:  # the result stands; only its cache entry is lost
+            warnings.warn(f"{row['volume']}: not cached ({_one_line(exc)})", stacklevel=2)
     return row
 
 
