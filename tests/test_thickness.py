@@ -127,7 +127,7 @@ def test_crop_box_widens_by_whole_voxels_per_axis_and_stops_at_the_grid():
     assert crop_box(brain, (1.0, 1.0, 1.0), 0.0) == (slice(0, 3), slice(10, 12), slice(30, 40))
 
 
-def test_cache_key_follows_voxels_mask_and_settings_not_the_name(tmp_path):
+def test_cache_key_follows_voxels_mask_and_settings_not_the_name(tmp_path, monkeypatch):
     image, mask = _shells(2.0)
     settings = {"spacing_mm": None, "voxel_size_mm": 1.0, "iterations": 5, "seed": 0}
     a = write_nifti(tmp_path / "a.nii.gz", image, np.eye(4))
@@ -154,6 +154,10 @@ def test_cache_key_follows_voxels_mask_and_settings_not_the_name(tmp_path):
     assert thickness_cache_key(image, mask, settings | {"crop_margin_mm": 10.0}) == key
     assert thickness_cache_key(image, mask, settings | {"crop_margin_mm": 5.0}) != key
     assert thickness_cache_key(image, mask * 7, settings) == key  # only non-zero voxels matter
+    import motionqc.thickness as thickness_module
+
+    monkeypatch.setattr(thickness_module, "PIPELINE_VERSION", thickness_module.PIPELINE_VERSION + 1)
+    assert thickness_cache_key(image, mask, settings) != key  # results of older code are not read
 
 
 def test_batch_cache_reads_back_ok_rows_and_recomputes_failures(robex, empty_mask, tmp_path):

@@ -4,11 +4,13 @@ Two parts:
 
 - **Estimation**: :func:`cortical_thickness` runs ANTs' DiReCT pipeline through ``antspyx``
   (Das et al. 2009, NeuroImage 45:867; Tustison et al. 2014, NeuroImage 99:166): cropping to the
-  brain mask's bounding box (plus a margin) → resampling to an isotropic grid → N4 bias correction (Tustison et al. 2010) → Atropos 3-class segmentation
-  (CSF/GM/WM) inside the brain mask (Avants et al. 2011) → ``KellyKapowski`` thickness → mean
-  over grey-matter voxels with positive thickness. :func:`thickness_batch` runs many volumes in
-  parallel processes, reports failures per row and can cache results by content. Coarse grids underestimate absolute thickness
-  (at 2 mm a cortical ribbon is one or two voxels thick), so compare values at one resolution only.
+  brain mask's bounding box (plus a margin) → resampling to an isotropic grid → N4 bias
+  correction (Tustison et al. 2010) → Atropos 3-class segmentation (CSF/GM/WM) inside the brain
+  mask (Avants et al. 2011) → ``KellyKapowski`` thickness → mean over grey-matter voxels with
+  positive thickness. :func:`thickness_batch` runs many volumes in parallel processes, reports
+  failures per row and can cache results by content. Coarse grids underestimate absolute
+  thickness (at 2 mm a cortical ribbon is one or two voxels thick), so compare values at one
+  resolution only.
 - **Existing values**: :func:`read_aparc_stats` and :func:`freesurfer_mean_thickness` read
   ``?h.aparc.stats`` for users who already have FreeSurfer results, and
   :func:`manifest_thickness` takes one thickness per manifest row from a ``thickness`` column or
@@ -186,6 +188,11 @@ def _load(path: str | Path, what: str, name: str) -> nib.Nifti1Image:
     return nib.Nifti1Image(data, canonical.affine)
 
 
+def _array_voxel_size(voxel_size_mm: float | Sequence[float]) -> tuple[float, ...]:
+    """The voxel size (mm, one per axis) of an array input, from a scalar or three values."""
+    return tuple(np.broadcast_to(np.asarray(voxel_size_mm, dtype=float), (3,)).tolist())
+
+
 def _as_array(
     volume: VolumeLike, what: str, name: str
 ) -> tuple[np.ndarray, tuple[float, ...], np.ndarray | None]:
@@ -330,8 +337,7 @@ def cortical_thickness(
         raise ThicknessError(f"{name}: image has NaN/Inf voxels inside the mask")
     if float(inside.max() - inside.min()) <= 0:
         raise ThicknessError(f"{name}: image is constant inside the mask")
-    if not zooms:
-        zooms = tuple(np.broadcast_to(np.asarray(voxel_size_mm, dtype=float), (3,)).tolist())
+    zooms = zooms or _array_voxel_size(voxel_size_mm)
     if min(zooms) <= 0:
         raise ValueError(f"{name}: voxel size must be positive, got {zooms}")
     if crop_margin_mm is not None:
@@ -508,12 +514,23 @@ def _voxels_digest(
     data, zooms, _ = _as_array(volume, what, name)
     if binary:  # a mask: only "non-zero" matters
         data = (data > 0).astype(np.uint8)
-    if not zooms:
-        zooms = tuple(np.broadcast_to(np.asarray(voxel_size_mm, dtype=float), (3,)).tolist())
+    zooms = zooms or _array_voxel_size(voxel_size_mm)
     digest = hashlib.sha256()
     digest.update(repr((data.shape, str(data.dtype), [round(float(z), 6) for z in zooms])).encode())
     digest.update(np.ascontiguousarray(data).tobytes())
     return digest.digest()
+
+
+def _plain(value: Any) -> Any:
+    """A setting as the cache key sees it.
+
+    Numbers become floats (``5`` and ``5.0`` are one setting), sequences lists of floats.
+    """
+    if isinstance(value, (tuple, list)):
+        return [float(x) for x in value]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
 
 
 def thickness_cache_key(
@@ -522,10 +539,10 @@ def thickness_cache_key(
     """The key a cached thickness result is stored under.
 
     It is the SHA-256 of what the result depends on: the image's voxels, shape, data type and
-    voxel size, the mask's non-zero voxels, every setting of :func:`cortical_thickness` (those
-    not passed at their default values; seed and thread count included), the installed
-    ``antspyx`` version and :data:`PIPELINE_VERSION`. The file name does
-    not enter it, so a renamed copy of the same volume finds its result.
+    voxel size, the mask's non-zero voxels, every setting of :func:`cortical_thickness` (passed
+    or left at its default; seed and thread count included), the installed ``antspyx`` version
+    and :data:`PIPELINE_VERSION`. The file name does not enter it, so a renamed copy of the same
+    volume finds its result.
 
     Args:
         image: T1w head (path, nibabel image or array).
@@ -549,19 +566,9 @@ def thickness_cache_key(
     digest = hashlib.sha256()
     digest.update(_voxels_digest(image, "image", name, voxel_size))
     digest.update(_voxels_digest(mask, "mask", name, voxel_size, binary=True))
-    clean = {
-        k: ([float(x) for x in v] if isinstance(v, (tuple, list)) else v)
-        for k, v in resolved.items()
-    }
-    clean = {
-        k: (float(v) if isinstance(v, int) and not isinstance(v, bool) else v)
-        for k, v in clean.items()
-    }
-    digest.update(
-        json.dumps(
-            {"settings": clean, "antspyx": ants_version}, sort_keys=True, default=str
-        ).encode()
-    )
+    clean = {k: _plain(v) for k, v in resolved.items()}
+    identity = {"settings": clean, "antspyx": ants_version, "pipeline": PIPELINE_VERSION}
+    digest.update(json.dumps(identity, sort_keys=True, default=str).encode())
     return digest.hexdigest()
 
 
@@ -680,9 +687,7 @@ def thickness_batch(
                     try:
                         rows[k] = _finish(future.result(), cache, keys[k])
                     except Exception as exc:  # noqa: BLE001 - e.g. a worker killed for memory
-                        rows[k] = _finish(
-                            _failed_row(str(entries[k]["volume"]), float("nan"), exc), None, None
-                        )
+                        rows[k] = _failed_row(str(entries[k]["volume"]), float("nan"), exc)
                     bar.update()
     finally:
         bar.close()
