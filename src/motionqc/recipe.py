@@ -61,6 +61,7 @@ __all__ = [
     "render_pool",
     "augment_batch",
     "gaussian_blur",
+    "randomise_source",
     "geometry_batch",
     "resample_affine",
     "train",
@@ -99,6 +100,8 @@ class RecipeConfig:
         eval_every: Steps between validation passes (and checkpoints).
         seed: Base seed of every draw.
         augment: Probabilities and ranges of the per-step intensity draws (:func:`augment_batch`).
+        source_augment: Probabilities and ranges of the draws applied to each pool sample's
+            source at the simulation grid, before its motion (:func:`randomise_source`).
     """
 
     name: str = "release"
@@ -141,6 +144,15 @@ class RecipeConfig:
             "zoom": 0.2,
             "rotate_deg": 10.0,
             "shift_mm": 10.0,
+        }
+    )
+    source_augment: dict = field(
+        default_factory=lambda: {
+            "p_remap": 0.0,
+            "remap_knots": 6,
+            "p_monotone": 0.5,
+            "p_blur": 0.0,
+            "blur_mm": 1.2,
         }
     )
 
@@ -239,7 +251,9 @@ def _sample(
         target = float(rng.uniform(0.0, config.max_score))
     motion_seed = int(seq.generate_state(1)[0])
     p = sample_scored_motion(target, motion_seed, affine=image.affine, shape=image.shape[1:])
-    data = image.data[0].float()
+    data = randomise_source(
+        image.data[0].float(), rng, config.source_augment, config.sim_spacing_mm
+    )
     if target > 0:
         data = simulate_motion(
             data, p["degrees"], p["translation"], p["times"], image.affine, backend="auto"
@@ -287,6 +301,7 @@ def pool_key(sources: Mapping[str, tio.ScalarImage], config: RecipeConfig) -> st
             "max_score",
             "p_motion_free",
             "seed",
+            "source_augment",
         )
     }
     knobs["convention"] = SCORE_CONVENTION.as_dict()
@@ -364,6 +379,53 @@ def render_pool(
             pool.close()
             pool.join()
     return torch.cat(images), pd.DataFrame(rows)
+
+
+def randomise_source(
+    data: torch.Tensor, rng: np.random.Generator, knobs: Mapping[str, float], spacing_mm: float
+) -> torch.Tensor:
+    """New contrast and sharpness for a source volume, drawn before its motion is simulated.
+
+    Two training heads teach two contrasts and two sharpnesses, and an encoder trained on them
+    read an unseen head's own sharpness and contrast as motion. Drawn at the simulation grid,
+    before the k-space motion (so the artefact is that of the new image, as in a scan of that
+    contrast and resolution), in the spirit of SynthSeg's domain randomisation (Billot et al.
+    2023):
+
+    - with probability ``p_remap``: intensities over the 99.5th percentile are mapped through a
+      piecewise-linear curve through 0 and ``remap_knots`` + 1 evenly spaced knots whose values
+      ~ U(0.05, 1) (sorted, i.e. a T1-like order of tissues, with probability ``p_monotone``;
+      else any order of tissues), then scaled back; the background stays dark;
+    - with probability ``p_blur``: a Gaussian blur, σ ~ U(0, ``blur_mm``) mm.
+
+    The number of draws from ``rng`` is fixed whatever their outcome; with both probabilities
+    at 0 nothing is drawn and ``data`` is returned unchanged.
+
+    Args:
+        data: One volume ``(X, Y, Z)`` at the simulation grid.
+        rng: The pool sample's generator.
+        knobs: :attr:`RecipeConfig.source_augment`.
+        spacing_mm: The voxel size of ``data``.
+
+    Returns:
+        The randomised volume (float32).
+    """
+    p_remap, p_blur = float(knobs.get("p_remap", 0.0)), float(knobs.get("p_blur", 0.0))
+    if p_remap <= 0 and p_blur <= 0:
+        return data
+    k = int(knobs["remap_knots"])
+    u = rng.uniform(size=4)
+    ys = rng.uniform(0.05, 1.0, size=k + 1)
+    if u[0] < p_remap:
+        top = float(torch.quantile(data.flatten()[::7], 0.995).clamp_min(1e-6))
+        if u[1] < float(knobs["p_monotone"]):
+            ys = np.sort(ys)
+        xs = np.linspace(0.0, 1.0, k + 2)
+        v = data.numpy().astype(np.float64) / top
+        data = torch.from_numpy((np.interp(v, xs, np.r_[0.0, ys]) * top).astype(np.float32))
+    if u[2] < p_blur:
+        data = gaussian_blur(data, float(u[3]) * float(knobs["blur_mm"]) / spacing_mm)
+    return data
 
 
 # --------------------------------------------------------------------------- augmentation
