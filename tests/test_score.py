@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from motionqc.motion import motion_score, rigid_matrices, rms_deviation
-from motionqc.score import AUTHORS_RADIUS, authors_matrices, score_motion, volume_center
+from motionqc.motion import rigid_matrices
+from motionqc.score import (
+    AUTHORS_RADIUS,
+    authors_matrices,
+    motion_score,
+    rms_deviation,
+    score_motion,
+    volume_center,
+)
 
 
 def random_rigid(rng: np.random.Generator, angle: float = 0.1, shift: float = 3.0) -> np.ndarray:

@@ -11,17 +11,17 @@ import torch
 import torchio as tio
 
 from motionqc.data import load_volume
-from motionqc.motion import (
+from motionqc.motion import simulate_motion
+from motionqc.score import score_motion
+from motionqc.synthetic import (
     SyntheticMotionDataset,
     build_parameter_table,
     export_nifti,
+    read_parameter_table,
     sample_authors_motion,
     sample_motion,
-    score_motion,
-    simulate_motion,
     split_sources,
 )
-from motionqc.synthetic import read_parameter_table
 
 AFFINE = np.array([[2.0, 0, 0, -90], [0, 2.0, 0, -126], [0, 0, 2.0, -72], [0, 0, 0, 1]])
 SHAPE = (91, 109, 91)

@@ -7,10 +7,8 @@ threshold and the trim threshold keeps those blocks on the heap for reuse. The p
 does not grow (the memory was in use at the peak anyway), but the process no longer returns it
 between peaks.
 
-Measured on the 2-core VM used for this project (SFCN training step, 40×48×40, batch 8, bf16,
-10 steps): 0.90 million minor page faults and 10 s of system time → 0.12 million and 3 s;
-wall time 18–19 s → 13–14 s. Torch's ``THP_MEM_ALLOC_ENABLE=1`` (transparent huge pages) cut
-the faults but was slower there (21–23 s): zeroing and compacting huge pages cost more.
+The README (section *Scoring your own data*) gives what this changed on the project's CPU, with
+the measurement.
 
 Two ways to apply the settings, both used by the package:
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import motionqc
 from motionqc.allocator import keep_freed_memory
+from motionqc.runtime import default_batch_size, default_num_workers, usable_cores
 
 __all__ = [
     "build_parser",
@@ -100,50 +101,6 @@ def _non_negative(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
-
-
-def usable_cores() -> int:
-    """CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def default_num_workers(device_type: str = "cpu") -> int:
-    """Loader processes by default.
-
-    On CUDA, half the usable cores (1 to 8): the GPU would otherwise wait on loading. On CPU, one
-    per 8 usable cores (none below 8): loading and preprocessing a 1 mm T1w takes 0.1-0.4 s
-    against ~1.4 s for its forward pass on 2 cores, so a worker mostly takes cores from the model
-    (2 cores, ``make bench``: 60.0 volumes/min without a worker, 57.3 with one; in a sweep
-    before it, 41-44 against 29-33).
-
-    Args:
-        device_type: ``"cpu"`` or ``"cuda"`` (where the model runs).
-
-    Returns:
-        The number of DataLoader workers.
-    """
-    cores = usable_cores()
-    if device_type == "cuda":
-        return max(1, min(8, cores // 2))
-    return min(8, cores // 8)
-
-
-def default_batch_size(device_type: str = "cpu") -> int:
-    """Volumes per forward pass by default: 16 on CUDA, 1 on CPU.
-
-    On CPU a batch of one 1 mm volume keeps the activations of each layer closer to the caches:
-    on 2 cores batches of 2 scored 37.7 volumes/min against 60.0 for batches of 1 (``make bench``).
-
-    Args:
-        device_type: ``"cpu"`` or ``"cuda"``.
-
-    Returns:
-        The batch size.
-    """
-    return 16 if device_type == "cuda" else 1
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,15 +15,16 @@ import torch
 
 from motionqc.motion import simulate_motion
 
-__all__ = ["DeviceMotion", "bias_field"]
+__all__ = ["N_BIAS", "DeviceMotion", "bias_field"]
 
 _BIAS_ORDER = 3
-_N_BIAS = sum(
+N_BIAS = sum(
     1
     for i in range(_BIAS_ORDER + 1)
     for j in range(_BIAS_ORDER + 1 - i)
     for _ in range(_BIAS_ORDER + 1 - i - j)
-)  # 20 polynomial coefficients
+)
+"""Coefficients of the order-3 polynomial bias field (20)."""
 
 
 def bias_field(

@@ -40,6 +40,9 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "BACKENDS",
+    "check_affine",
+    "check_params",
     "itk_euler_matrix",
     "resampling_transforms",
     "rigid_matrices",
@@ -48,7 +51,8 @@ __all__ = [
 ]
 
 _FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS <-> LPS (its own inverse)
-_BACKENDS = ("auto", "sitk", "torch")
+BACKENDS = ("auto", "sitk", "torch")
+"""The backends of :func:`simulate_motion`."""
 
 
 # --------------------------------------------------------------------------- geometry
@@ -71,9 +75,14 @@ def itk_euler_matrix(radians: np.ndarray) -> np.ndarray:
     return rz @ rx @ ry
 
 
-def _check_params(
+def check_params(
     degrees: object, translation: object, times: object | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Motion parameters as float64 arrays: ``(n, 3)`` degrees and mm, ``(n,)`` times or ``None``.
+
+    Raises:
+        ValueError: If the shapes do not describe ``n`` rigid transforms.
+    """
     deg = np.asarray(degrees, dtype=np.float64)
     tra = np.asarray(translation, dtype=np.float64)
     if deg.ndim == 1 and deg.shape[0] == 3:
@@ -105,7 +114,12 @@ def _check_params(
     return deg, tra, tim
 
 
-def _check_affine(affine: object | None) -> np.ndarray:
+def check_affine(affine: object | None) -> np.ndarray:
+    """A 4×4 float64 affine from an array or tensor (``None``: the identity).
+
+    Raises:
+        ValueError: If it is not 4×4 or its 3×3 part is singular.
+    """
     if affine is None:
         return np.eye(4)
     a = affine.detach().cpu().numpy() if torch.is_tensor(affine) else np.asarray(affine)
@@ -128,7 +142,7 @@ def resampling_transforms(degrees: object, translation: object) -> np.ndarray:
         Array (n, 4, 4): ``p_in = R p_out + t`` with ``R`` the ITK Euler matrix, rotation about
         the LPS world origin (see the module docstring).
     """
-    deg, tra, _ = _check_params(degrees, translation)
+    deg, tra, _ = check_params(degrees, translation)
     out = np.tile(np.eye(4), (deg.shape[0], 1, 1))
     out[:, :3, :3] = itk_euler_matrix(np.radians(deg))
     out[:, :3, 3] = tra
@@ -169,7 +183,7 @@ def rigid_matrices(
     if rotation_center == "image":
         if shape is None or len(shape) != 3:
             raise ValueError("rotation_center='image' needs the image shape (three integers)")
-        centre = _FLIP @ _check_affine(affine) @ np.r_[np.asarray(shape, float) / 2, 1.0]
+        centre = _FLIP @ check_affine(affine) @ np.r_[np.asarray(shape, float) / 2, 1.0]
         for m in lps:  # p -> R (p - c) + c + t
             m[:3, 3] += centre[:3] - m[:3, :3] @ centre[:3]
     ras = _FLIP @ lps @ _FLIP
@@ -369,8 +383,8 @@ def simulate_motion(
         ValueError: For shapes that do not match, times outside [0, 1] or unsorted, a singular
             affine, or an unknown backend.
     """
-    if backend not in _BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(_BACKENDS)}, not {backend!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
     x = torch.as_tensor(volume)
     if x.ndim not in (3, 4):
         raise ValueError(f"volume must be (X, Y, Z) or (B, X, Y, Z), got shape {tuple(x.shape)}")
@@ -398,12 +412,12 @@ def simulate_motion(
     if aff_all is not None and np.asarray(aff_all).ndim == 3:
         if len(aff_all) != b:
             raise ValueError(f"got {len(aff_all)} affines for a batch of {b} volumes")
-        affines = [_check_affine(a) for a in aff_all]
+        affines = [check_affine(a) for a in aff_all]
     else:
-        affines = [_check_affine(aff_all)] * b
+        affines = [check_affine(aff_all)] * b
     index_mats, weights = [], []
     for i in range(b):
-        deg, tra, tim = _check_params(deg_all[i], tra_all[i], tim_all[i])
+        deg, tra, tim = check_params(deg_all[i], tra_all[i], tim_all[i])
         index_mats.append(_index_transforms(deg, tra, affines[i]))
         weights.append(kspace_weights(tim, x.shape[-1]))
     if backend == "auto":
@@ -418,31 +432,3 @@ def simulate_motion(
             raise ValueError("every item of a batch must have the same number of transforms")
         out = _simulate_torch(x, np.stack(index_mats), np.stack(weights))
     return out[0] if single else out
-
-
-# --------------------------------------------------------------------------- re-exports
-_REEXPORTS = {
-    "MotionTransform": "motionqc.transforms",
-    "RandomMotionTransform": "motionqc.transforms",
-    "rms_deviation": "motionqc.score",
-    "motion_score": "motionqc.score",
-    "score_motion": "motionqc.score",
-    "volume_center": "motionqc.score",
-    "authors_matrices": "motionqc.score",
-    "sample_motion": "motionqc.synthetic",
-    "sample_authors_motion": "motionqc.synthetic",
-    "build_parameter_table": "motionqc.synthetic",
-    "split_sources": "motionqc.synthetic",
-    "SyntheticMotionDataset": "motionqc.synthetic",
-    "export_nifti": "motionqc.synthetic",
-}
-__all__ += list(_REEXPORTS)
-
-
-def __getattr__(name: str) -> object:
-    """Lazily re-export the score and synthetic-set API (``from motionqc.motion import ...``)."""
-    if name in _REEXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_REEXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

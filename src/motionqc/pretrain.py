@@ -29,10 +29,10 @@ import torch
 import torchio as tio
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from motionqc.device_motion import _N_BIAS, DeviceMotion, bias_field
+from motionqc.device_motion import N_BIAS, DeviceMotion, bias_field
 from motionqc.encoder import predict_motion
 from motionqc.soft_labels import BIN_RANGE
-from motionqc.synthetic import SyntheticMotionDataset, _row_params
+from motionqc.synthetic import SyntheticMotionDataset, row_params
 
 __all__ = [
     "DeviceMotion",
@@ -356,7 +356,7 @@ class MotionSourceSet(Dataset):
         self, row: pd.Series, rng: np.random.Generator
     ) -> dict[str, torch.Tensor]:
         """The motion (padded) and intensity parameters, drawn after the pre-motion decisions."""
-        gamma, bias, rescale = 1.0, np.zeros(_N_BIAS), 0.0
+        gamma, bias, rescale = 1.0, np.zeros(N_BIAS), 0.0
         if self.augment:
             use_gamma = rng.uniform() < self._cpu.p_intensity
             use_bias = rng.uniform() < self._cpu.p_intensity
@@ -364,8 +364,8 @@ class MotionSourceSet(Dataset):
             if use_gamma:
                 gamma = float(np.exp(rng.uniform(-0.1, 0.1)))
             if use_bias:
-                bias = rng.uniform(0.0, 0.35, _N_BIAS)
-        deg, tra, tim = _row_params(row)
+                bias = rng.uniform(0.0, 0.35, N_BIAS)
+        deg, tra, tim = row_params(row)
         m = self.max_transforms
         n = len(tim)
         pad_deg, pad_tra = np.zeros((m, 3)), np.zeros((m, 3))

@@ -33,8 +33,9 @@ import torch
 import torchio as tio
 
 from motionqc.data import preprocess, qc_class
-from motionqc.motion import sample_motion, simulate_motion
+from motionqc.motion import simulate_motion
 from motionqc.pretrain import head_of
+from motionqc.synthetic import sample_motion
 
 __all__ = [
     "ARTEFACTS",
@@ -97,7 +98,7 @@ def corrupt(
 
     Each artefact of :data:`ARTEFACTS` is present with its own ``probability``; a present one gets
     a severity drawn uniformly between 5 % and 100 % of its :data:`ARTEFACT_RANGE` (motion: a target score
-    in mm, reached by :func:`motionqc.motion.sample_motion`). They are applied in acquisition
+    in mm, reached by :func:`motionqc.synthetic.sample_motion`). They are applied in acquisition
     order: motion, blur, bias field, ghosting, spikes, noise.
 
     Args:

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from motionqc.motion import _check_affine, _check_params, rigid_matrices
+from motionqc.motion import check_affine, check_params, rigid_matrices
 
 __all__ = [
     "AUTHORS_RADIUS",
@@ -91,7 +91,7 @@ def volume_center(affine: object, shape: Sequence[int]) -> np.ndarray:
     """
     if len(shape) != 3:
         raise ValueError(f"shape must have three dimensions, got {tuple(shape)}")
-    a = _check_affine(affine)
+    a = check_affine(affine)
     return (a @ np.r_[(np.asarray(shape, float) - 1) / 2, 1.0])[:3]
 
 
@@ -192,7 +192,7 @@ def authors_matrices(degrees: object, translation: object) -> np.ndarray:
     Returns:
         Array (n + 1, 4, 4).
     """
-    deg, tra, _ = _check_params(degrees, translation)
+    deg, tra, _ = check_params(degrees, translation)
     out = np.tile(np.eye(4), (deg.shape[0] + 1, 1, 1))
     out[1:, :3, :3] = Rotation.from_rotvec(deg, degrees=True).as_matrix()
     out[1:, :3, 3] = tra

@@ -37,7 +37,6 @@ import torchio as tio
 from torch.utils.data import DataLoader, Dataset
 
 from motionqc.bids import bids_name, find_t1w, parse_entities
-from motionqc.cli import default_batch_size, default_num_workers, usable_cores
 from motionqc.data import VolumeError, file_sha256, load_volume, preprocess
 from motionqc.derivatives import (
     GROUP_TABLE,
@@ -53,6 +52,14 @@ from motionqc.derivatives import (
     write_derivative_extras,
 )
 from motionqc.encoder import load_encoder, scale_input
+from motionqc.runtime import (
+    cpu_has_native_bf16,
+    default_batch_size,
+    default_num_workers,
+    default_threads,
+    resolve_device,
+    resolve_precision,
+)
 from motionqc.soft_labels import decode, predictive_std
 
 __all__ = [
@@ -94,87 +101,6 @@ COLUMNS: tuple[str, ...] = (
 
 QC_LABELS: dict[int, str] = {0: "0 (rated 1–2)", 1: "1 (rated 3)", 2: "2 (rated 4, best)"}
 """QC class → label shown in the report (the poster's classes: {1,2} → 0, 3 → 1, 4 → 2)."""
-
-
-# --------------------------------------------------------------------------- devices, precision
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """Return ``cuda`` when available for ``"auto"`` (or ``None``), else the named device.
-
-    Raises:
-        ValueError: For a name torch does not know, a CUDA device on a machine without CUDA, or
-            a CUDA index beyond the devices present (one line, for the command line).
-    """
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        out = torch.device(device)
-    except (RuntimeError, TypeError, ValueError) as exc:
-        raise ValueError(f"unknown device {str(device)!r}: use auto, cpu, cuda or cuda:N") from exc
-    if out.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {str(device)!r}: CUDA is not available on this machine")
-        if out.index is not None and out.index >= torch.cuda.device_count():
-            raise ValueError(
-                f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
-            )
-    elif out.type != "cpu":
-        raise ValueError(f"device {str(device)!r}: motionqc runs on cpu or cuda")
-    return out
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether oneDNN has native bf16 kernels on this CPU (AVX512-BF16 or AMX).
-
-    Elsewhere bf16 autocast is emulated: an SFCN forward pass was 30-70× slower than fp32 on an
-    AVX2-only CPU, so ``precision="auto"`` stays in fp32 there.
-    """
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except Exception:  # noqa: BLE001 - an old or unusual build: assume no fast bf16
-        return False
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """Return the autocast dtype for a precision name on a device (``None``: plain fp32).
-
-    Args:
-        precision: ``"fp32"``, ``"bf16"`` or ``"auto"`` (bf16 on CPUs with native bf16 support
-            — AVX512-BF16/AMX — and on CUDA GPUs that support it, fp16 AMP on older GPUs, else fp32).
-        device: Where the model runs.
-
-    Returns:
-        ``torch.bfloat16``, ``torch.float16`` or ``None``.
-
-    Raises:
-        ValueError: For an unknown precision name.
-    """
-    if precision not in ("auto", "fp32", "bf16"):
-        raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
-    if precision == "fp32":
-        return None
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if precision == "bf16" or cpu_has_native_bf16():
-        return torch.bfloat16
-    return None
-
-
-def default_threads(device: torch.device) -> int | None:
-    """Return the scoring process's torch threads: on CPU, every usable core.
-
-    Loader workers sleep most of the time (a volume loads in a fraction of its forward pass), so
-    the model keeps every core: on 2 cores with 1 worker, 2 threads scored 28 volumes/min and 1
-    thread 16 (a sweep with ``benchmarks/bench_score.py``'s functions).
-
-    Args:
-        device: Where the model runs (``None`` is returned for GPUs: torch's default).
-
-    Returns:
-        The thread count, or ``None``.
-    """
-    if device.type != "cpu":
-        return None
-    return usable_cores()
 
 
 # --------------------------------------------------------------------------- loading

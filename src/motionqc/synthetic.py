@@ -24,7 +24,7 @@ from scipy.optimize import brentq
 from scipy.spatial.transform import Rotation
 from torch.utils.data import Dataset
 
-from motionqc.motion import _check_affine, itk_euler_matrix, simulate_motion
+from motionqc.motion import check_affine, itk_euler_matrix, simulate_motion
 from motionqc.score import (
     AUTHORS_RADIUS,
     SCORE_CONVENTION,
@@ -43,6 +43,7 @@ __all__ = [
     "split_sources",
     "build_parameter_table",
     "read_parameter_table",
+    "row_params",
     "SyntheticMotionDataset",
     "export_nifti",
 ]
@@ -427,7 +428,8 @@ def read_parameter_table(path: str | Path) -> pd.DataFrame:
     return pd.read_csv(path, sep="\t")
 
 
-def _row_params(row: Mapping[str, object]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def row_params(row: Mapping[str, object]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Degrees ``(n, 3)``, translations ``(n, 3)`` and times ``(n,)`` of a parameter-table row."""
     deg = np.asarray(json.loads(row["degrees"]), dtype=np.float64).reshape(-1, 3)
     tra = np.asarray(json.loads(row["translation"]), dtype=np.float64).reshape(-1, 3)
     tim = np.asarray(json.loads(row["times"]), dtype=np.float32).reshape(-1)
@@ -513,7 +515,7 @@ class SyntheticMotionDataset(Dataset):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(row["seed"]))
             image = self.pre_motion(image, rng)
-            deg, tra, tim = _row_params(row)
+            deg, tra, tim = row_params(row)
             data = image.data
             if len(tim):
                 data = simulate_motion(data, deg, tra, tim, image.affine, backend=self.backend)
@@ -553,7 +555,7 @@ def export_nifti(
         item = dataset[int(i)]
         row = dataset.table.iloc[int(i)]
         name = f"{row['source']}_sample-{int(row['sample']):04d}_T1w.nii.gz"
-        affine = _check_affine(dataset.volumes[row["source"]].affine)
+        affine = check_affine(dataset.volumes[row["source"]].affine)
         nib.save(nib.Nifti1Image(item["image"][0].numpy(), affine), str(out / name))
         rows.append(
             {

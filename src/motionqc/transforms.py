@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torchio as tio
 
-from motionqc.motion import _BACKENDS, simulate_motion
+from motionqc.motion import BACKENDS, simulate_motion
 
 __all__ = ["MotionTransform", "RandomMotionTransform"]
 
@@ -35,8 +35,8 @@ class MotionTransform(tio.IntensityTransform):
         **kwargs: object,
     ) -> None:
         super().__init__(**kwargs)
-        if backend not in _BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(_BACKENDS)}, not {backend!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
         self.degrees = degrees
         self.translation = translation
         self.times = times
