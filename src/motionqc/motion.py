@@ -38,11 +38,13 @@ if TYPE_CHECKING:
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.spatial.transform import Rotation
 
 __all__ = [
     "BACKENDS",
     "check_affine",
     "check_params",
+    "head_poses",
     "itk_euler_matrix",
     "resampling_transforms",
     "rigid_matrices",
@@ -149,6 +151,52 @@ def resampling_transforms(degrees: object, translation: object) -> np.ndarray:
     return out
 
 
+def head_poses(degrees: object, translation: object, rotations: str = "applied") -> np.ndarray:
+    """World-space (RAS, mm) head poses ``[I, T1, …, Tn]`` of motion parameters: the one builder.
+
+    Every pose in the package comes from here: the simulation's (:func:`rigid_matrices`), the
+    authors' label (:func:`motionqc.score.authors_matrices`) and the vectorised draws of
+    :func:`motionqc.synthetic.sample_authors_motion`.
+
+    Args:
+        degrees: Rotation parameters in degrees, shape ``(..., n, 3)``.
+        translation: Translations in mm, the same shape.
+        rotations: ``"applied"``: what the simulation applies — ITK Euler angles about the world
+            origin, the head moving by the inverse of the resampling transform
+            (:func:`resampling_transforms`); ``"authors"``: the authors' label, ``[R, t]`` with
+            ``R`` the rotation vector ``degrees`` (scipy).
+
+    Returns:
+        Array ``(..., n + 1, 4, 4)``, the first pose of each set the identity.
+
+    Raises:
+        ValueError: For an unknown ``rotations`` or mismatched shapes.
+    """
+    if rotations not in ("applied", "authors"):
+        raise ValueError(f"rotations must be 'applied' or 'authors', not {rotations!r}")
+    deg = np.asarray(degrees, dtype=np.float64)
+    tra = np.asarray(translation, dtype=np.float64)
+    if deg.ndim < 2 or deg.shape[-1] != 3 or tra.shape != deg.shape:
+        raise ValueError(
+            f"degrees and translation must both have shape (..., n, 3), got {deg.shape} and "
+            f"{tra.shape}"
+        )
+    lead, n = deg.shape[:-2], deg.shape[-2]
+    flat_deg, flat_tra = deg.reshape(-1, 3), tra.reshape(-1, 3)
+    m = np.tile(np.eye(4), (len(flat_deg), 1, 1))
+    if rotations == "authors":
+        if len(flat_deg):
+            m[:, :3, :3] = Rotation.from_rotvec(flat_deg, degrees=True).as_matrix()
+        m[:, :3, 3] = flat_tra
+    else:
+        m[:, :3, :3] = itk_euler_matrix(np.radians(flat_deg))
+        m[:, :3, 3] = flat_tra
+        m = np.linalg.inv(_FLIP @ m @ _FLIP)
+    out = np.tile(np.eye(4), (*lead, n + 1, 1, 1))
+    out[..., 1:, :, :] = m.reshape(*lead, n, 4, 4)
+    return out
+
+
 def rigid_matrices(
     degrees: object,
     translation: object,
@@ -179,6 +227,9 @@ def rigid_matrices(
     """
     if rotation_center not in ("applied", "image"):
         raise ValueError(f"rotation_center must be 'applied' or 'image', not {rotation_center!r}")
+    if rotation_center == "applied":
+        deg, tra, _ = check_params(degrees, translation)
+        return head_poses(deg, tra, "applied")
     lps = resampling_transforms(degrees, translation)
     if rotation_center == "image":
         if shape is None or len(shape) != 3:

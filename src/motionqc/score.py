@@ -28,9 +28,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy.spatial.transform import Rotation
 
-from motionqc.motion import check_affine, check_params, rigid_matrices
+from motionqc.motion import check_affine, check_params, head_poses, rigid_matrices
 
 __all__ = [
     "AUTHORS_RADIUS",
@@ -193,10 +192,7 @@ def authors_matrices(degrees: object, translation: object) -> np.ndarray:
         Array (n + 1, 4, 4).
     """
     deg, tra, _ = check_params(degrees, translation)
-    out = np.tile(np.eye(4), (deg.shape[0] + 1, 1, 1))
-    out[1:, :3, :3] = Rotation.from_rotvec(deg, degrees=True).as_matrix()
-    out[1:, :3, 3] = tra
-    return out
+    return head_poses(deg, tra, "authors")
 
 
 def score_motion(

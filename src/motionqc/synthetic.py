@@ -21,10 +21,9 @@ import pandas as pd
 import torch
 import torchio as tio
 from scipy.optimize import brentq
-from scipy.spatial.transform import Rotation
 from torch.utils.data import Dataset
 
-from motionqc.motion import check_affine, itk_euler_matrix, simulate_motion
+from motionqc.motion import check_affine, head_poses, simulate_motion
 from motionqc.score import (
     AUTHORS_RADIUS,
     SCORE_CONVENTION,
@@ -263,7 +262,7 @@ def sample_authors_motion(
     while tried < max_tries:
         deg = rng.uniform(-d, d, (batch, n, 3))
         tra = rng.uniform(-target, target, (batch, n, 3))
-        mats = _batch_matrices(deg, tra, convention)
+        mats = head_poses(deg, tra, convention)
         scores = motion_score(mats, radius=radius, center=center)
         ok = np.flatnonzero(np.abs(scores - target) <= tolerance)
         tried += batch
@@ -281,24 +280,6 @@ def sample_authors_motion(
                 "motion_free": False,
             }
     raise ValueError(f"no draw within {tolerance} mm of {target:.3f} mm after {max_tries} tries")
-
-
-def _batch_matrices(deg: np.ndarray, tra: np.ndarray, convention: str) -> np.ndarray:
-    """Vectorised [I, T1..Tn] for (B, n, 3) parameters (authors' or applied convention)."""
-    b, n, _ = deg.shape
-    if convention == "authors":
-        rot = Rotation.from_rotvec(deg.reshape(-1, 3), degrees=True).as_matrix()
-        m = np.tile(np.eye(4), (b * n, 1, 1))
-        m[:, :3, :3], m[:, :3, 3] = rot, tra.reshape(-1, 3)
-    else:
-        lps = np.tile(np.eye(4), (b * n, 1, 1))
-        lps[:, :3, :3] = itk_euler_matrix(np.radians(deg.reshape(-1, 3)))
-        lps[:, :3, 3] = tra.reshape(-1, 3)
-        flip = np.diag([-1.0, -1.0, 1.0, 1.0])
-        m = np.linalg.inv(flip @ lps @ flip)
-    out = np.tile(np.eye(4), (b, n + 1, 1, 1))
-    out[:, 1:] = m.reshape(b, n, 4, 4)
-    return out
 
 
 def split_sources(
