@@ -179,6 +179,13 @@ def test_class_weights_and_transfer_head_learn_separable_embeddings(tmp_path):
     head_path = save_qc_head(tmp_path / "head.pt", run, enc, {"seed": 0})
     head, meta = load_qc_head(head_path, enc)
     assert np.allclose(predict_classes(head, z), predict_classes(run.model, z), atol=1e-5)
+    # the file records the task it was trained for: three classes, ratings {1,2} / 3 / 4
+    assert meta["task"] == {
+        "n_classes": 3,
+        "rating_to_class": {"1": 0, "2": 0, "3": 1, "4": 2},
+        "class_labels": ["1/2", "3", "4"],
+    }
+    assert torch.load(head_path, weights_only=True)["task"] == meta["task"]
     other = save_encoder(tmp_path / "other.pt", SFCN(dropout=0.3), spacing_mm=4.0, shape=SHAPE)
     with pytest.raises(ValueError, match="another encoder"):
         load_qc_head(head_path, other)

@@ -190,6 +190,18 @@ def test_qc_head_probabilities_and_rescoring(
     other = save_encoder(tmp_path / "other.pt", SFCN(), spacing_mm=SPACING, shape=SHAPE)
     with pytest.raises(ValueError, match="another encoder"):
         Scorer(other, qc_head=head_file)
+    # a head of another QC task (two classes) does not fit the p_qc0..2 columns: refused
+    two = torch.nn.Sequential(
+        transfer._Standardise(torch.zeros(size), torch.ones(size)), QCHead(size, n_classes=2)
+    ).eval()
+    with pytest.raises(ValueError, match="a head of 2 classes; the QC task has 3"):
+        transfer.save_qc_head(tmp_path / "two.pt", transfer.QCRun(two), encoder, {})
+    state = torch.load(head_file, weights_only=True)
+    state["model"], state["task"] = two.state_dict(), dict(state["task"], n_classes=2)
+    two_file = tmp_path / "two.pt"
+    torch.save(state, two_file)
+    with pytest.raises(ValueError, match="a QC head of 2 classes; motionqc score writes 3"):
+        Scorer(encoder, qc_head=two_file)
     # A folder scored before inputs were rescaled to the training range is refused, not mixed.
     description = out / "dataset_description.json"
     meta = json.loads(description.read_text())

@@ -23,9 +23,9 @@ from pathlib import Path
 import pandas as pd
 
 from motionqc import paths
-from motionqc.data import QC_CLASSES, ManifestError, file_sha256, load_manifest
+from motionqc.data import ManifestError, file_sha256, load_manifest
 from motionqc.poster import authors_manifest, authors_table
-from motionqc.splits import CLASS_LABELS
+from motionqc.qc_task import CLASS_LABELS, QC_CLASSES
 
 __all__ = [
     "DATA_ROOT_ENV",

@@ -26,6 +26,7 @@ import torch
 import torchio as tio
 
 from motionqc import paths
+from motionqc.qc_task import QC_CLASSES, qc_class
 
 __all__ = [
     "VolumeError",
@@ -45,9 +46,6 @@ __all__ = [
 REQUIRED_COLUMNS: tuple[str, ...] = ("volume_id", "dataset", "site", "subject", "path", "qc_score")
 """Columns every manifest must have."""
 
-QC_CLASSES: dict[int, int] = {1: 0, 2: 0, 3: 1, 4: 2}
-"""Manual QC score (1–4) → transfer-task class, as the poster: {1,2} → 0, 3 → 1, 4 → 2."""
-
 
 class VolumeError(ValueError):
     """A volume that cannot be used; the message names the file and the problem."""
@@ -59,23 +57,6 @@ class ManifestError(ValueError):
 
 def _one_line(text: object) -> str:
     return " ".join(str(text).split())
-
-
-def qc_class(score: float | int) -> int:
-    """Map a manual QC score to the poster's 3-class label.
-
-    Args:
-        score: QC score 1–4 (4 = best).
-
-    Returns:
-        0 for scores 1 and 2, 1 for 3, 2 for 4.
-
-    Raises:
-        ValueError: If the score is not one of 1, 2, 3, 4.
-    """
-    if score is None or pd.isna(score) or float(score) not in QC_CLASSES:
-        raise ValueError(f"QC score {score!r} is not one of 1, 2, 3, 4")
-    return QC_CLASSES[int(score)]
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:

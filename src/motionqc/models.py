@@ -25,6 +25,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from motionqc.qc_task import N_QC_CLASSES
+
 __all__ = ["SFCN", "QCHead", "SFCN_CHANNELS", "encoder_shape"]
 
 SFCN_CHANNELS: tuple[int, ...] = (32, 64, 128, 256, 256, 64)
@@ -184,7 +186,18 @@ class SFCN(nn.Module):
         Returns:
             The embedding, shape ``(B, embedding_size)`` or ``(B, 64)``.
         """
-        fmap = self.encode(x)
+        return self.embed(self.encode(x), pooled=pooled)
+
+    def embed(self, fmap: torch.Tensor, pooled: bool = False) -> torch.Tensor:
+        """The transfer embedding of an encoder map (what :meth:`features` returns for an input).
+
+        Args:
+            fmap: Encoder output ``(B, 64, x, y, z)`` (:meth:`encode`).
+            pooled: Its spatial average ``(B, 64)`` instead of the flattened map.
+
+        Returns:
+            ``(B, embedding_size)`` or ``(B, 64)``.
+        """
         if pooled:
             return self.pool(fmap).flatten(1)
         return fmap.flatten(1)
@@ -222,14 +235,18 @@ class QCHead(nn.Module):
         in_features: Embedding length (9600 at 1 mm; see :meth:`SFCN.embedding_size`).
         hidden: Units of the two hidden layers (10 in the authors' code).
         dropout: Dropout probability on the embedding (the authors' best: 0.77).
-        n_classes: Output classes (3 for the poster's QC task).
+        n_classes: Output classes (:data:`motionqc.qc_task.N_QC_CLASSES` for the poster's task).
 
     Raises:
         ValueError: If a size is below 1 or ``dropout`` is outside [0, 1).
     """
 
     def __init__(
-        self, in_features: int, hidden: int = 10, dropout: float = 0.5, n_classes: int = 3
+        self,
+        in_features: int,
+        hidden: int = 10,
+        dropout: float = 0.5,
+        n_classes: int = N_QC_CLASSES,
     ) -> None:
         super().__init__()
         for name, value in (

@@ -19,6 +19,7 @@ from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score
 
 from motionqc import paths
 from motionqc.poster import authors_table
+from motionqc.qc_task import QC_CLASS_IDS
 
 __all__ = [
     "QC_LABELS",
@@ -34,8 +35,8 @@ __all__ = [
     "write_poster_recomputed",
 ]
 
-QC_LABELS: tuple[int, ...] = (0, 1, 2)
-"""The transfer task's classes: 0 = QC 1/2, 1 = QC 3, 2 = QC 4."""
+QC_LABELS: tuple[int, ...] = QC_CLASS_IDS
+"""The transfer task's classes (:data:`motionqc.qc_task.QC_CLASS_IDS`)."""
 
 METRIC_COLUMNS: tuple[str, ...] = ("balanced_accuracy", "f1_c0", "f1_c1", "f1_c2")
 """The poster's QC result columns, in its order."""

@@ -52,6 +52,7 @@ from motionqc.derivatives import (
     write_derivative_extras,
 )
 from motionqc.encoder import load_encoder, scale_input
+from motionqc.qc_task import N_QC_CLASSES, QC_CLASS_IDS, QC_CLASS_NAMES
 from motionqc.runtime import (
     cpu_has_native_bf16,
     default_batch_size,
@@ -90,17 +91,15 @@ COLUMNS: tuple[str, ...] = (
     "session",
     "motion_mm",
     "motion_std",
-    "p_qc0",
-    "p_qc1",
-    "p_qc2",
+    *(f"p_qc{c}" for c in QC_CLASS_IDS),
     "qc_class",
     "status",
     "error",
 )
 """Columns of the participant TSV (``p_qc*`` and ``qc_class`` are empty without a QC head)."""
 
-QC_LABELS: dict[int, str] = {0: "0 (rated 1–2)", 1: "1 (rated 3)", 2: "2 (rated 4, best)"}
-"""QC class → label shown in the report (the poster's classes: {1,2} → 0, 3 → 1, 4 → 2)."""
+QC_LABELS: dict[int, str] = QC_CLASS_NAMES
+"""QC class → label shown in the report (:data:`motionqc.qc_task.QC_CLASS_NAMES`)."""
 
 
 # --------------------------------------------------------------------------- loading
@@ -310,6 +309,11 @@ class Scorer:
             head, head_meta = load_qc_head(qc_head, self.checkpoint)
             self.qc_head = head.to(self.device).eval()
             self.qc_pooled = bool(head_meta.get("info", {}).get("pooled", False))
+            if int(head_meta["task"]["n_classes"]) != N_QC_CLASSES:
+                raise ValueError(
+                    f"{qc_head}: a QC head of {head_meta['task']['n_classes']} classes; "
+                    f"motionqc score writes {N_QC_CLASSES} (p_qc0..{N_QC_CLASSES - 1})"
+                )
             size = (
                 self.model.embedding_channels
                 if self.qc_pooled
@@ -373,8 +377,7 @@ class Scorer:
             "probabilities": torch.softmax(out, 1).cpu().numpy(),
         }
         if self.qc_head is not None:
-            fmap = fmap.float()
-            z = self.model.pool(fmap).flatten(1) if self.qc_pooled else fmap.flatten(1)
+            z = self.model.embed(fmap.float(), pooled=self.qc_pooled)
             result["p_qc"] = torch.softmax(self.qc_head(z).float(), 1).cpu().numpy()
         return result
 
@@ -538,7 +541,7 @@ def _write_derivative(
     if row.get("qc_class") not in (None, ""):
         sidecar["QCClass"] = int(row["qc_class"])
         sidecar["QCProbabilities"] = [
-            float(row[f"p_qc{c}"]) for c in range(3) if row.get(f"p_qc{c}") is not None
+            float(row[f"p_qc{c}"]) for c in QC_CLASS_IDS if row.get(f"p_qc{c}") is not None
         ]
     _write_bytes(sidecar_path(target), (json.dumps(sidecar, indent=2) + "\n").encode())
 

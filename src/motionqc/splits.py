@@ -12,11 +12,10 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from motionqc.data import QC_CLASSES
+from motionqc.qc_task import CLASS_LABELS, QC_CLASSES
 
 __all__ = ["site_split", "split_by_group", "qc_split_table", "CLASS_LABELS"]
 
-CLASS_LABELS: tuple[str, ...] = ("1/2", "3", "4")
 """Column labels of the three QC classes, as the poster prints them."""
 
 

@@ -24,6 +24,7 @@ from torch.utils.data import TensorDataset
 
 from motionqc.encoder import INPUT_INTENSITY, scale_input
 from motionqc.models import SFCN, SFCN_CHANNELS, QCHead
+from motionqc.qc_task import N_QC_CLASSES, task_record
 from motionqc.trainer import TrainConfig, Trainer, kaiming_init, seed_everything
 
 __all__ = [
@@ -121,7 +122,7 @@ def embed(
     return torch.stack([store[v] for v in ids]) if ids else torch.zeros(0)
 
 
-def class_weights(y: Sequence[int] | np.ndarray, n_classes: int = 3) -> torch.Tensor:
+def class_weights(y: Sequence[int] | np.ndarray, n_classes: int = N_QC_CLASSES) -> torch.Tensor:
     """Inverse-frequency class weights, normalised to mean 1 (absent classes get weight 0).
 
     Args:
@@ -325,7 +326,9 @@ def train_scratch(
         The :class:`QCRun`.
     """
     seed_everything(seed)
-    model = kaiming_init(SFCN(n_outputs=3, channels=channels, dropout=dropout, log_softmax=False))
+    model = kaiming_init(
+        SFCN(n_outputs=N_QC_CLASSES, channels=channels, dropout=dropout, log_softmax=False)
+    )
     cfg = _qc_config(
         **{
             "lr": 1e-3,
@@ -352,13 +355,13 @@ def train_scratch(
 
 @torch.inference_mode()
 def predict_classes(model: nn.Module, x: torch.Tensor, batch_size: int = 16) -> np.ndarray:
-    """Return class probabilities ``(N, 3)`` of a QC model (head on embeddings, or SFCN)."""
+    """Return class probabilities ``(N, N_QC_CLASSES)`` of a QC model (head on embeddings, or SFCN)."""
     model.eval()
     out = [
         torch.softmax(model(x[i : i + batch_size].float()).float(), 1)
         for i in range(0, len(x), batch_size)
     ]
-    return torch.cat(out).numpy() if out else np.zeros((0, 3), np.float32)
+    return torch.cat(out).numpy() if out else np.zeros((0, N_QC_CLASSES), np.float32)
 
 
 def save_qc_head(path: str | Path, run: QCRun, encoder_path: str | Path, info: dict) -> Path:
@@ -372,11 +375,18 @@ def save_qc_head(path: str | Path, run: QCRun, encoder_path: str | Path, info: d
 
     Returns:
         The path written.
+
+    Raises:
+        ValueError: If the head's outputs are not the QC task's classes.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     head = run.model
     qc = head[1]  # type: ignore[index]
+    if int(qc.net[-1].out_features) != N_QC_CLASSES:
+        raise ValueError(
+            f"a head of {qc.net[-1].out_features} classes; the QC task has {N_QC_CLASSES}"
+        )
     state = {
         "format": QC_HEAD_FORMAT,
         "model": head.state_dict(),
@@ -384,6 +394,7 @@ def save_qc_head(path: str | Path, run: QCRun, encoder_path: str | Path, info: d
         "hidden": int(qc.net[1].out_features),
         "dropout": float(qc.net[0].p),
         "encoder_digest": file_digest(encoder_path),
+        "task": task_record(),
         "info": json.loads(json.dumps(dict(info))),  # plain types: read with weights_only
     }
     tmp = path.with_name(path.name + ".tmp")
@@ -398,7 +409,8 @@ def load_qc_head(
     """Load a head written by :func:`save_qc_head` (checking it matches the encoder when given).
 
     Returns:
-        ``(head, meta)``; ``head(z)`` gives class logits for embeddings ``z``.
+        ``(head, meta)``; ``head(z)`` gives class logits for embeddings ``z``; ``meta["task"]``
+        is the QC task the head was trained for (:func:`motionqc.qc_task.task_record`).
 
     Raises:
         ValueError: If the file is not a QC head or was trained on another encoder.
@@ -417,14 +429,15 @@ def load_qc_head(
     if encoder_path is not None and file_digest(encoder_path) != state["encoder_digest"]:
         raise ValueError(f"{path}: trained on another encoder than {encoder_path}")
     d = state["in_features"]
+    task = state.get("task") or task_record()  # files before the task was recorded: the poster's
     head = nn.Sequential(
         _Standardise(torch.zeros(d), torch.ones(d)),
-        QCHead(d, hidden=state["hidden"], dropout=state["dropout"]),
+        QCHead(d, hidden=state["hidden"], dropout=state["dropout"], n_classes=task["n_classes"]),
     )
     head.load_state_dict(state["model"])
     head.eval()
     meta = {k: state[k] for k in ("in_features", "hidden", "dropout", "encoder_digest", "info")}
-    return head, meta
+    return head, meta | {"task": task}
 
 
 def stratified_split(
