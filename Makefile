@@ -29,7 +29,7 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-# bids-validator 1.15 (npm) for the derivatives test (tests/test_cli.py); needs node and npm.
+# bids-validator 1.15 (npm) for the derivatives test (tests/app/test_cli.py); needs node and npm.
 BIDS_VALIDATOR := build/bids-validator/node_modules/.bin/bids-validator
 $(BIDS_VALIDATOR):
 	npm install --silent --no-audit --no-fund --prefix build/bids-validator bids-validator@1.15.0
@@ -41,7 +41,7 @@ gpu-prepare: data
 	$(PY) benchmarks/gpu_prepare.py --out build/gpu_check
 
 data: venv
-	$(PY) -m motionqc.sample_data
+	$(PY) -m motionqc.data.sample
 
 # nbval under the fast `smoke` profile. Notebooks 01 and 02 need nothing another notebook writes;
 # the others form a chain (03's encoder feeds 04-07 and the demo, 04's QC set feeds 05, 06 reads
@@ -58,7 +58,7 @@ UNIT_TESTS := $(PY) -m pytest --durations=20 tests
 # thread waiting at a barrier sleeps instead of spinning on a core the other stream needs
 # (measured here: an SFCN training step with both streams busy took 7.4 s with spinning threads,
 # 3.4 s with passive ones, 1.7 s alone). Each stream's output is printed when it ends.
-# glibc malloc settings of motionqc.allocator (freed memory stays in the process for reuse: far
+# glibc malloc settings of motionqc.runtime.allocator (freed memory stays in the process for reuse: far
 # fewer page faults in CPU training) for every process the tests start, nbval kernels included.
 ALLOCATOR_ENV := MALLOC_MMAP_THRESHOLD_=2147483647 MALLOC_TRIM_THRESHOLD_=2147483647
 
@@ -82,10 +82,10 @@ test-py: $(TEST_NEEDS)
 test-notebooks: $(TEST_NEEDS)
 	$(NBVAL) $(NOTEBOOKS)
 
-# The released encoder: motionqc.recipe at its `release` size. Run it again after an interruption:
+# The released encoder: motionqc.training.recipe at its `release` size. Run it again after an interruption:
 # the motion pool's chunks and the training checkpoint are read back.
 pretrain: data
-	$(ALLOCATOR_ENV) $(PY) -m motionqc.release --recipe release
+	$(ALLOCATOR_ENV) $(PY) -m motionqc.training.release --recipe release
 
 # Under the sample profile the executed notebooks are copied over notebooks/ at the end: the
 # committed notebooks then show the run whose tables are in figures/ (see figures/PROVENANCE.md).

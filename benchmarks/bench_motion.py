@@ -1,11 +1,11 @@
 """Benchmark: simulate_motion vs TorchIO's Motion, same volume, same process, same environment.
 
-Times ``torchio.transforms.Motion`` (linear interpolation) and ``motionqc.motion.simulate_motion``
+Times ``torchio.transforms.Motion`` (linear interpolation) and ``motionqc.physics.motion.simulate_motion``
 on the MNI152 2009 sample head at 1 mm (182x218x182) and 2 mm (91x109x91), n in {2, 4, 8}
 transforms, batches of 1 and 8 (TorchIO has no batch: it loops). Runs interleave the two
 implementations and report the best of ``--repeats`` wall times; peak memory is the peak rise of
 the process's maximum resident set during one call, measured in a fresh process. The script re-executes itself once with
-glibc malloc settings that keep freed memory for reuse (``motionqc.allocator``) unless they are
+glibc malloc settings that keep freed memory for reuse (``motionqc.runtime.allocator``) unless they are
 already set, so both implementations always run under the same environment.
 
 Writes figures/tables/bench_motion.csv and prints the table.
@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 
-from motionqc.allocator import restart_with_env
+from motionqc.runtime.allocator import restart_with_env
 
 restart_with_env()  # glibc reads the malloc settings at start-up: before numpy/torch allocate
 
@@ -33,8 +33,8 @@ import torch  # noqa: E402
 import torchio as tio  # noqa: E402
 
 from motionqc import paths  # noqa: E402
-from motionqc.data import preprocess, sample_manifest  # noqa: E402
-from motionqc.motion import simulate_motion  # noqa: E402
+from motionqc.data.volumes import preprocess, sample_manifest  # noqa: E402
+from motionqc.physics.motion import simulate_motion  # noqa: E402
 
 GRIDS = {1.0: (182, 218, 182), 2.0: (91, 109, 91)}
 

@@ -3,10 +3,10 @@
 Both sides score the same volumes with the same SFCN weights at 1 mm (160x192x160 after
 preprocessing), in the same process and environment:
 
-- reference: plain fp32 eval, one volume after the other: ``motionqc.data.preprocess`` (load,
+- reference: plain fp32 eval, one volume after the other: ``motionqc.data.volumes.preprocess`` (load,
   resample, crop/pad, mean scaling), then the model's forward pass (contiguous memory, torch's
   default threads), batch 1;
-- pipeline: ``motionqc.scoring.score_volumes`` with ``motionqc score``'s CPU defaults:
+- pipeline: ``motionqc.app.scoring.score_volumes`` with ``motionqc score``'s CPU defaults:
   channels-last-3d, resampling skipped when a volume is already on the target grid, the batch size,
   loader workers and threads of ``default_batch_size``/``default_num_workers``/``default_threads``
   (on 2 cores: batches of 1, no worker, 2 threads) and ``--precision auto`` (bf16 autocast on CPUs
@@ -25,7 +25,7 @@ The inputs are the sample heads as distributed (ROBEX atlas 1.5 mm, Colin27 and 
 its precision) is checked on the trained encoder at ``checkpoints/sample/encoder.pt`` when
 present (at its own geometry), else on a random SFCN with BatchNorm statistics calibrated on the
 inputs at the sample geometry (the output says which), on the sample heads and motion-corrupted copies of them (0.5-3 mm). The script re-executes itself
-with glibc malloc settings that keep freed memory for reuse (``motionqc.allocator``, as ``motionqc
+with glibc malloc settings that keep freed memory for reuse (``motionqc.runtime.allocator``, as ``motionqc
 score`` applies them) unless they are already set, so both sides run under the same setting.
 
 Writes figures/tables/bench_score.csv and prints the table.
@@ -43,7 +43,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from motionqc.allocator import restart_with_env
+from motionqc.runtime.allocator import restart_with_env
 
 restart_with_env()  # glibc reads the malloc settings at start-up: before numpy/torch allocate
 
@@ -52,13 +52,8 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from motionqc import paths  # noqa: E402
-from motionqc.cli import default_batch_size, default_num_workers, usable_cores  # noqa: E402
-from motionqc.data import preprocess, sample_manifest  # noqa: E402
-from motionqc.encoder import load_encoder, save_encoder, unit_range  # noqa: E402
-from motionqc.models import SFCN  # noqa: E402
-from motionqc.motion import simulate_motion  # noqa: E402
-from motionqc.profiles import get_profile  # noqa: E402
-from motionqc.scoring import (  # noqa: E402
+from motionqc.app.cli import default_batch_size, default_num_workers, usable_cores  # noqa: E402
+from motionqc.app.scoring import (  # noqa: E402
     Scorer,
     cpu_has_native_bf16,
     default_threads,
@@ -66,8 +61,13 @@ from motionqc.scoring import (  # noqa: E402
     resolve_precision,
     score_volumes,
 )
-from motionqc.soft_labels import decode  # noqa: E402
-from motionqc.synthetic import sample_motion  # noqa: E402
+from motionqc.data.volumes import preprocess, sample_manifest  # noqa: E402
+from motionqc.models.encoder import load_encoder, save_encoder, unit_range  # noqa: E402
+from motionqc.models.sfcn import SFCN  # noqa: E402
+from motionqc.models.soft_labels import decode  # noqa: E402
+from motionqc.physics.motion import simulate_motion  # noqa: E402
+from motionqc.profiles import get_profile  # noqa: E402
+from motionqc.synthetic.motion_sets import sample_motion  # noqa: E402
 
 GOAL_VOL_PER_MIN = 40.0
 GOAL_MAX_DIFF_MM = 0.05

@@ -25,8 +25,8 @@ from pathlib import Path
 import pandas as pd
 
 from motionqc import paths
-from motionqc.data import sample_manifest
-from motionqc.encoder import released_encoder_path
+from motionqc.data.volumes import sample_manifest
+from motionqc.models.encoder import released_encoder_path
 from motionqc.stages.pretrain import band_table, split_metrics, torchio_corruptions
 
 

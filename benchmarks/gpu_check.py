@@ -3,9 +3,9 @@
 Runs where only PyTorch (with numpy, scipy, pandas) is installed — the GPU machine this project
 can borrow has neither TorchIO, nibabel nor SimpleITK, and no network — on the inputs
 ``benchmarks/gpu_prepare.py`` wrote here (``build/gpu_check/inputs.pt``). It imports only
-torch-only modules of the package (:mod:`motionqc.motion`'s torch backend,
-:mod:`motionqc.device_motion`, :mod:`motionqc.models`, :mod:`motionqc.soft_labels`,
-:mod:`motionqc.resources`) and measures, in one run:
+torch-only modules of the package (:mod:`motionqc.physics.motion`'s torch backend,
+:mod:`motionqc.physics.device`, :mod:`motionqc.models.sfcn`, :mod:`motionqc.models.soft_labels`,
+:mod:`motionqc.runtime.resources`) and measures, in one run:
 
 - (a) ``simulate_motion`` on the device at 1 mm, batches 1/8/32 (vol/s), against the torch path
   on this machine's CPU cores; and the device's output against the CPU SimpleITK path's (relative
@@ -13,7 +13,7 @@ torch-only modules of the package (:mod:`motionqc.motion`'s torch backend,
 - (b) an SFCN training step at 1 mm in bf16 autocast + channels-last, batches 4/8 (vol/s,
   ``torch.cuda.max_memory_allocated``);
 - (c) notebook 03's paper path: steps of SFCN training on the bundled heads with the motion and
-  intensity chain applied per batch on the device (:class:`motionqc.device_motion.DeviceMotion`),
+  intensity chain applied per batch on the device (:class:`motionqc.physics.device.DeviceMotion`),
   the flip on the device too; loss at the start and end, vol/s, memory, NVML power where present,
   and the CPU loader's cost per volume (elastic deformation, measured at preparation) beside it;
 - (d) scoring: the encoder's forward pass at 1 mm in bf16 + channels-last, batches 8/32, inputs
@@ -37,11 +37,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from motionqc.device_motion import DeviceMotion
-from motionqc.models import SFCN
-from motionqc.motion import simulate_motion
-from motionqc.resources import ResourceMonitor
-from motionqc.soft_labels import SoftLabelKL
+from motionqc.models.sfcn import SFCN
+from motionqc.models.soft_labels import SoftLabelKL
+from motionqc.physics.device import DeviceMotion
+from motionqc.physics.motion import simulate_motion
+from motionqc.runtime.resources import ResourceMonitor
 
 FIELDS = ("section", "setting", "batch", "value", "unit", "note")
 

@@ -6,9 +6,9 @@ SimpleITK, and no network. So this script, run here (``make gpu-prepare``), writ
 
 - the bundled heads preprocessed as notebook 03's paper path preprocesses them (1 mm,
   160×192×160, divided by their mean; float16);
-- the rows of that path's parameter table for them (:func:`motionqc.synthetic.build_parameter_table`,
-  the authors' sampler) and, per row, the parameters :class:`motionqc.pretrain.MotionSourceSet`
-  hands to :class:`motionqc.device_motion.DeviceMotion` (motion padded to the most transforms,
+- the rows of that path's parameter table for them (:func:`motionqc.synthetic.motion_sets.build_parameter_table`,
+  the authors' sampler) and, per row, the parameters :class:`motionqc.synthetic.heads.MotionSourceSet`
+  hands to :class:`motionqc.physics.device.DeviceMotion` (motion padded to the most transforms,
   gamma, bias-field coefficients, rescale maximum) and the flip it draws
   (:meth:`MotionSourceSet.parameters`);
 - a reference for the CUDA motion: a few rows corrupted here by the CPU path at 2 mm;
@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from motionqc.data import preprocess, sample_manifest
-from motionqc.motion import simulate_motion
-from motionqc.pretrain import MotionSourceSet
-from motionqc.synthetic import build_parameter_table
+from motionqc.data.volumes import preprocess, sample_manifest
+from motionqc.physics.motion import simulate_motion
+from motionqc.synthetic.heads import MotionSourceSet
+from motionqc.synthetic.motion_sets import build_parameter_table
 
 HEADS = ("robex_atlas", "mni152_2009", "colin27")
 GRID_1MM = (160, 192, 160)

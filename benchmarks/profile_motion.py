@@ -21,8 +21,8 @@ import SimpleITK as sitk
 import torch
 import torchio as tio
 
-from motionqc import motion
-from motionqc.data import preprocess, sample_manifest
+from motionqc.data.volumes import preprocess, sample_manifest
+from motionqc.physics import motion
 
 
 def best(fn, repeats: int) -> float:

@@ -12,9 +12,9 @@ import pytest
 
 
 def env_without_allocator_settings() -> dict[str, str]:
-    """This environment minus ``motionqc.allocator``'s variables (``make test`` exports them): for
+    """This environment minus ``motionqc.runtime.allocator``'s variables (``make test`` exports them): for
     a child that must run with glibc's default allocator."""
-    from motionqc.allocator import ALLOCATOR_ENV
+    from motionqc.runtime.allocator import ALLOCATOR_ENV
 
     return {k: v for k, v in os.environ.items() if k not in ALLOCATOR_ENV}
 
@@ -43,7 +43,7 @@ def phantom_path(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def sample():
     """The real sample manifest (requires `make data`, which `make test` runs first)."""
-    from motionqc.data import sample_manifest
+    from motionqc.data.volumes import sample_manifest
 
     return sample_manifest()
 
@@ -55,7 +55,7 @@ def mrart(tmp_path_factory: pytest.TempPathFactory, sample: pd.DataFrame) -> Pat
     Each volume is the first sample head at 4 mm plus noise growing with its rating (1 = good, as
     MR-ART rates), and ``derivatives/scores.tsv`` holds the ratings.
     """
-    from motionqc.data import preprocess
+    from motionqc.data.volumes import preprocess
 
     root = tmp_path_factory.mktemp("ds004173")
     rng = np.random.default_rng(1)

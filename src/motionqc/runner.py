@@ -6,7 +6,7 @@ profile named by ``MOTIONQC_PROFILE`` (or ``--profile``), writing the executed c
 RSS of its kernel. Notebooks write their tables and figures into ``figures/`` themselves.
 
 Kernels start with glibc malloc settings that keep freed memory for reuse
-(:data:`motionqc.allocator.ALLOCATOR_ENV`, unless those variables are set): a CPU training step
+(:data:`motionqc.runtime.allocator.ALLOCATOR_ENV`, unless those variables are set): a CPU training step
 then stops faulting its activations in again every time.
 
 ``--params FILE`` reads papermill parameters from a YAML file (``make reproduce PARAMS=FILE``):
@@ -38,8 +38,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from motionqc import allocator, paths
+from motionqc import paths
 from motionqc.profiles import get_profile
+from motionqc.runtime import allocator
 
 __all__ = ["run_notebook", "read_params", "notebook_parameters", "main"]
 

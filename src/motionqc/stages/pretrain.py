@@ -1,6 +1,6 @@
 """Stage of notebook 03 and ``make pretrain``: train the motion encoder, calibrate it, test it.
 
-:func:`run` renders the recipe's motion pool (:mod:`motionqc.recipe`), trains the encoder, fits a
+:func:`run` renders the recipe's motion pool (:mod:`motionqc.training.recipe`), trains the encoder, fits a
 softmax temperature on validation and tests the encoder on heads it never saw: each corrupted by
 **TorchIO's own** ``Motion`` at known scores, at the head's own resolution, and preprocessed as
 ``motionqc score`` does. The result holds every table and figure input of notebook 03.
@@ -19,10 +19,13 @@ import torch
 import torchio as tio
 from scipy.stats import spearmanr
 
-from motionqc.data import load_volume, preprocess
-from motionqc.encoder import predict_motion
-from motionqc.models import SFCN
-from motionqc.recipe import (
+from motionqc.data.volumes import load_volume, preprocess
+from motionqc.models.encoder import predict_motion
+from motionqc.models.sfcn import SFCN
+from motionqc.models.soft_labels import BIN_RANGE, N_BINS, decode, predictive_std
+from motionqc.physics.score import SCORE_CONVENTION
+from motionqc.synthetic.motion_sets import sample_scored_motion
+from motionqc.training.recipe import (
     RecipeConfig,
     load_sources,
     predict_logits,
@@ -30,10 +33,7 @@ from motionqc.recipe import (
     train,
     val_inputs,
 )
-from motionqc.score import SCORE_CONVENTION
-from motionqc.soft_labels import BIN_RANGE, N_BINS, decode, predictive_std
-from motionqc.synthetic import sample_scored_motion
-from motionqc.trainer import kaiming_init, seed_everything
+from motionqc.training.trainer import kaiming_init, seed_everything
 
 __all__ = [
     "BANDS",
@@ -100,8 +100,8 @@ def manifest_heads(
     :data:`POOL_ROLE`, as the authors chose them; without one, the rows rated ``best_score``.
     A complete ``split`` column (train/val/test) is used as given — refused if a subject spans
     two splits — otherwise a seeded split by subject is drawn
-    (:func:`motionqc.transfer.split_by_subject`). Relative paths resolve against
-    :func:`motionqc.authors.manifest_base` (``data_root``, else ``MOTIONQC_DATA_ROOT`` when
+    (:func:`motionqc.training.transfer.split_by_subject`). Relative paths resolve against
+    :func:`motionqc.data.authors.manifest_base` (``data_root``, else ``MOTIONQC_DATA_ROOT`` when
     set, else the manifest's folder); a missing
     file is left out and listed in ``errors``.
 
@@ -116,12 +116,12 @@ def manifest_heads(
         The :class:`ManifestHeads`.
 
     Raises:
-        motionqc.data.ManifestError: If the manifest is malformed.
+        motionqc.data.volumes.ManifestError: If the manifest is malformed.
         ValueError: If a given split mixes subjects, or a split has no volume.
     """
-    from motionqc.authors import manifest_base
-    from motionqc.data import load_manifest
-    from motionqc.transfer import split_by_subject
+    from motionqc.data.authors import manifest_base
+    from motionqc.data.volumes import load_manifest
+    from motionqc.training.transfer import split_by_subject
 
     table = load_manifest(
         manifest, base_dir=manifest_base(data_root), check_files=True, on_error="skip"
@@ -224,7 +224,7 @@ def band_table(table: pd.DataFrame, edges: Sequence[float] = BANDS) -> pd.DataFr
 
 
 def load_native(path: str | Path) -> tio.ScalarImage:
-    """A head at its own resolution, canonical orientation (:func:`motionqc.data.load_volume`)."""
+    """A head at its own resolution, canonical orientation (:func:`motionqc.data.volumes.load_volume`)."""
     nii = load_volume(path)
     tensor = torch.from_numpy(np.asarray(nii.dataobj, dtype=np.float32))[None]
     return tio.ScalarImage(tensor=tensor, affine=nii.affine)
@@ -238,7 +238,7 @@ def corrupt_with_torchio(
     Args:
         image: The head (one channel).
         target: Wanted score, mm (0: the image itself).
-        seed: Seed of the parameter draw (:func:`motionqc.synthetic.sample_scored_motion`).
+        seed: Seed of the parameter draw (:func:`motionqc.synthetic.motion_sets.sample_scored_motion`).
 
     Returns:
         ``(moved, params)``; ``params["score"]`` is the true score.
@@ -297,7 +297,7 @@ def unseen_head_inputs(
 
     Each head is loaded at its own resolution (canonical orientation), corrupted by
     ``tio.Motion(..., image_interpolation="linear")`` with parameters whose score under
-    :data:`motionqc.score.SCORE_CONVENTION` is the target (:func:`torchio_corruptions`), then
+    :data:`motionqc.physics.score.SCORE_CONVENTION` is the target (:func:`torchio_corruptions`), then
     preprocessed to the encoder's grid exactly as ``motionqc score`` does.
 
     Args:
@@ -363,7 +363,7 @@ class PretrainResult:
     Attributes:
         model: The trained SFCN (eval mode).
         meta: Its geometry, bins, input scaling and temperature (as :func:`save_encoder` takes).
-        history: One row per validation pass (:func:`motionqc.recipe.train`).
+        history: One row per validation pass (:func:`motionqc.training.recipe.train`).
         predictions: ``split`` (train subset, val, test), ``head``, ``true``, ``pred``, ``std``.
         test_raw: The test rows before the temperature (for the calibration table).
         metrics: Per split: ``n``, ``r2``, ``spearman``, ``mae``, ``rmse``, coverage.
@@ -401,7 +401,7 @@ def run(
     """Train, calibrate and test the motion encoder of a recipe.
 
     Args:
-        config: The recipe (:data:`motionqc.recipe.RECIPES`).
+        config: The recipe (:data:`motionqc.training.recipe.RECIPES`).
         files: Head id → NIfTI file (training and test heads).
         test_heads: Heads never used in training: the unseen-head test.
         cache_dir: Folder of the motion pool's chunks (``None``: nothing cached).

@@ -1,7 +1,7 @@
 """Stage of notebooks 04–05 on a user's data: the QC set of a manifest's own ratings.
 
 :func:`manifest_qc_set` turns a manifest (a lab's ratings, MR-ART built by
-:func:`motionqc.bids.manifest_from_mrart`, or the authors' manifests joined to
+:func:`motionqc.data.bids.manifest_from_mrart`, or the authors' manifests joined to
 ``MOTIONQC_DATA_ROOT``) into what notebooks 04 and 05 train on: every rated volume preprocessed for
 the encoder, its QC class, and a split **by subject**.
 """
@@ -15,9 +15,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from motionqc.authors import manifest_base
-from motionqc.data import load_manifest, qc_class
-from motionqc.transfer import preprocess_rows, split_by_subject
+from motionqc.data.authors import manifest_base
+from motionqc.data.qc_task import qc_class
+from motionqc.data.volumes import load_manifest
+from motionqc.training.transfer import preprocess_rows, split_by_subject
 
 __all__ = ["TRANSFER_ROLES", "manifest_qc_set"]
 
@@ -42,8 +43,8 @@ def manifest_qc_set(
     ``drop_shared_subjects``, such a subject keeps only its volumes of the first of train, val,
     test it appears in (the others are listed in the errors: the authors' split is by volume, and
     some of its subjects have a later session in the added test set) — otherwise a split by subject
-    is drawn (:func:`motionqc.transfer.split_by_subject`). Relative paths resolve against
-    :func:`motionqc.authors.manifest_base` (``data_root``, else ``MOTIONQC_DATA_ROOT`` when it is
+    is drawn (:func:`motionqc.training.transfer.split_by_subject`). Relative paths resolve against
+    :func:`motionqc.data.authors.manifest_base` (``data_root``, else ``MOTIONQC_DATA_ROOT`` when it is
     set, else the manifest's folder).
     A file that cannot be used is listed in the returned errors and left out.
 
@@ -60,7 +61,7 @@ def manifest_qc_set(
         ``site``, ``split``, ``qc_score`` and ``qc_class`` (0: rated 1–2, 1: 3, 2: 4).
 
     Raises:
-        motionqc.data.ManifestError: If the manifest is malformed.
+        motionqc.data.volumes.ManifestError: If the manifest is malformed.
         ValueError: If fewer than 10 rated volumes remain, or a given split mixes subjects.
     """
     table = load_manifest(manifest, base_dir=manifest_base(data_root), check_files=False)

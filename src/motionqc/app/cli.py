@@ -1,0 +1,526 @@
+"""The ``motionqc`` command line: score a BIDS dataset, merge shards, simulate motion, train a QC head.
+
+::
+
+    motionqc score BIDS_DIR OUT_DIR participant [--participant-label 01 02] [--checkpoint encoder.pt]
+                   [--qc-head qc_head.pt] [--device auto] [--batch-size N] [--num-workers N]
+                   [--precision auto|fp32|bf16] [--shard I/N]
+    motionqc group OUT_DIR
+    motionqc simulate IN.nii.gz OUT.nii.gz --score 1.5 --seed 0 [--n-transforms 4]
+    motionqc train-qc --manifest ratings.tsv --checkpoint encoder.pt OUT_DIR [--seeds 5]
+    motionqc train-qc --manifest report_ratings.tsv --bids-dir BIDS_DIR OUT_DIR
+
+Exit status: 0 when something was scored (bad volumes are listed in the table with their error
+and do not fail the run), 1 when nothing could be scored or a step failed, 2 for unusable
+arguments (an output folder inside the BIDS dataset, a missing checkpoint), 130 when interrupted
+(what was written is kept; run the same command again to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import motionqc
+from motionqc.runtime.allocator import keep_freed_memory
+from motionqc.runtime.devices import default_batch_size, default_num_workers, usable_cores
+
+__all__ = [
+    "build_parser",
+    "default_batch_size",
+    "default_num_workers",
+    "main",
+    "simulate_file",
+    "usable_cores",
+]
+
+PROG = "motionqc"
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Show ``(default: …)`` after the help of every option that has a meaningful default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            "%(default)" in text
+            or "default:" in text
+            or action.default in (None, argparse.SUPPRESS)
+            or isinstance(action.default, bool)
+        ):
+            return text
+        return text + " (default: %(default)s)"
+
+
+def _error(message: str) -> None:
+    print(f"{PROG}: error: {' '.join(str(message).split())}", file=sys.stderr)
+
+
+def _profile_name() -> str:
+    from motionqc.profiles import get_profile
+
+    return get_profile().name
+
+
+def _default_checkpoint_text() -> str:
+    """The default checkpoint as shown by ``--help``."""
+    from motionqc.models.encoder import released_encoder_path
+
+    return str(released_encoder_path())
+
+
+def _default_checkpoint() -> Path:
+    """The released encoder shipped inside the package (``make pretrain`` writes it)."""
+    from motionqc.models.encoder import released_encoder_path
+
+    return released_encoder_path()
+
+
+def _shard(text: str) -> tuple[int, int]:
+    from motionqc.app.derivatives import parse_shard
+
+    try:
+        return parse_shard(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of the ``motionqc`` command."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Motion scores and QC classes for T1w MRI (pretrained on synthetic motion).",
+        epilog=__doc__.split("::")[0].strip().splitlines()[0],
+        formatter_class=_Formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {motionqc.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    checkpoint_help = (
+        "pretrained encoder file (motionqc.models.encoder.save_encoder, e.g. notebook 03's "
+        "checkpoints/<profile>/encoder.pt); default: the released encoder shipped in the "
+        f"package, {_default_checkpoint_text()} (its provenance: motion_encoder.json beside it)"
+    )
+
+    score = sub.add_parser(
+        "score",
+        help="score every T1w of a BIDS dataset (participant step)",
+        description=(
+            "Score every sub-*/[ses-*/]anat/*_T1w.nii[.gz] of BIDS_DIR: predicted motion (mm, "
+            "Jenkinson RMS deviation) with its uncertainty and, with --qc-head, QC class "
+            "probabilities. Writes a BIDS derivative dataset in OUT_DIR: dataset_description.json, "
+            "motion_T1w.tsv (motion_T1w_shard-IIIIofNNNN.tsv with --shard) keyed by bids_name, "
+            "one mosaic PNG per volume and, when not sharded, report.html. Volumes already in the "
+            "table are skipped, so an interrupted run resumes where it stopped."
+        ),
+        formatter_class=_Formatter,
+    )
+    score.add_argument("bids_dir", metavar="BIDS_DIR", type=Path, help="the BIDS dataset")
+    score.add_argument(
+        "output_dir", metavar="OUT_DIR", type=Path, help="derivatives folder (not inside BIDS_DIR)"
+    )
+    score.add_argument("analysis_level", choices=["participant"], help="BIDS-App analysis level")
+    score.add_argument(
+        "--participant-label",
+        "--participant_label",
+        nargs="+",
+        metavar="LABEL",
+        default=None,
+        help="only these subjects (with or without 'sub-'); default: all",
+    )
+    score.add_argument("--checkpoint", type=Path, default=None, help=checkpoint_help)
+    score.add_argument(
+        "--qc-head",
+        type=Path,
+        default=None,
+        help="QC head file from `motionqc train-qc` (adds p_qc0..2 and qc_class)",
+    )
+    score.add_argument(
+        "--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ..."
+    )
+    score.add_argument(
+        "--batch-size",
+        type=_positive,
+        default=None,
+        help="volumes per forward pass; default: 16 on CUDA, 1 on CPU",
+    )
+    score.add_argument(
+        "--num-workers",
+        type=_non_negative,
+        default=None,
+        help="loader processes (0: load in the main process); default: on CUDA half the usable "
+        f"cores (here {default_num_workers('cuda')}), on CPU one per 8 cores (here "
+        f"{default_num_workers('cpu')}): on a few cores loading costs less than the cores a "
+        "worker takes from the model",
+    )
+    score.add_argument(
+        "--threads",
+        type=_non_negative,
+        default=0,
+        help="torch threads of the scoring process; 0: on CPU every usable core",
+    )
+    score.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="auto: bf16 autocast on CPUs with native bf16 (AVX512-BF16/AMX) and on CUDA "
+        "(fp16 AMP on GPUs without bf16), fp32 otherwise",
+    )
+    score.add_argument(
+        "--shard",
+        type=_shard,
+        default="0/1",
+        metavar="I/N",
+        help="score shard I of N (0 <= I < N; e.g. $SLURM_ARRAY_TASK_ID/$N); merge with `group`",
+    )
+    score.add_argument(
+        "--no-mosaics",
+        dest="mosaics",
+        action="store_false",
+        help="do not render a mosaic per volume (the report then has no images)",
+    )
+    score.add_argument(
+        "--retry-errors",
+        action="store_true",
+        help="score again the volumes listed with an error in the table",
+    )
+    score.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="no progress bar"
+    )
+    score.set_defaults(func=_cmd_score)
+
+    group = sub.add_parser(
+        "group",
+        help="merge the shard tables and write report.html (group step)",
+        description=(
+            "Merge OUT_DIR/motion_T1w*.tsv into OUT_DIR/group_T1w.tsv and write OUT_DIR/report.html "
+            "(volumes ranked by predicted motion, mosaic, score ± uncertainty, QC class, group "
+            "distribution)."
+        ),
+        formatter_class=_Formatter,
+    )
+    group.add_argument("output_dir", metavar="OUT_DIR", type=Path, help="derivatives folder")
+    group.set_defaults(func=_cmd_group)
+
+    simulate = sub.add_parser(
+        "simulate",
+        help="corrupt a volume with k-space motion of a chosen severity",
+        description=(
+            "Add synthetic k-space motion (TorchIO's Motion model) whose motion score (Jenkinson "
+            "RMS deviation, mm) equals --score, at the input's own resolution and orientation. "
+            "Writes OUT and a JSON sidecar (OUT with .json) with the rotations, translations, "
+            "times and the score."
+        ),
+        formatter_class=_Formatter,
+    )
+    simulate.add_argument("input", metavar="IN", type=Path, help="input NIfTI volume")
+    simulate.add_argument("output", metavar="OUT", type=Path, help="output NIfTI (.nii or .nii.gz)")
+    simulate.add_argument("--score", type=float, default=1.5, help="target motion score, mm")
+    simulate.add_argument("--seed", type=int, default=0, help="seed of the motion draw")
+    simulate.add_argument(
+        "--n-transforms",
+        type=_positive,
+        default=None,
+        help="number of motion transforms; default: drawn in 2..7 from the seed",
+    )
+    simulate.set_defaults(func=_cmd_simulate)
+
+    train = sub.add_parser(
+        "train-qc",
+        help="train a QC head on your own ratings (frozen encoder, 5 seeds)",
+        description=(
+            "Train the QC head on a lab's own ratings (a manifest TSV with the columns "
+            "volume_id, dataset, site, subject, path, qc_score (1-4) and optionally split) on "
+            "top of the "
+            "frozen encoder; writes the per-seed and median results and qc_head.pt (for "
+            "`motionqc score --qc-head`) to OUT_DIR."
+        ),
+        formatter_class=_Formatter,
+    )
+    train.add_argument(
+        "--manifest",
+        type=Path,
+        required=True,
+        help="ratings manifest TSV; with --bids-dir, a ratings TSV keyed by bids_name (the "
+        "report's export: bids_name, rating, comment, rater, timestamp)",
+    )
+    train.add_argument(
+        "--bids-dir",
+        type=Path,
+        default=None,
+        help="BIDS dataset the ratings of --manifest refer to (their files are found there; "
+        "the manifest built from both is written to OUT_DIR/manifest.tsv)",
+    )
+    train.add_argument("--checkpoint", type=Path, default=None, help=checkpoint_help)
+    train.add_argument("output_dir", metavar="OUT_DIR", type=Path, help="output folder")
+    train.add_argument("--seeds", type=_positive, default=5, help="number of seeds")
+    train.set_defaults(func=_cmd_train_qc)
+    return parser
+
+
+# --------------------------------------------------------------------------- commands
+def _checkpoint(args: argparse.Namespace) -> Path:
+    return args.checkpoint if args.checkpoint is not None else _default_checkpoint()
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from motionqc.app.scoring import resolve_device, run_participant
+    from motionqc.data.volumes import ManifestError
+    from motionqc.models.encoder import EncoderError
+
+    try:
+        checkpoint = _checkpoint(args)
+        device = resolve_device(args.device)
+    except (RuntimeError, ValueError) as exc:
+        _error(exc)
+        return 2
+    batch_size = args.batch_size or default_batch_size(device.type)
+
+    def log(message: str) -> None:
+        print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+
+    try:
+        summary = run_participant(
+            args.bids_dir,
+            args.output_dir,
+            checkpoint,
+            participant_label=args.participant_label,
+            qc_head=args.qc_head,
+            device=str(device),
+            precision=args.precision,
+            batch_size=batch_size,
+            num_workers=args.num_workers,
+            threads=args.threads or None,
+            shard=args.shard,
+            mosaics=args.mosaics,
+            retry_errors=args.retry_errors,
+            progress=args.progress,
+            log=log,
+        )
+    except (EncoderError, ManifestError) as exc:
+        _error(exc)
+        return 2
+    except ImportError as exc:
+        _error(f"--qc-head needs motionqc.training.transfer, which cannot be imported here ({exc})")
+        return 2
+    except ValueError as exc:
+        _error(exc)
+        return 2
+    except RuntimeError as exc:  # e.g. a loader process killed (out of memory)
+        _error(f"{exc} (what was written is kept: run the same command again to resume)")
+        return 1
+    print(
+        f"{summary.table}: {summary.scored} scored, {summary.errors} error(s), "
+        f"{summary.skipped} already there; {summary.ok_total}/{summary.selected} scored in all"
+    )
+    for name in summary.error_names:
+        print(f"  not scored: {name} (see the error column)")
+    if summary.report is not None:
+        print(f"report: {summary.report}")
+    if summary.interrupted:
+        print(f"{PROG}: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    if summary.ok_total == 0:
+        _error("nothing could be scored")
+        return 1
+    return 0
+
+
+def _cmd_group(args: argparse.Namespace) -> int:
+    from motionqc.app.scoring import group_table, run_group
+
+    try:
+        report = run_group(args.output_dir)
+    except (ValueError, OSError) as exc:
+        _error(exc)
+        return 1
+    table = group_table(args.output_dir)
+    n_ok = int((table["status"] == "ok").sum()) if "status" in table.columns else len(table)
+    print(f"{args.output_dir / 'group_T1w.tsv'}: {len(table)} volume(s), {n_ok} scored")
+    print(f"report: {report}")
+    return 0 if n_ok else 1
+
+
+def simulate_file(
+    input_path: str | Path,
+    output_path: str | Path,
+    score: float,
+    seed: int = 0,
+    n_transforms: int | None = None,
+) -> dict[str, object]:
+    """Corrupt a NIfTI volume with motion of a given score; write it and its JSON sidecar.
+
+    The motion is applied to the array as stored (the k-space segments run along its last axis, as
+    TorchIO does for that file), with the file's own affine and voxel size; the score's sphere is
+    centred on the volume.
+
+    Args:
+        input_path: Input volume (3D, or 4D with one volume).
+        output_path: Output ``.nii``/``.nii.gz``; the sidecar is the same name with ``.json``.
+        score: Target motion score, mm.
+        seed: Seed of the parameter draw.
+        n_transforms: Number of transforms (default: drawn from the seed).
+
+    Returns:
+        The sidecar's content.
+
+    Raises:
+        motionqc.data.volumes.VolumeError: If the input cannot be used.
+        ValueError: For a negative score or a bad seed.
+    """
+    import nibabel as nib
+    import numpy as np
+    import torch
+
+    from motionqc.data.volumes import load_volume
+    from motionqc.physics.motion import simulate_motion
+    from motionqc.physics.score import SCORE_CONVENTION
+    from motionqc.synthetic.motion_sets import sample_scored_motion
+
+    input_path, output_path = Path(input_path), Path(output_path)
+    load_volume(input_path)  # validation only: one-line errors for unusable files
+    image = nib.load(str(input_path))
+    data = np.asanyarray(image.dataobj, dtype=np.float32)
+    while data.ndim > 3:
+        data = data[..., 0]
+    affine = np.asarray(image.affine, dtype=float)
+    params = sample_scored_motion(score, seed, n_transforms, affine=affine, shape=data.shape)
+    moved = simulate_motion(
+        torch.from_numpy(np.ascontiguousarray(data)),
+        params["degrees"],
+        params["translation"],
+        params["times"],
+        affine,
+    ).numpy()
+    header = image.header.copy()
+    header.set_data_dtype(np.float32)
+    header.set_data_shape(moved.shape)
+    out_image = nib.Nifti1Image(moved.astype(np.float32), affine, header=header)
+    out_image.header.set_slope_inter(1.0, 0.0)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = ".nii.gz" if output_path.name.endswith(".nii.gz") else output_path.suffix
+    tmp = output_path.with_name(f".tmp-{os.getpid()}-{output_path.name}")
+    if not tmp.name.endswith(suffix):
+        tmp = tmp.with_name(tmp.name + suffix)
+    nib.save(out_image, str(tmp))
+    os.replace(tmp, output_path)
+    sidecar = {
+        "Source": str(input_path.resolve()),
+        "TargetScore": float(score),
+        "Score": float(params["score"]),
+        "ScoreUnits": "mm",
+        "ScoreDefinition": (
+            "Jenkinson RMS deviation, radius 80 mm, sphere centred on the volume, mean over "
+            "consecutive pairs of [identity, T1..Tn] of the rigid head poses the simulation applies"
+        ),
+        "ScoreConvention": SCORE_CONVENTION.as_dict(),
+        "Seed": int(seed),
+        "NTransforms": int(params["n"]),
+        "Degrees": np.asarray(params["degrees"]).round(6).tolist(),
+        "Translation": np.asarray(params["translation"]).round(6).tolist(),
+        "TranslationUnits": "mm",
+        "Times": np.asarray(params["times"], dtype=float).round(6).tolist(),
+        "MotionModel": "torchio.Motion (linear), k-space segments along the last array axis",
+        "GeneratedBy": {"Name": "motionqc", "Version": motionqc.__version__},
+    }
+    _sidecar_path(output_path).write_text(json.dumps(sidecar, indent=2) + "\n")
+    return sidecar
+
+
+def _sidecar_path(path: Path) -> Path:
+    name = path.name
+    for ext in (".nii.gz", ".nii"):
+        if name.endswith(ext):
+            return path.with_name(name[: -len(ext)] + ".json")
+    return path.with_name(name + ".json")
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from motionqc.data.volumes import VolumeError
+
+    try:
+        sidecar = simulate_file(
+            args.input, args.output, args.score, seed=args.seed, n_transforms=args.n_transforms
+        )
+    except (VolumeError, ValueError) as exc:
+        _error(exc)
+        return 1
+    print(
+        f"{args.output}: motion score {sidecar['Score']:.4f} mm (target {args.score:g}), "
+        f"{sidecar['NTransforms']} transform(s); parameters in {_sidecar_path(args.output)}"
+    )
+    return 0
+
+
+def _cmd_train_qc(args: argparse.Namespace) -> int:
+    try:
+        from motionqc.training.transfer import train_qc_cli
+    except ImportError as exc:
+        _error(
+            "train-qc needs motionqc.training.transfer (the QC transfer module), which cannot be imported "
+            f"here: {exc}"
+        )
+        return 2
+    from motionqc.data.volumes import ManifestError
+    from motionqc.models.encoder import EncoderError
+
+    try:
+        checkpoint = _checkpoint(args)
+        manifest = args.manifest
+        if args.bids_dir is not None:
+            from motionqc.data.bids import manifest_from_bids
+
+            table = manifest_from_bids(args.bids_dir, ratings=args.manifest)
+            Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+            manifest = Path(args.output_dir) / "manifest.tsv"
+            table.to_csv(manifest, sep="\t", index=False)
+        result = train_qc_cli(manifest, checkpoint, args.output_dir, args.seeds)
+    except (EncoderError, ManifestError, ValueError, RuntimeError) as exc:
+        _error(exc)
+        return 1
+    print(f"results: {result}")
+    head = Path(args.output_dir) / "qc_head.pt"
+    if head.is_file():
+        print(f"QC head: {head} (use with `motionqc score ... --qc-head {head}`)")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``motionqc`` command line; returns the exit status.
+
+    Args:
+        argv: Arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        0 on success, 1 when nothing could be done, 2 for unusable arguments, 130 on Ctrl-C.
+    """
+    # Freed activations stay in the process for the next volume instead of being faulted in again.
+    keep_freed_memory()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

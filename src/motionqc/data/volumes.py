@@ -1,0 +1,369 @@
+"""Manifests, volume loading and preprocessing.
+
+A *manifest* is a TSV with one row per volume and at least the columns
+``volume_id, dataset, site, subject, path, qc_score`` (``qc_score`` 1–4, 4 = best, or empty),
+plus an optional ``sha256``. Extra columns (``mask_path``, ``licence``, ``age``, …) are kept.
+Relative paths resolve against the manifest's folder (or ``base_dir``).
+
+Every problem with an input names the file: :class:`VolumeError` for a volume that cannot be
+used, :class:`ManifestError` for a manifest that is malformed or points at missing files. Both are
+``ValueError`` subclasses whose message is a single line.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import warnings
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import torch
+import torchio as tio
+
+from motionqc import paths
+
+__all__ = [
+    "VolumeError",
+    "ManifestError",
+    "REQUIRED_COLUMNS",
+    "file_sha256",
+    "load_manifest",
+    "sample_manifest",
+    "MAX_VOXELS",
+    "load_volume",
+    "load_mask",
+    "preprocess",
+]
+
+REQUIRED_COLUMNS: tuple[str, ...] = ("volume_id", "dataset", "site", "subject", "path", "qc_score")
+"""Columns every manifest must have."""
+
+
+class VolumeError(ValueError):
+    """A volume that cannot be used; the message names the file and the problem."""
+
+
+class ManifestError(ValueError):
+    """A manifest that is malformed or points at missing files; the message names the file."""
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Return the hex SHA-256 of a file.
+
+    Args:
+        path: File to hash.
+        chunk: Read size in bytes.
+
+    Returns:
+        The 64-character hex digest.
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_manifest(
+    path: str | Path,
+    base_dir: str | Path | None = None,
+    check_files: bool = True,
+    verify_checksums: bool = False,
+    on_error: str = "raise",
+) -> pd.DataFrame:
+    """Read and validate a manifest TSV.
+
+    Args:
+        path: The manifest (tab-separated, header row).
+        base_dir: Folder that relative ``path`` values resolve against (default: the manifest's).
+        check_files: Check that every volume file exists.
+        verify_checksums: Compare each file's SHA-256 with its ``sha256`` column (when filled).
+        on_error: ``"raise"`` stops at the first bad row; ``"skip"`` drops bad rows, warns once
+            per row, and lists them in ``df.attrs["errors"]`` (volume_id → message).
+
+    Returns:
+        The manifest with ``path`` resolved to absolute paths and ``qc_score`` as a nullable
+        integer column (``Int64``).
+
+    Raises:
+        ManifestError: If the file cannot be read, a required column is missing, ids repeat,
+            a QC score is out of range, or (with ``on_error="raise"``) a file is missing or its
+            checksum differs.
+    """
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+    path = Path(path)
+    try:
+        df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{path}: cannot read manifest ({_one_line(exc)})") from exc
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise ManifestError(f"{path}: missing column(s) {', '.join(missing)}")
+    dupes = df["volume_id"][df["volume_id"].duplicated()].unique().tolist()
+    if dupes:
+        raise ManifestError(f"{path}: volume_id repeated: {', '.join(dupes[:5])}")
+    if (df["volume_id"].str.strip() == "").any() or (df["path"].str.strip() == "").any():
+        raise ManifestError(f"{path}: empty volume_id or path in row(s) {_empty_rows(df)}")
+
+    scores = pd.to_numeric(df["qc_score"].replace("", None), errors="coerce")
+    bad = df.index[(df["qc_score"] != "") & ~scores.isin([1, 2, 3, 4])]
+    if len(bad):
+        row = bad[0]
+        raise ManifestError(
+            f"{path}: qc_score {df.at[row, 'qc_score']!r} of {df.at[row, 'volume_id']} is not "
+            "1, 2, 3, 4 or empty"
+        )
+    df["qc_score"] = scores.astype("Int64")
+
+    base = Path(base_dir) if base_dir is not None else path.parent
+    for column in ("path", "mask_path"):
+        if column in df.columns:
+            df[column] = [_resolve(base, p) if p else "" for p in df[column]]
+
+    errors: dict[str, str] = {}
+    for row in df.itertuples():
+        message = None
+        if check_files and not Path(row.path).is_file():
+            message = f"{path}: {row.volume_id}: file not found: {row.path}"
+        elif verify_checksums and getattr(row, "sha256", ""):
+            actual = file_sha256(row.path)
+            if actual != row.sha256:
+                message = (
+                    f"{path}: {row.volume_id}: checksum mismatch for {row.path} "
+                    f"(expected {row.sha256[:12]}…, got {actual[:12]}…)"
+                )
+        if message is None:
+            continue
+        if on_error == "raise":
+            raise ManifestError(message)
+        warnings.warn(message, stacklevel=2)
+        errors[row.volume_id] = message
+    if errors:
+        df = df[~df["volume_id"].isin(errors)].reset_index(drop=True)
+    df.attrs["errors"] = errors
+    df.attrs["source"] = str(path)
+    return df
+
+
+def _resolve(base: Path, value: str) -> str:
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else (base / p).resolve())
+
+
+def _empty_rows(df: pd.DataFrame) -> str:
+    rows = df.index[(df["volume_id"].str.strip() == "") | (df["path"].str.strip() == "")]
+    return ", ".join(str(i + 2) for i in rows[:5])  # +2: header line and 1-based numbering
+
+
+def sample_manifest(verify: bool = True, include_templates: bool = True) -> pd.DataFrame:
+    """Return the sample set: two real people's T1w heads plus the MNI152 2009 template.
+
+    The files are gathered by ``make data`` (:mod:`motionqc.data.sample`) into
+    ``<data>/sample``; volumes whose source was not available on this machine (Colin27 needs
+    Debian's ``mricron-data``) are left out with a warning.
+
+    Args:
+        verify: Verify every file's SHA-256 against ``data_manifest/sample.tsv``.
+        include_templates: Keep the MNI152 template (``kind == "template"``).
+
+    Returns:
+        The manifest with absolute paths (``path``, ``mask_path``).
+
+    Raises:
+        ManifestError: If no sample volume is present (run ``make data``) or a checksum differs.
+    """
+    tsv = paths.manifest_dir() / "sample.tsv"
+    df = load_manifest(tsv, base_dir=paths.data_dir(), check_files=False)
+    present = df["path"].map(lambda p: Path(p).is_file())
+    for vid in df.loc[~present, "volume_id"]:
+        warnings.warn(f"{tsv}: sample volume {vid} not gathered (run `make data`)", stacklevel=2)
+    df = df[present].reset_index(drop=True)
+    if df.empty:
+        raise ManifestError(
+            f"{tsv}: no sample volume found under {paths.sample_dir()}; run `make data`"
+        )
+    if not include_templates:  # before verifying: no need to hash what is dropped
+        df = df[df["kind"] != "template"].reset_index(drop=True)
+    if verify:
+        for row in df.itertuples():
+            for file, expected in ((row.path, row.sha256), (row.mask_path, row.mask_sha256)):
+                if file and expected and file_sha256(file) != expected:
+                    raise ManifestError(f"{tsv}: {row.volume_id}: checksum mismatch for {file}")
+        df["verified"] = True
+    return df
+
+
+MAX_VOXELS = 256 * 2**20
+"""Most voxels :func:`load_volume` reads (1 GiB as float32; a 0.5 mm whole head has ~80 million)."""
+
+_GZIP_MAX_RATIO = 1032
+"""Deflate never expands more than ~1032:1, so a .nii.gz cannot hold more than this × its size."""
+
+
+def _check_claimed_size(path: Path, img: nib.Nifti1Image) -> None:
+    """Refuse a header whose claimed array is too large, or larger than the file can hold.
+
+    Runs before any voxel is read: an 89-byte file claiming 1150³ float32 voxels is refused
+    without allocating its 6 GB.
+    """
+    shape = tuple(int(s) for s in img.header.get_data_shape())
+    n = int(np.prod(shape, dtype=np.int64)) if shape else 0
+    itemsize = int(img.header.get_data_dtype().itemsize)
+    if n > MAX_VOXELS:
+        raise VolumeError(
+            f"{path}: header claims shape {shape} ({n:,} voxels), more than the {MAX_VOXELS:,} "
+            "motionqc reads"
+        )
+    size = path.stat().st_size
+    gz = path.name.endswith(".gz")
+    offset = 0 if gz else int(getattr(img.header, "get_data_offset", lambda: 0)())
+    holds = size * _GZIP_MAX_RATIO + 4096 if gz else size - offset
+    if n * itemsize > holds:
+        raise VolumeError(
+            f"{path}: header claims shape {shape} of {img.header.get_data_dtype()} "
+            f"({n * itemsize:,} bytes), more than the {size:,}-byte file can hold (truncated or "
+            "forged header)"
+        )
+
+
+def load_volume(path: str | Path) -> nib.Nifti1Image:
+    """Load a NIfTI volume as a canonical (RAS+) 3D float32 image, refusing unusable files.
+
+    A 4D file holding a single volume is squeezed to 3D.
+
+    Args:
+        path: A ``.nii`` or ``.nii.gz`` file.
+
+    Returns:
+        A ``nibabel.Nifti1Image`` in RAS+ orientation with float32 data.
+
+    Raises:
+        VolumeError: If the file is missing, empty, unreadable or truncated, has more than one
+            volume or not 3 spatial dimensions, has no voxels, or holds NaN/Inf or only zeros.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise VolumeError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise VolumeError(f"{path}: empty file (0 bytes)")
+    try:
+        img = nib.load(str(path))
+        _check_claimed_size(path, img)
+        data = np.asanyarray(img.dataobj, dtype=np.float32)
+    except (
+        nib.filebasedimages.ImageFileError,
+        EOFError,
+        OSError,
+        zlib.error,
+        gzip.BadGzipFile,
+        ValueError,
+    ) as exc:
+        raise VolumeError(f"{path}: unreadable or truncated NIfTI ({_one_line(exc)})") from exc
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    elif data.ndim == 5 and data.shape[3:] == (1, 1):
+        data = data[..., 0, 0]
+    if data.ndim != 3:
+        raise VolumeError(f"{path}: expected a 3D volume, got shape {tuple(data.shape)}")
+    if data.size == 0 or min(data.shape) == 0:
+        raise VolumeError(f"{path}: volume has no voxels (shape {tuple(data.shape)})")
+    if not np.isfinite(data).all():
+        n_bad = int((~np.isfinite(data)).sum())
+        raise VolumeError(f"{path}: {n_bad} NaN/Inf voxel(s)")
+    if not data.any():
+        raise VolumeError(f"{path}: all voxels are zero (empty image)")
+    canonical = nib.as_closest_canonical(nib.Nifti1Image(data, img.affine))
+    image = nib.Nifti1Image(
+        np.ascontiguousarray(canonical.dataobj, dtype=np.float32), canonical.affine
+    )
+    image.set_qform(canonical.affine, code=1)
+    image.set_sform(canonical.affine, code=1)
+    return image
+
+
+def load_mask(path: str | Path) -> nib.Nifti1Image:
+    """Load a brain mask (or a skull-stripped brain) as a canonical uint8 image (1 = brain).
+
+    Args:
+        path: A NIfTI mask; any non-zero voxel counts as brain.
+
+    Returns:
+        A RAS+ ``nibabel.Nifti1Image`` with uint8 values 0/1.
+
+    Raises:
+        VolumeError: As :func:`load_volume`, or if the mask is empty.
+    """
+    image = load_volume(path)
+    mask = (np.asarray(image.dataobj) > 0).astype(np.uint8)
+    if not mask.any():
+        raise VolumeError(f"{path}: mask is empty")
+    return nib.Nifti1Image(mask, image.affine)
+
+
+def _to_tio(volume: str | Path | nib.Nifti1Image | tio.ScalarImage) -> tio.ScalarImage:
+    if isinstance(volume, tio.ScalarImage):
+        if volume.data.is_floating_point():
+            return volume
+        # integer voxels (int16 scanners' output): float32, as load_volume gives from a file
+        return tio.ScalarImage(tensor=volume.data.float(), affine=volume.affine)
+    image = volume if isinstance(volume, nib.Nifti1Image) else load_volume(volume)
+    tensor = torch.from_numpy(np.asarray(image.dataobj, dtype=np.float32)).unsqueeze(0)
+    return tio.ScalarImage(tensor=tensor, affine=image.affine)
+
+
+def preprocess(
+    volume: str | Path | nib.Nifti1Image | tio.ScalarImage,
+    spacing_mm: float,
+    shape: Sequence[int],
+    normalise: bool = True,
+) -> tio.ScalarImage:
+    """Prepare a volume for SFCN: canonical orientation, resampling, crop/pad, mean scaling.
+
+    Follows the SFCN reference (Peng et al. 2021): the head is resampled to an isotropic grid,
+    centre-cropped or zero-padded to ``shape`` (``paper``: 1 mm, 160×192×160 from the 182×218×182
+    MNI grid), and the intensities are divided by their mean.
+
+    Args:
+        volume: A path, a nibabel image or a torchio image.
+        spacing_mm: Isotropic target voxel size in mm.
+        shape: Target grid (X, Y, Z).
+        normalise: Divide the intensities by their mean.
+
+    Returns:
+        A torchio ``ScalarImage`` of shape (1, *shape).
+
+    Raises:
+        VolumeError: If the volume cannot be loaded or its mean intensity is not positive.
+    """
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"shape must be three positive integers, got {tuple(shape)}")
+    if spacing_mm <= 0:
+        raise ValueError(f"spacing_mm must be positive, got {spacing_mm}")
+    image = _to_tio(volume)
+    transform = tio.Compose(
+        [
+            tio.ToCanonical(),
+            tio.Resample(float(spacing_mm)),
+            tio.CropOrPad(tuple(int(s) for s in shape)),
+        ]
+    )
+    out = transform(image)
+    if normalise:
+        mean = float(out.data.mean())
+        if not np.isfinite(mean) or mean <= 0:
+            where = getattr(volume, "path", None) or volume
+            raise VolumeError(
+                f"{where}: mean intensity {mean:g} after preprocessing is not positive"
+            )
+        out.set_data(out.data / mean)
+    return out

@@ -1,0 +1,213 @@
+"""``make pretrain``: train the released encoder with :mod:`motionqc.training.recipe`, test it, ship it.
+
+``python -m motionqc.training.release`` (what ``make pretrain`` runs) renders the motion pool, trains for
+the recipe's steps (resumable: run the same command again after an interruption), fits a softmax
+temperature on validation, tests the encoder on heads it never saw — corrupted by **TorchIO's own**
+``Motion`` at 1 mm and preprocessed as ``motionqc score`` does — and writes
+``src/motionqc/weights/motion_encoder.pt`` with ``motion_encoder.json`` beside it (commit,
+command, the SHA-256 of every head used, seed, steps, geometry, bins, score convention, the
+unseen-head metrics and the file's own SHA-256).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from motionqc import paths
+from motionqc.data.volumes import file_sha256, sample_manifest
+from motionqc.models.encoder import released_encoder_path, save_encoder
+from motionqc.models.soft_labels import BIN_RANGE, N_BINS, SIGMA
+from motionqc.stages import pretrain as stage
+from motionqc.training.recipe import (
+    RECIPES,
+    RecipeConfig,
+)
+
+__all__ = ["run", "main"]
+
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(paths.repo_root()), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(paths.repo_root()), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        return out.stdout.strip() + ("+uncommitted" if dirty else "")
+    except (OSError, subprocess.CalledProcessError, RuntimeError):
+        return "unknown"
+
+
+def run(
+    config: RecipeConfig,
+    *,
+    out: Path,
+    run_dir: Path,
+    test_heads: Sequence[str] = ("colin27",),
+    num_workers: int = 2,
+    draws: int = 4,
+    command: str = "",
+    cache_dir: Path | None = None,
+) -> dict[str, object]:
+    """Train, calibrate, test and write the encoder and its JSON (see the module docstring).
+
+    Args:
+        config: The recipe.
+        out: Output ``.pt`` path (its ``.json`` goes beside it).
+        run_dir: The training checkpoint (resumable) and ``predictions.csv``.
+        test_heads: Heads kept out of training and used for the unseen-head test.
+        num_workers: Rendering processes.
+        draws: Motions per test score and head.
+        command: The command line recorded in the JSON.
+        cache_dir: Folder of the motion pool's chunks (default ``build/cache/recipe``).
+
+    Returns:
+        The provenance written to the JSON.
+
+    Raises:
+        ValueError: If a test head is also a training head.
+    """
+    manifest = sample_manifest()
+    files = dict(zip(manifest["volume_id"], manifest["path"], strict=True))
+    result = stage.run(
+        config,
+        files,
+        test_heads=test_heads,
+        cache_dir=cache_dir or paths.build_dir() / "cache" / "recipe",  # keyed by its inputs
+        run_dir=run_dir / "train",
+        num_workers=num_workers,
+        draws=draws,
+    )
+    metrics = result.metrics.set_index("split").loc["test"].to_dict()
+    tested = list(test_heads)
+    provenance: dict[str, object] = {
+        "format": "motionqc-encoder-release/1",
+        "file": out.name,
+        "commit": _commit(),
+        "command": command,
+        "recipe": config.as_dict(),
+        "score_convention": result.meta["score_convention"],
+        "geometry": {"spacing_mm": config.spacing_mm, "shape": list(config.shape)},
+        "bins": {"bin_range": list(BIN_RANGE), "n_bins": N_BINS, "sigma": SIGMA},
+        "input_intensity": result.meta["input_intensity"],
+        "temperature": result.meta["temperature"],
+        "data": {
+            h: {
+                "role": "train" if h in config.train_heads else "test",
+                "sha256": file_sha256(files[h]),
+            }
+            for h in [*config.train_heads, *tested]
+        },
+        "seed": config.seed,
+        "steps": config.steps,
+        "validation": result.metrics.set_index("split").loc["val"].to_dict(),
+        "history": result.history.to_dict("records"),
+        "unseen_heads": {
+            "heads": list(tested),
+            "motion": "torchio.Motion(image_interpolation='linear') at each head's own resolution",
+            "scores_mm": list(stage.TEST_SCORES),
+            "draws": draws,
+            "metrics": metrics,
+            "coverage_before_temperature": stage.coverage(result.test_raw),
+            "bands": result.bands.to_dict("records"),
+        },
+        "timing_s": result.timing_s,
+        "machine": {
+            "cpus": torch.get_num_threads(),
+            "processor": platform.processor() or platform.machine(),
+            "torch": str(torch.__version__),
+        },
+    }
+    save_encoder(
+        out,
+        result.model,
+        spacing_mm=config.spacing_mm,
+        shape=config.shape,
+        info={"recipe": config.name, "unseen_heads": metrics, "seed": config.seed},
+        input_intensity=result.meta["input_intensity"],
+        temperature=result.meta["temperature"],
+        score_convention=result.meta["score_convention"],
+    )
+    provenance["sha256"] = file_sha256(out)
+    out.with_suffix(".json").write_text(json.dumps(provenance, indent=2) + "\n")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    result.predictions.to_csv(run_dir / "predictions.csv", index=False)
+    return provenance
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line of ``make pretrain`` (``python -m motionqc.training.release --help``)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m motionqc.training.release",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="release")
+    parser.add_argument("--steps", type=int, default=None, help="override the recipe's steps")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output .pt (default: the package's weights/motion_encoder.pt for "
+        "the release recipe, checkpoints/recipe-<name>/motion_encoder.pt otherwise)",
+    )
+    parser.add_argument(
+        "--run-dir",
+        type=Path,
+        default=None,
+        help="training checkpoint and predictions (default: checkpoints/recipe-<name>; "
+        "the motion pool is cached in build/cache/recipe)",
+    )
+    parser.add_argument("--test-heads", nargs="+", default=["colin27"])
+    parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--draws", type=int, default=4, help="motions per test score and head")
+    args = parser.parse_args(argv)
+    config = RECIPES[args.recipe]
+    if args.steps is not None:
+        if args.steps < 1:
+            parser.error("--steps must be at least 1")
+        config = config.replace(steps=args.steps)
+    run_dir = args.run_dir or paths.checkpoints_dir() / f"recipe-{config.name}"
+    out = args.out or (
+        released_encoder_path() if config.name == "release" else run_dir / "motion_encoder.pt"
+    )
+    command = "python -m motionqc.training.release " + " ".join(
+        sys.argv[1:] if argv is None else argv
+    )
+    prov = run(
+        config,
+        out=out,
+        run_dir=run_dir,
+        test_heads=args.test_heads,
+        num_workers=args.num_workers,
+        draws=args.draws,
+        command=command.strip(),
+    )
+    m = prov["unseen_heads"]["metrics"]  # type: ignore[index]
+    print(
+        f"wrote {out} ({prov['sha256'][:12]}): unseen heads R² {m['r2']:.3f}, Spearman "
+        f"{m['spearman']:.3f}, MAE {m['mae']:.3f} mm, ±1/±2 std {m['within_1std']:.2f}/"
+        f"{m['within_2std']:.2f}, temperature {prov['temperature']:.2f}"
+    )
+    print(pd.DataFrame(prov["unseen_heads"]["bands"]).round(3).to_string(index=False))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
