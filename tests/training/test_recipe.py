@@ -22,6 +22,8 @@ from motionqc.models.soft_labels import BIN_RANGE, bin_centers
 from motionqc.physics.motion import rigid_matrices
 from motionqc.physics.score import SCORE_CONVENTION, motion_score, volume_center
 from motionqc.stages import pretrain as stage
+from motionqc.synthetic import augment as augmentation
+from motionqc.synthetic import pool as motion_pool
 from motionqc.training import recipe, release
 
 SMOKE = recipe.RECIPES["smoke"]
@@ -62,9 +64,9 @@ def test_percentile_scaling_ignores_a_few_bright_voxels():
 
 def test_augment_batch_is_seeded_and_draws_new_intensities():
     x = torch.rand(3, 1, 20, 24, 20)
-    a = recipe.augment_batch(x, torch.Generator().manual_seed(1), SMOKE.augment)
-    b = recipe.augment_batch(x, torch.Generator().manual_seed(1), SMOKE.augment)
-    c = recipe.augment_batch(x, torch.Generator().manual_seed(2), SMOKE.augment)
+    a = augmentation.augment_batch(x, torch.Generator().manual_seed(1), SMOKE.augment)
+    b = augmentation.augment_batch(x, torch.Generator().manual_seed(1), SMOKE.augment)
+    c = augmentation.augment_batch(x, torch.Generator().manual_seed(2), SMOKE.augment)
     assert torch.equal(a, b)
     assert not torch.allclose(a, c)
     # every output is scaled as inference scales: percentiles at 0 and 1
@@ -78,25 +80,25 @@ def test_gaussian_blur_matches_scipy():
     v = torch.rand(18, 22, 16, generator=torch.Generator().manual_seed(0))
     for sigma in (0.6, 1.0, 1.7):
         ref = gaussian_filter(v.double().numpy(), sigma, mode="nearest", truncate=3.0)
-        assert np.allclose(recipe.gaussian_blur(v, sigma).numpy(), ref, atol=1e-5), sigma
-    assert torch.equal(recipe.gaussian_blur(v, 0.0), v)
+        assert np.allclose(augmentation.gaussian_blur(v, sigma).numpy(), ref, atol=1e-5), sigma
+    assert torch.equal(augmentation.gaussian_blur(v, 0.0), v)
 
 
 def test_blur_and_sharpen_draws_change_nothing_while_off():
     x = torch.rand(2, 1, 20, 24, 20)
     off = dict(SMOKE.augment, p_blur=0.0, p_sharpen=0.0)
-    a = recipe.augment_batch(x, torch.Generator().manual_seed(5), off, spacing_mm=4.0)
+    a = augmentation.augment_batch(x, torch.Generator().manual_seed(5), off, spacing_mm=4.0)
     without = {k: v for k, v in off.items() if k not in ("p_blur", "p_sharpen")}
-    b = recipe.augment_batch(x, torch.Generator().manual_seed(5), without, spacing_mm=4.0)
+    b = augmentation.augment_batch(x, torch.Generator().manual_seed(5), without, spacing_mm=4.0)
     assert torch.equal(a, b)  # a recipe recorded before the knobs existed draws the same
     on = dict(off, p_blur=1.0)
-    c = recipe.augment_batch(x, torch.Generator().manual_seed(5), on, spacing_mm=4.0)
+    c = augmentation.augment_batch(x, torch.Generator().manual_seed(5), on, spacing_mm=4.0)
     assert not torch.allclose(a, c)
 
 
 def test_monotone_contrast_curve_keeps_order_and_ends():
     v = torch.linspace(0, 1, 1001)
-    out = recipe._monotone_curve(v, 4, torch.Generator().manual_seed(0))
+    out = augmentation._monotone_curve(v, 4, torch.Generator().manual_seed(0))
     assert torch.all(out[1:] >= out[:-1] - 1e-6)
     assert abs(float(out[0])) < 1e-6 and abs(float(out[-1]) - 1) < 1e-6
     assert float((out - v).abs().max()) > 0.01  # it changes the contrast
@@ -113,7 +115,7 @@ def test_lr_schedule_warms_up_then_anneals():
 
 def test_pool_sample_is_torchio_motion_with_an_exact_label(sources):
     image_shape = sources["a~0"].shape[1:]
-    x, table = recipe.render_pool(sources, SMOKE, "train", 4, progress=False)
+    x, table = motion_pool.render_pool(sources, SMOKE, "train", 4, progress=False)
     assert x.shape == (4, 1, *SMOKE.shape) and x.dtype == torch.float16
     moved_rows = table[table["n"] > 0]
     assert len(moved_rows)
@@ -135,28 +137,32 @@ def test_pool_sample_is_torchio_motion_with_an_exact_label(sources):
 
 
 def test_render_pool_reads_its_chunks_back(sources, tmp_path, monkeypatch):
-    first, table = recipe.render_pool(sources, SMOKE, "val", 3, cache_dir=tmp_path, progress=False)
+    first, table = motion_pool.render_pool(
+        sources, SMOKE, "val", 3, cache_dir=tmp_path, progress=False
+    )
     monkeypatch.setattr(
         recipe, "_sample", lambda *a, **k: pytest.fail("re-rendered a cached chunk")
     )
-    again, table2 = recipe.render_pool(sources, SMOKE, "val", 3, cache_dir=tmp_path, progress=False)
+    again, table2 = motion_pool.render_pool(
+        sources, SMOKE, "val", 3, cache_dir=tmp_path, progress=False
+    )
     assert torch.equal(first, again)
     pd.testing.assert_frame_equal(table, table2)
     # other sources: another key, so nothing is reused
     other = {k: tio.ScalarImage(tensor=v.data * 2, affine=v.affine) for k, v in sources.items()}
-    assert recipe.pool_key(other, SMOKE) != recipe.pool_key(sources, SMOKE)
+    assert motion_pool.pool_key(other, SMOKE) != motion_pool.pool_key(sources, SMOKE)
 
 
 def test_validation_comes_from_held_out_pseudo_subjects(sources):
-    splits = recipe.source_splits(sources, SMOKE)
+    splits = motion_pool.source_splits(sources, SMOKE)
     assert splits == {"a~0": "train", "a~1": "val", "b~0": "train", "b~1": "val"}
-    _, table = recipe.render_pool(sources, SMOKE, "val", 4, progress=False)
+    _, table = motion_pool.render_pool(sources, SMOKE, "val", 4, progress=False)
     assert set(table["source"]) <= {"a~1", "b~1"}
 
 
 def test_train_resumes_and_refuses_other_settings(sources, tmp_path):
-    pool = recipe.render_pool(sources, SMOKE, "train", 8, progress=False)
-    val = recipe.render_pool(sources, SMOKE, "val", 2, progress=False)
+    pool = motion_pool.render_pool(sources, SMOKE, "train", 8, progress=False)
+    val = motion_pool.render_pool(sources, SMOKE, "val", 2, progress=False)
     labels = torch.tensor(pool[1]["label"].to_numpy()), torch.tensor(val[1]["label"].to_numpy())
     data = (pool[0], labels[0]), (val[0], labels[1])
 
@@ -286,7 +292,7 @@ def test_resample_affine_matches_scipy():
 
     v = torch.rand(1, 1, 20, 24, 18, generator=torch.Generator().manual_seed(0))
     zoom, angles, shift, spacing = 1.15, [7.0, -5.0, 11.0], [3.0, -4.5, 2.0], 2.0
-    out = recipe.resample_affine(v, zoom, angles, shift, spacing)[0, 0].numpy()
+    out = augmentation.resample_affine(v, zoom, angles, shift, spacing)[0, 0].numpy()
     # scipy maps output voxel o to input voxel M o + offset
     rot = Rotation.from_euler("xyz", angles, degrees=True).as_matrix()  # X first, then Y, Z
     centre = (np.array(v.shape[2:]) - 1) / 2
@@ -303,7 +309,7 @@ def test_geometry_scales_the_label_with_the_head():
     ball = ((grid**2).sum(0) <= 36).float()[None, None].repeat(6, 1, 1, 1, 1)
     labels = torch.full((6,), 2.0)
     augment = {"p_geometry": 1.0, "zoom": 0.2, "rotate_deg": 0.0, "shift_mm": 0.0}
-    out, scaled = recipe.geometry_batch(
+    out, scaled = augmentation.geometry_batch(
         ball, labels, torch.Generator().manual_seed(3), augment, 4.0
     )
     s = scaled / labels
@@ -312,7 +318,9 @@ def test_geometry_scales_the_label_with_the_head():
     assert torch.allclose(measured, s, rtol=0.03)
     # off (the recipes' default): nothing drawn, nothing changed
     off = dict(augment, p_geometry=0.0)
-    same, kept = recipe.geometry_batch(ball, labels, torch.Generator().manual_seed(3), off, 4.0)
+    same, kept = augmentation.geometry_batch(
+        ball, labels, torch.Generator().manual_seed(3), off, 4.0
+    )
     assert same is ball and kept is labels
 
 
@@ -378,6 +386,6 @@ def test_pretrain_stage_runs_on_a_manifest_pool(tmp_path):
     assert set(pred.loc[pred["split"] == "test", "head"]) == set(heads.test)
     assert (pred["split"] == "test").sum() == len(stage.TEST_SCORES)
     with pytest.raises(ValueError, match="both training and validating"):
-        recipe.load_sources(heads.files, config.replace(val_heads=(heads.train[0],)))
+        motion_pool.load_sources(heads.files, config.replace(val_heads=(heads.train[0],)))
     with pytest.raises(ValueError, match="also used for training"):
         stage.run(config, heads.files, test_heads=heads.val)

@@ -25,14 +25,8 @@ from motionqc.models.sfcn import SFCN
 from motionqc.models.soft_labels import BIN_RANGE, N_BINS, decode, predictive_std
 from motionqc.physics.score import SCORE_CONVENTION
 from motionqc.synthetic.motion_sets import sample_scored_motion
-from motionqc.training.recipe import (
-    RecipeConfig,
-    load_sources,
-    predict_logits,
-    render_pool,
-    train,
-    val_inputs,
-)
+from motionqc.synthetic.pool import load_sources, render_pool
+from motionqc.training.recipe import RecipeConfig, predict_logits, train, val_inputs
 from motionqc.training.trainer import kaiming_init, seed_everything
 
 __all__ = [

@@ -187,7 +187,7 @@ def quality_measures(
     head = head.bool()
     if not head.any() or head.all():
         raise ValueError("the head mask must have voxels inside and outside the head")
-    from motionqc.training.recipe import gaussian_blur
+    from motionqc.synthetic.augment import gaussian_blur
 
     v, c = volume.double(), clean.double()
     diff = v - c
