@@ -1,0 +1,81 @@
+"""One encoder experiment of ``benchmarks/pretrain_experiments.csv``: a recipe with knobs changed.
+
+Runs the pretraining stage of notebook 03 (:func:`motionqc.stages.pretrain.run`: pool, training,
+temperature, the unseen-head test under TorchIO's ``Motion``) with a recipe of
+:data:`motionqc.training.recipe.RECIPES` whose knobs are overridden by JSON, and writes
+``metrics.csv``, ``bands.csv``, ``predictions.csv`` and ``encoder.pt`` to ``--out``::
+
+    .venv/bin/python benchmarks/recipe_experiment.py --out build/experiments/NAME \\
+        [--recipe sample] [--set '{"steps": 1000}'] [--source-augment '{"p_remap": 0.8}'] \\
+        [--augment '{"p_geometry": 0}']
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from motionqc import paths
+from motionqc.data.volumes import sample_manifest
+from motionqc.models.encoder import save_encoder
+from motionqc.stages import pretrain as stage
+from motionqc.training.recipe import RECIPES
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--recipe", default="sample", choices=sorted(RECIPES))
+    parser.add_argument("--set", default="{}", help="JSON: recipe knobs to replace")
+    parser.add_argument("--augment", default="{}", help="JSON: per-step augmentation knobs")
+    parser.add_argument("--source-augment", default="{}", help="JSON: source knobs (before motion)")
+    parser.add_argument("--test-heads", nargs="+", default=["colin27"])
+    parser.add_argument("--draws", type=int, default=4)
+    parser.add_argument("--num-workers", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    base = RECIPES[args.recipe]
+    config = base.replace(
+        augment=dict(base.augment, **json.loads(args.augment)),
+        source_augment=dict(base.source_augment, **json.loads(args.source_augment)),
+        **json.loads(args.set),
+    )
+    manifest = sample_manifest()
+    files = dict(zip(manifest["volume_id"], manifest["path"], strict=True))
+    args.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    result = stage.run(
+        config,
+        files,
+        test_heads=args.test_heads,
+        cache_dir=paths.build_dir() / "cache" / "recipe",
+        run_dir=args.out / "train",
+        num_workers=args.num_workers,
+        draws=args.draws,
+    )
+    print(result.metrics.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(result.bands.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    minutes = {k: round(v / 60, 1) for k, v in result.timing_s.items()}
+    print(f"minutes: {minutes}, total {(time.perf_counter() - t0) / 60:.1f}")
+    result.metrics.to_csv(args.out / "metrics.csv", index=False)
+    result.bands.to_csv(args.out / "bands.csv", index=False)
+    result.predictions.to_csv(args.out / "predictions.csv", index=False)
+    meta = result.meta
+    save_encoder(
+        args.out / "encoder.pt",
+        result.model,
+        spacing_mm=meta["spacing_mm"],
+        shape=meta["shape"],
+        input_intensity=meta["input_intensity"],
+        temperature=meta["temperature"],
+        score_convention=meta["score_convention"],
+        info={"recipe": config.as_dict()},
+    )
+
+
+if __name__ == "__main__":
+    main()
