@@ -141,7 +141,7 @@ def test_render_pool_reads_its_chunks_back(sources, tmp_path, monkeypatch):
         sources, SMOKE, "val", 3, cache_dir=tmp_path, progress=False
     )
     monkeypatch.setattr(
-        recipe, "_sample", lambda *a, **k: pytest.fail("re-rendered a cached chunk")
+        motion_pool, "_sample", lambda *a, **k: pytest.fail("re-rendered a cached chunk")
     )
     again, table2 = motion_pool.render_pool(
         sources, SMOKE, "val", 3, cache_dir=tmp_path, progress=False

@@ -42,7 +42,14 @@ from motionqc.synthetic.motion_sets import sample_scored_motion
 if TYPE_CHECKING:
     from motionqc.training.recipe import RecipeConfig
 
-__all__ = ["load_sources", "pool_key", "randomise_source", "render_pool", "source_splits"]
+__all__ = [
+    "load_sources",
+    "pool_key",
+    "randomise_source",
+    "render_pool",
+    "source_augment_on",
+    "source_splits",
+]
 
 
 def load_sources(
@@ -142,7 +149,11 @@ def _render(args: tuple[int, str]) -> tuple[np.ndarray, dict[str, object]]:
 
 
 def pool_key(sources: Mapping[str, tio.ScalarImage], config: RecipeConfig) -> str:
-    """Digest of everything that determines the pool: the sources' voxels and the pool knobs."""
+    """Digest of everything that determines the pool: the sources' voxels and the pool knobs.
+
+    The source knobs enter only when they draw anything (:func:`source_augment_on`): a pool
+    rendered without them is the same whatever their other values.
+    """
     h = hashlib.sha256()
     knobs = {
         k: config.as_dict()[k]
@@ -156,9 +167,10 @@ def pool_key(sources: Mapping[str, tio.ScalarImage], config: RecipeConfig) -> st
             "max_score",
             "p_motion_free",
             "seed",
-            "source_augment",
         )
     }
+    if source_augment_on(config.source_augment):
+        knobs["source_augment"] = config.source_augment
     knobs["convention"] = SCORE_CONVENTION.as_dict()
     h.update(json.dumps(knobs, sort_keys=True).encode())
     for name in sorted(sources):
@@ -236,6 +248,11 @@ def render_pool(
     return torch.cat(images), pd.DataFrame(rows)
 
 
+def source_augment_on(knobs: Mapping[str, float]) -> bool:
+    """Whether :func:`randomise_source` draws anything with these knobs (a probability > 0)."""
+    return float(knobs.get("p_remap", 0.0)) > 0 or float(knobs.get("p_blur", 0.0)) > 0
+
+
 def randomise_source(
     data: torch.Tensor, rng: np.random.Generator, knobs: Mapping[str, float], spacing_mm: float
 ) -> torch.Tensor:
@@ -265,9 +282,9 @@ def randomise_source(
     Returns:
         The randomised volume (float32).
     """
-    p_remap, p_blur = float(knobs.get("p_remap", 0.0)), float(knobs.get("p_blur", 0.0))
-    if p_remap <= 0 and p_blur <= 0:
+    if not source_augment_on(knobs):
         return data
+    p_remap, p_blur = float(knobs.get("p_remap", 0.0)), float(knobs.get("p_blur", 0.0))
     k = int(knobs["remap_knots"])
     u = rng.uniform(size=4)
     ys = rng.uniform(0.05, 1.0, size=k + 1)
