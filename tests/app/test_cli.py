@@ -392,16 +392,16 @@ def test_train_qc_is_wired_to_transfer(
     import types
 
     calls = []
-    fake = types.ModuleType("motionqc.training.transfer")
+    fake = types.ModuleType("motionqc.app.train_qc")
     fake.train_qc_cli = lambda *a: calls.append(a) or Path(a[2]) / "qc_results.csv"
-    monkeypatch.setitem(sys.modules, "motionqc.training.transfer", fake)
+    monkeypatch.setitem(sys.modules, "motionqc.app.train_qc", fake)
     rc = main(
         ["train-qc", "--manifest", "r.tsv", "--checkpoint", "e.pt", str(tmp_path), "--seeds", "2"]
     )
     assert rc == 0 and calls == [(Path("r.tsv"), Path("e.pt"), tmp_path, 2)]
-    monkeypatch.setitem(sys.modules, "motionqc.training.transfer", None)  # import fails
+    monkeypatch.setitem(sys.modules, "motionqc.app.train_qc", None)  # import fails
     assert main(["train-qc", "--manifest", "r.tsv", "--checkpoint", "e.pt", str(tmp_path)]) == 2
-    assert "needs motionqc.training.transfer" in capsys.readouterr().err
+    assert "needs motionqc.app.train_qc" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("device", ["bogus", "cuda", "cuda:7", "meta"])

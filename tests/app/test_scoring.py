@@ -159,7 +159,8 @@ def test_cli_score_help_states_the_defaults(capsys: pytest.CaptureFixture[str]) 
 def test_qc_head_probabilities_and_rescoring(
     tmp_path: Path, encoder: Path, volumes: dict[str, Path]
 ) -> None:
-    from motionqc.training import transfer  # a broken first-party import must fail, not skip
+    from motionqc.models import qc_head  # a broken first-party import must fail, not skip
+    from motionqc.training import transfer
 
     bids = tmp_path / "bids"
     for sub, key in (("01", "at_4mm"), ("02", "at_3mm")):
@@ -173,9 +174,9 @@ def test_qc_head_probabilities_and_rescoring(
     torch.manual_seed(0)
     size = SFCN().embedding_size(SHAPE)
     head = torch.nn.Sequential(
-        transfer._Standardise(torch.zeros(size), torch.ones(size)), QCHead(size)
+        qc_head.Standardise(torch.zeros(size), torch.ones(size)), QCHead(size)
     ).eval()
-    head_file = transfer.save_qc_head(tmp_path / "qc_head.pt", transfer.QCRun(head), encoder, {})
+    head_file = qc_head.save_qc_head(tmp_path / "qc_head.pt", transfer.QCRun(head), encoder, {})
     again = run_participant(bids, out, encoder, qc_head=head_file, **common)
     assert again.scored == 2 and again.skipped == 0  # rows without QC classes are redone
     from motionqc.app.scoring import group_table
@@ -192,10 +193,10 @@ def test_qc_head_probabilities_and_rescoring(
         Scorer(other, qc_head=head_file)
     # a head of another QC task (two classes) does not fit the p_qc0..2 columns: refused
     two = torch.nn.Sequential(
-        transfer._Standardise(torch.zeros(size), torch.ones(size)), QCHead(size, n_classes=2)
+        qc_head.Standardise(torch.zeros(size), torch.ones(size)), QCHead(size, n_classes=2)
     ).eval()
     with pytest.raises(ValueError, match="a head of 2 classes; the QC task has 3"):
-        transfer.save_qc_head(tmp_path / "two.pt", transfer.QCRun(two), encoder, {})
+        qc_head.save_qc_head(tmp_path / "two.pt", transfer.QCRun(two), encoder, {})
     state = torch.load(head_file, weights_only=True)
     state["model"], state["task"] = two.state_dict(), dict(state["task"], n_classes=2)
     two_file = tmp_path / "two.pt"

@@ -15,17 +15,14 @@ import pandas as pd
 import pytest
 from conftest import write_nifti
 
-from motionqc.evaluation.thickness import (
+from motionqc.evaluation.freesurfer import (
     AparcStats,
-    ThicknessError,
-    cortical_thickness,
-    crop_box,
     freesurfer_mean_thickness,
     manifest_thickness,
     read_aparc_stats,
-    thickness_batch,
-    thickness_cache_key,
 )
+from motionqc.evaluation.thickness import ThicknessError, cortical_thickness, crop_box
+from motionqc.evaluation.thickness_batch import thickness_batch, thickness_cache_key
 
 FAST = {"spacing_mm": 5.0, "iterations": 5}
 

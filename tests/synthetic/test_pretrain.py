@@ -11,6 +11,7 @@ from sklearn.metrics import balanced_accuracy_score
 
 from motionqc.data.volumes import preprocess
 from motionqc.models.encoder import EncoderError, load_encoder, predict_motion, save_encoder
+from motionqc.models.qc_head import load_qc_head, save_qc_head
 from motionqc.models.sfcn import SFCN
 from motionqc.synthetic.heads import augment_heads, head_of, head_splits, render_synthetic
 from motionqc.synthetic.motion_sets import SyntheticMotionDataset, build_parameter_table
@@ -24,9 +25,7 @@ from motionqc.synthetic.qc_demo import (
 from motionqc.training.transfer import (
     class_weights,
     embed,
-    load_qc_head,
     predict_classes,
-    save_qc_head,
     train_scratch,
     train_transfer,
 )

@@ -18,25 +18,15 @@ from conftest import write_nifti
 from sklearn.metrics import balanced_accuracy_score
 from sklearn.utils.class_weight import compute_class_weight
 
+from motionqc.app.train_qc import train_qc_cli
 from motionqc.data.bids import manifest_from_mrart
+from motionqc.data.splits import stratified_split, subject_split
 from motionqc.data.volumes import preprocess
 from motionqc.models.encoder import save_encoder
+from motionqc.models.qc_head import file_digest, load_qc_head
 from motionqc.models.sfcn import SFCN
-from motionqc.training.transfer import (
-    QCRun,
-    WeightedCE,
-    best_run,
-    class_weights,
-    embed,
-    file_digest,
-    load_qc_head,
-    run_scratch_seeds,
-    run_seeds,
-    run_transfer_seeds,
-    stratified_split,
-    subject_split,
-    train_qc_cli,
-)
+from motionqc.training.qc_runs import best_run, run_scratch_seeds, run_seeds, run_transfer_seeds
+from motionqc.training.transfer import QCRun, WeightedCE, class_weights, embed
 
 SMOKE = {"spacing_mm": 4.0, "shape": (40, 48, 40)}
 

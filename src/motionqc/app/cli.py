@@ -318,7 +318,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
         _error(exc)
         return 2
     except ImportError as exc:
-        _error(f"--qc-head needs motionqc.training.transfer, which cannot be imported here ({exc})")
+        _error(f"--qc-head needs motionqc.models.qc_head, which cannot be imported here ({exc})")
         return 2
     except ValueError as exc:
         _error(exc)
@@ -471,10 +471,10 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 def _cmd_train_qc(args: argparse.Namespace) -> int:
     try:
-        from motionqc.training.transfer import train_qc_cli
+        from motionqc.app.train_qc import train_qc_cli
     except ImportError as exc:
         _error(
-            "train-qc needs motionqc.training.transfer (the QC transfer module), which cannot be imported "
+            "train-qc needs motionqc.app.train_qc (the QC head training), which cannot be imported "
             f"here: {exc}"
         )
         return 2

@@ -266,7 +266,7 @@ class Scorer:
 
     Args:
         checkpoint: Encoder file (:func:`motionqc.models.encoder.save_encoder`).
-        qc_head: QC head file (:func:`motionqc.training.transfer.save_qc_head`) trained on this encoder's
+        qc_head: QC head file (:func:`motionqc.models.qc_head.save_qc_head`) trained on this encoder's
             embeddings; adds class probabilities.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"`` …
         precision: ``"auto"``, ``"fp32"`` or ``"bf16"`` (see :func:`resolve_precision`).
@@ -276,7 +276,7 @@ class Scorer:
     Raises:
         motionqc.models.encoder.EncoderError: If the encoder file cannot be used.
         ValueError: If the QC head cannot be used with this encoder.
-        ImportError: If a QC head is given but :mod:`motionqc.training.transfer` is missing.
+        ImportError: If a QC head is given but :mod:`motionqc.models.qc_head` is missing.
     """
 
     def __init__(
@@ -304,7 +304,7 @@ class Scorer:
         self.qc_head = None
         self.qc_pooled = False
         if qc_head is not None:
-            from motionqc.training.transfer import load_qc_head
+            from motionqc.models.qc_head import load_qc_head
 
             head, head_meta = load_qc_head(qc_head, self.checkpoint)
             self.qc_head = head.to(self.device).eval()

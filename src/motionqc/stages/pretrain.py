@@ -94,7 +94,7 @@ def manifest_heads(
     :data:`POOL_ROLE`, as the authors chose them; without one, the rows rated ``best_score``.
     A complete ``split`` column (train/val/test) is used as given — refused if a subject spans
     two splits — otherwise a seeded split by subject is drawn
-    (:func:`motionqc.training.transfer.split_by_subject`). Relative paths resolve against
+    (:func:`motionqc.data.splits.split_by_subject`). Relative paths resolve against
     :func:`motionqc.data.authors.manifest_base` (``data_root``, else ``MOTIONQC_DATA_ROOT`` when
     set, else the manifest's folder); a missing
     file is left out and listed in ``errors``.
@@ -114,8 +114,8 @@ def manifest_heads(
         ValueError: If a given split mixes subjects, or a split has no volume.
     """
     from motionqc.data.authors import manifest_base
+    from motionqc.data.splits import split_by_subject
     from motionqc.data.volumes import load_manifest
-    from motionqc.training.transfer import split_by_subject
 
     table = load_manifest(
         manifest, base_dir=manifest_base(data_root), check_files=True, on_error="skip"

@@ -17,8 +17,8 @@ import torch
 
 from motionqc.data.authors import manifest_base
 from motionqc.data.qc_task import qc_class
-from motionqc.data.volumes import load_manifest
-from motionqc.training.transfer import preprocess_rows, split_by_subject
+from motionqc.data.splits import split_by_subject
+from motionqc.data.volumes import load_manifest, preprocess_rows
 
 __all__ = ["TRANSFER_ROLES", "manifest_qc_set"]
 
@@ -43,7 +43,7 @@ def manifest_qc_set(
     ``drop_shared_subjects``, such a subject keeps only its volumes of the first of train, val,
     test it appears in (the others are listed in the errors: the authors' split is by volume, and
     some of its subjects have a later session in the added test set) — otherwise a split by subject
-    is drawn (:func:`motionqc.training.transfer.split_by_subject`). Relative paths resolve against
+    is drawn (:func:`motionqc.data.splits.split_by_subject`). Relative paths resolve against
     :func:`motionqc.data.authors.manifest_base` (``data_root``, else ``MOTIONQC_DATA_ROOT`` when it is
     set, else the manifest's folder).
     A file that cannot be used is listed in the returned errors and left out.

@@ -1,0 +1,152 @@
+"""``motionqc train-qc``: a QC head on a manifest of the user's own ratings.
+
+:func:`train_qc_cli` checks the ratings and the split, embeds the volumes with the encoder
+(:func:`motionqc.data.volumes.preprocess_rows`, :func:`motionqc.training.transfer.embed`), trains the head over seeds
+(:mod:`motionqc.training.qc_runs`) and writes the head file, ``splits.tsv`` and the metrics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from motionqc.data.splits import split_by_subject
+from motionqc.data.volumes import preprocess_rows
+from motionqc.models.qc_head import file_digest, save_qc_head
+from motionqc.training.qc_runs import best_run, run_transfer_seeds
+from motionqc.training.transfer import embed
+
+__all__ = ["check_ratings", "check_split_classes", "train_qc_cli"]
+
+
+def check_ratings(table: pd.DataFrame, manifest: str | Path) -> None:
+    """Refuse, in one line, ratings a QC head cannot be trained on honestly.
+
+    Args:
+        table: The rated rows (``volume_id``, ``path``, ``qc_score``).
+        manifest: The manifest's name, for the message.
+
+    Raises:
+        ValueError: If fewer than two QC classes are rated, or one file (by path, or by content
+            for the files present) appears under two ids: copies of a training file in the test
+            split would inflate every metric.
+    """
+    from motionqc.data.qc_task import qc_class
+    from motionqc.data.volumes import file_sha256
+
+    classes = sorted({qc_class(s) for s in table["qc_score"]})
+    if len(classes) < 2:
+        raise ValueError(
+            f"{manifest}: every rated volume is in QC class {classes[0]}; a QC head needs at "
+            "least two classes"
+        )
+    paths_ = table["path"].map(lambda p: str(Path(p).resolve()))
+    same = table[paths_.duplicated(keep=False)]
+    if len(same):
+        raise ValueError(
+            f"{manifest}: the same file under several ids: {', '.join(same['volume_id'][:6])}"
+        )
+    present = [i for i, p in table["path"].items() if Path(p).is_file()]
+    digests = pd.Series({i: file_sha256(table.at[i, "path"]) for i in present}, dtype=object)
+    copies = digests[digests.duplicated(keep=False)]
+    if len(copies):
+        ids = table.loc[copies.index, "volume_id"]
+        raise ValueError(f"{manifest}: identical files under several ids: {', '.join(ids[:6])}")
+
+
+def check_split_classes(y: np.ndarray, split: np.ndarray, manifest: str | Path) -> None:
+    """Refuse a split in which training sees one class only, or a split is empty (one line)."""
+    for name in ("train", "val", "test"):
+        if not (split == name).any():
+            raise ValueError(f"{manifest}: the {name} split is empty")
+    if len(np.unique(y[split == "train"])) < 2:
+        raise ValueError(f"{manifest}: the train split holds a single QC class")
+
+
+def train_qc_cli(
+    manifest: str | Path, checkpoint: str | Path, out_dir: str | Path, seeds: int = 5
+) -> Path:
+    """Train a lab's own QC head from its ratings (``motionqc train-qc``): 5-seed report.
+
+    The manifest needs ``volume_id, subject, path, qc_score`` (and optionally ``split``:
+    train/val/test, refused if a subject spans two splits; otherwise a 60/20/20 split **by
+    subject**, stratified by class, is drawn with seed 0: :func:`subject_split`), and the split is
+    written to ``splits.tsv`` (``volume_id``, ``subject``, ``split``). Volumes are preprocessed with
+    the encoder's geometry and embedded once; a head is trained per seed; the per-seed metrics,
+    the median table and the head of the seed with the best validation balanced accuracy
+    (``qc_head.pt``) are written to ``out_dir``.
+
+    Args:
+        manifest: Ratings TSV.
+        checkpoint: Encoder file (:func:`motionqc.models.encoder.save_encoder`).
+        out_dir: Output folder.
+        seeds: Number of seeds.
+
+    Returns:
+        The path of ``qc_results.csv``.
+    """
+    from motionqc.data.qc_task import qc_class
+    from motionqc.data.volumes import file_sha256, load_manifest
+    from motionqc.evaluation.qc_metrics import median_table, seed_table
+    from motionqc.models.encoder import load_encoder
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model, meta = load_encoder(checkpoint)
+    # Files are checked below, one by one: a missing or unusable file goes to errors.json.
+    table = load_manifest(manifest, check_files=False)
+    table = table[table["qc_score"].notna()].reset_index(drop=True)
+    if len(table) < 10:
+        raise ValueError(f"{manifest}: {len(table)} rated volumes; at least 10 are needed")
+    check_ratings(table, manifest)
+    images, table, errors = preprocess_rows(table, meta)
+    y = np.array([qc_class(s) for s in table["qc_score"]])
+    split = split_by_subject(table, y, manifest, seed=0)
+    check_split_classes(y, split, manifest)
+    pd.DataFrame(
+        {"volume_id": table["volume_id"], "subject": table["subject"], "split": split}
+    ).to_csv(out / "splits.tsv", sep="\t", index=False)
+    # Caches and resumable runs are keyed by what determines them: each embedding by its file's
+    # content, the runs by every (id, file, rating, split) and the encoder, so changed ratings or
+    # files retrain instead of resuming finished runs of other data.
+    digests = [file_sha256(p)[:16] for p in table["path"]]
+    ids = table["volume_id"].astype(str).tolist()
+    z = embed(
+        model,
+        torch.stack(images),
+        [f"{v}@{d}" for v, d in zip(ids, digests, strict=True)],
+        cache=out / f"embeddings_{file_digest(checkpoint)}.pt",
+        input_intensity=meta["input_intensity"],
+    )
+    data_key = hashlib.sha256(
+        json.dumps(
+            {
+                "encoder": file_digest(checkpoint),
+                "rows": [
+                    [v, d, float(q), str(sp)]
+                    for v, d, q, sp in zip(ids, digests, table["qc_score"], split, strict=True)
+                ],
+            }
+        ).encode()
+    ).hexdigest()[:16]
+    predictions, runs = run_transfer_seeds(
+        z, y, split, ids, range(seeds), run_root=out / "runs" / data_key
+    )
+    seeds_df = seed_table(predictions)
+    seeds_df.to_csv(out / "qc_results.csv", index=False)
+    median_table(seeds_df).to_csv(out / "qc_median.csv", index=False)
+    predictions.to_csv(out / "qc_predictions.tsv", sep="\t", index=False)
+    best = best_run(runs)  # chosen on validation, never on the test split
+    save_qc_head(
+        out / "qc_head.pt",
+        runs[best],
+        checkpoint,
+        {"seed": best, "manifest": str(manifest), "pooled": False},
+    )
+    (out / "errors.json").write_text(json.dumps(errors, indent=1))
+    return out / "qc_results.csv"
