@@ -6,7 +6,7 @@ preprocessing), in the same process and environment:
 - reference: plain fp32 eval, one volume after the other: ``motionqc.data.volumes.preprocess`` (load,
   resample, crop/pad, mean scaling), then the model's forward pass (contiguous memory, torch's
   default threads), batch 1;
-- pipeline: ``motionqc.app.scoring.score_volumes`` with ``motionqc score``'s CPU defaults:
+- pipeline: ``motionqc.app.scorer.score_volumes`` with ``motionqc score``'s CPU defaults:
   channels-last-3d, resampling skipped when a volume is already on the target grid, the batch size,
   loader workers and threads of ``default_batch_size``/``default_num_workers``/``default_threads``
   (on 2 cores: batches of 1, no worker, 2 threads) and ``--precision auto`` (bf16 autocast on CPUs
@@ -52,21 +52,22 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from motionqc import paths  # noqa: E402
-from motionqc.app.cli import default_batch_size, default_num_workers, usable_cores  # noqa: E402
-from motionqc.app.scoring import (  # noqa: E402
-    Scorer,
-    cpu_has_native_bf16,
-    default_threads,
-    load_preprocessed,
-    resolve_precision,
-    score_volumes,
-)
+from motionqc.app.loading import load_preprocessed  # noqa: E402
+from motionqc.app.scorer import Scorer, score_volumes  # noqa: E402
 from motionqc.data.volumes import preprocess, sample_manifest  # noqa: E402
 from motionqc.models.encoder import load_encoder, save_encoder, unit_range  # noqa: E402
 from motionqc.models.sfcn import SFCN  # noqa: E402
 from motionqc.models.soft_labels import decode  # noqa: E402
 from motionqc.physics.motion import simulate_motion  # noqa: E402
 from motionqc.profiles import get_profile  # noqa: E402
+from motionqc.runtime.devices import (  # noqa: E402
+    cpu_has_native_bf16,
+    default_batch_size,
+    default_num_workers,
+    default_threads,
+    resolve_precision,
+    usable_cores,
+)
 from motionqc.synthetic.motion_sets import sample_motion  # noqa: E402
 
 GOAL_VOL_PER_MIN = 40.0

@@ -11,15 +11,9 @@ import torch
 from conftest import head_phantom, write_nifti
 
 from motionqc.app import cli
-from motionqc.app.scoring import (
-    Scorer,
-    VolumeDataset,
-    _batch_rows,
-    _collate,
-    load_preprocessed,
-    run_participant,
-    score_volumes,
-)
+from motionqc.app.loading import VolumeDataset, collate_records, load_preprocessed
+from motionqc.app.scorer import Scorer, batch_rows, score_volumes
+from motionqc.app.scoring import run_participant
 from motionqc.data.volumes import preprocess
 from motionqc.models.encoder import load_encoder, predict_motion, save_encoder
 from motionqc.models.sfcn import SFCN, QCHead
@@ -81,7 +75,7 @@ def test_bad_volumes_give_error_records(volumes: dict[str, Path]) -> None:
         record = records[key]
         assert record["image"] is None and message in record["error"]
         assert "\n" not in record["error"] and str(volumes[key]) in record["error"]
-    batch = _collate([records["nan"], records["at_4mm"]])
+    batch = collate_records([records["nan"], records["at_4mm"]])
     assert batch["images"].shape == (1, 1, *SHAPE) and batch["good"] == [0]
 
 
@@ -143,7 +137,7 @@ def test_inference_failure_is_one_volumes_error() -> None:
         }
         for i, v in enumerate([1.0, 9.0, 1.0])
     ]
-    rows = _batch_rows(Picky(), _collate(records))
+    rows = batch_rows(Picky(), collate_records(records))
     assert [r["status"] for r in rows] == ["ok", "error", "ok"]
     assert "inference failed: RuntimeError: out of memory" in rows[1]["error"]
 

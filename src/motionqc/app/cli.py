@@ -27,16 +27,9 @@ from pathlib import Path
 
 import motionqc
 from motionqc.runtime.allocator import keep_freed_memory
-from motionqc.runtime.devices import default_batch_size, default_num_workers, usable_cores
+from motionqc.runtime.devices import default_batch_size, default_num_workers
 
-__all__ = [
-    "build_parser",
-    "default_batch_size",
-    "default_num_workers",
-    "main",
-    "simulate_file",
-    "usable_cores",
-]
+__all__ = ["build_parser", "main", "simulate_file"]
 
 PROG = "motionqc"
 
@@ -281,9 +274,10 @@ def _checkpoint(args: argparse.Namespace) -> Path:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from motionqc.app.scoring import resolve_device, run_participant
+    from motionqc.app.scoring import run_participant
     from motionqc.data.volumes import ManifestError
     from motionqc.models.encoder import EncoderError
+    from motionqc.runtime.devices import resolve_device
 
     try:
         checkpoint = _checkpoint(args)

@@ -1,21 +1,10 @@
-"""Scoring T1w volumes with a pretrained encoder: a loader pipeline, resumable BIDS derivatives.
+"""``motionqc score``'s BIDS steps: resumable derivatives, shards and the group report.
 
-The pipeline behind ``motionqc score``:
-
-- :class:`VolumeDataset` loads and preprocesses one volume per item, in DataLoader worker processes
-  (one torch/SimpleITK thread each) when there are cores to spare for them (on GPUs; on CPUs with 8
-  cores or more, see :func:`default_num_workers`), with the geometry recorded in the encoder file.
-  A volume that cannot be used (corrupt, truncated, 4D, empty, NaN/Inf) gives an error record
-  instead of raising, so one bad file never stops a run.
-- :class:`Scorer` runs the encoder under ``torch.inference_mode`` in ``channels_last_3d`` memory
-  format with bf16 autocast on CPUs that support it (AMP on CUDA: bf16, or fp16 where bf16 is not
-  supported) and returns the motion score (mm), its predictive standard deviation and, when a QC
-  head file is given, the three QC class probabilities.
-- :func:`score_volumes` glues them: batches in input order, one result per volume.
-- :func:`run_participant` / :func:`run_group` are the ``participant`` and ``group`` steps: BIDS
-  derivatives (``dataset_description.json``, a TSV keyed by ``bids_name`` appended and fsync'd one
-  volume at a time, a mosaic PNG per volume) that resume where an interrupted run stopped, shards
-  for array jobs, and the HTML report.
+:func:`run_participant` / :func:`run_group` are the ``participant`` and ``group`` steps: BIDS
+derivatives (``dataset_description.json``, a TSV keyed by ``bids_name`` appended and fsync'd one
+volume at a time, a mosaic PNG per volume) that resume where an interrupted run stopped, shards
+for array jobs, and the HTML report. Volumes are loaded by :mod:`motionqc.app.loading` and scored
+by :mod:`motionqc.app.scorer`.
 """
 
 from __future__ import annotations
@@ -23,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,8 +21,6 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 import pandas as pd
 import torch
-import torchio as tio
-from torch.utils.data import DataLoader, Dataset
 
 from motionqc.app.derivatives import (
     GROUP_TABLE,
@@ -49,39 +35,25 @@ from motionqc.app.derivatives import (
     write_dataset_description,
     write_derivative_extras,
 )
+from motionqc.app.scorer import Scorer, score_volumes
 from motionqc.data.bids import bids_name, find_t1w, parse_entities
-from motionqc.data.qc_task import N_QC_CLASSES, QC_CLASS_IDS, QC_CLASS_NAMES
-from motionqc.data.volumes import VolumeError, file_sha256, load_volume, preprocess
-from motionqc.models.encoder import load_encoder, scale_input
-from motionqc.models.soft_labels import decode, predictive_std
+from motionqc.data.qc_task import QC_CLASS_IDS, QC_CLASS_NAMES
 from motionqc.runtime.devices import (
-    cpu_has_native_bf16,
     default_batch_size,
     default_num_workers,
     default_threads,
     resolve_device,
-    resolve_precision,
 )
 
 __all__ = [
     "COLUMNS",
     "QC_LABELS",
-    "VolumeDataset",
-    "Scorer",
     "ParticipantSummary",
-    "cpu_has_native_bf16",
-    "default_batch_size",
-    "default_num_workers",
-    "default_threads",
     "group_table",
-    "load_preprocessed",
     "mosaic_path",
     "views_path",
-    "resolve_device",
-    "resolve_precision",
     "run_group",
     "run_participant",
-    "score_volumes",
     "shard_lock",
 ]
 
@@ -103,390 +75,9 @@ QC_LABELS: dict[int, str] = QC_CLASS_NAMES
 
 
 # --------------------------------------------------------------------------- loading
-def load_preprocessed(path: str | Path, spacing_mm: float, shape: Sequence[int]) -> torch.Tensor:
-    """Load a volume and preprocess it exactly as :func:`motionqc.data.volumes.preprocess` would.
-
-    A volume that is already axis-aligned RAS+ at the target voxel size skips the resampling step
-    (the resampling would be the identity: same grid, values equal to ~1e-12), which saves most of
-    the preprocessing time for 1 mm inputs at 1 mm.
-
-    Args:
-        path: A NIfTI file.
-        spacing_mm: Target isotropic voxel size (the encoder's ``meta["spacing_mm"]``).
-        shape: Target grid (the encoder's ``meta["shape"]``).
-
-    Returns:
-        ``(1, X, Y, Z)`` float32 tensor, intensities divided by their mean.
-
-    Raises:
-        VolumeError: If the volume cannot be used.
-    """
-    return _load_and_preprocess(path, spacing_mm, shape)[0]
-
-
-def _load_and_preprocess(
-    path: str | Path, spacing_mm: float, shape: Sequence[int]
-) -> tuple[torch.Tensor, np.ndarray, Any]:
-    """:func:`load_preprocessed`, also returning the result's affine and the loaded image."""
-    image = load_volume(path)
-    linear = np.asarray(image.affine, dtype=float)[:3, :3]
-    target = np.diag([float(spacing_mm)] * 3)
-    if not np.allclose(linear, target, rtol=0.0, atol=1e-6 * float(spacing_mm)):
-        out = preprocess(image, spacing_mm, shape)
-        return out.data.float(), np.asarray(out.affine), image
-    tensor = torch.from_numpy(np.asarray(image.dataobj, dtype=np.float32)).unsqueeze(0)
-    scalar = tio.ScalarImage(tensor=tensor, affine=image.affine)
-    cropped = tio.CropOrPad(tuple(int(s) for s in shape))(scalar)
-    out = cropped.data.float()
-    mean = float(out.mean())
-    if not np.isfinite(mean) or mean <= 0:
-        raise VolumeError(f"{path}: mean intensity {mean:g} after preprocessing is not positive")
-    return out / mean, np.asarray(cropped.affine), image
-
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
-
-
-def _pictures(volume: torch.Tensor, image: Any) -> tuple[bytes, bytes]:
-    """The encoder input's strip and the original volume's views (its own voxel size).
-
-    ``image`` is what :func:`motionqc.data.volumes.load_volume` returned: already 3D, RAS+ and in memory.
-    """
-    from motionqc.app.report import mosaic_png, views_png
-
-    native = np.asarray(image.dataobj, dtype=np.float32)
-    return mosaic_png(volume[0].numpy()), views_png(native, image.header.get_zooms()[:3])
-
-
-class VolumeDataset(Dataset):
-    """One preprocessed volume per item; never raises for a bad file.
-
-    Args:
-        paths: Volume files.
-        spacing_mm: Target voxel size (from the encoder file).
-        shape: Target grid (from the encoder file).
-        names: One name per path (default: the BIDS name of each file).
-        mosaics: Also render the preprocessed volume's strip and the original's views (PNG bytes,
-            :func:`motionqc.app.report.mosaic_png`, :func:`motionqc.app.report.views_png`).
-
-    Each item is a dict with ``index``, ``bids_name``, ``path``, ``image`` (``(1, X, Y, Z)``
-    float32, or ``None``), ``affine`` (the image's, or ``None``), ``error`` (one line, empty when
-    fine), ``mosaic`` and ``views`` (bytes or ``None``).
-    """
-
-    def __init__(
-        self,
-        paths: Sequence[str | Path],
-        spacing_mm: float,
-        shape: Sequence[int],
-        names: Sequence[str] | None = None,
-        mosaics: bool = False,
-    ) -> None:
-        self.paths = [str(p) for p in paths]
-        self.names = list(names) if names is not None else [bids_name(p) for p in self.paths]
-        if len(self.names) != len(self.paths):
-            raise ValueError(f"{len(self.paths)} paths but {len(self.names)} names")
-        self.spacing_mm = float(spacing_mm)
-        self.shape = tuple(int(s) for s in shape)
-        self.mosaics = bool(mosaics)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        record: dict[str, Any] = {
-            "index": index,
-            "bids_name": self.names[index],
-            "path": self.paths[index],
-            "image": None,
-            "affine": None,
-            "error": "",
-            "mosaic": None,
-            "views": None,
-        }
-        loaded = None
-        try:
-            record["image"], record["affine"], loaded = _load_and_preprocess(
-                self.paths[index], self.spacing_mm, self.shape
-            )
-        except VolumeError as exc:
-            record["error"] = _one_line(exc)
-        except Exception as exc:  # noqa: BLE001 - any failure is this volume's, not the run's
-            record["error"] = _one_line(f"{self.paths[index]}: {type(exc).__name__}: {exc}")
-        if record["image"] is not None and self.mosaics:
-            try:
-                record["mosaic"], record["views"] = _pictures(record["image"], loaded)
-            except Exception:  # noqa: BLE001 - a missing thumbnail is not worth an error row
-                record["mosaic"] = record["views"] = None
-        return record
-
-
-def _collate(records: list[dict[str, Any]]) -> dict[str, Any]:
-    good = [r for r in records if r["image"] is not None]
-    images = torch.stack([r["image"] for r in good]) if good else None
-    return {"records": records, "images": images, "good": [r["index"] for r in good]}
-
-
-def _die_with_parent() -> None:
-    """Ask Linux to kill this process when its parent dies (``PR_SET_PDEATHSIG``).
-
-    A loader worker otherwise outlives a ``score`` killed by SIGKILL or SIGTERM (re-parented to
-    PID 1, holding its memory). Ctrl-C is the parent's to handle: workers ignore SIGINT, so an
-    interrupted run ends with one line, not a worker's traceback. A no-op off Linux.
-    """
-    import ctypes
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
-        if os.getppid() == 1:  # the parent died before prctl took effect
-            os._exit(1)
-
-
-def _worker_init(_: int) -> None:
-    _die_with_parent()
-    torch.set_num_threads(1)
-    try:
-        import SimpleITK as sitk
-
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-    except Exception:  # noqa: BLE001 - SimpleITK is optional here
-        pass
 
 
 # --------------------------------------------------------------------------- model
-class Scorer:
-    """The encoder (and optional QC head) ready for inference.
-
-    Args:
-        checkpoint: Encoder file (:func:`motionqc.models.encoder.save_encoder`).
-        qc_head: QC head file (:func:`motionqc.models.qc_head.save_qc_head`) trained on this encoder's
-            embeddings; adds class probabilities.
-        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"`` …
-        precision: ``"auto"``, ``"fp32"`` or ``"bf16"`` (see :func:`resolve_precision`).
-        channels_last: Run in ``channels_last_3d`` memory format.
-        threads: torch intra-op threads of this process (default: torch's own choice).
-
-    Raises:
-        motionqc.models.encoder.EncoderError: If the encoder file cannot be used.
-        ValueError: If the QC head cannot be used with this encoder.
-        ImportError: If a QC head is given but :mod:`motionqc.models.qc_head` is missing.
-    """
-
-    def __init__(
-        self,
-        checkpoint: str | Path,
-        *,
-        qc_head: str | Path | None = None,
-        device: str | torch.device = "auto",
-        precision: str = "auto",
-        channels_last: bool = True,
-        threads: int | None = None,
-    ) -> None:
-        if threads:
-            torch.set_num_threads(int(threads))
-        self.device = resolve_device(device)
-        self.checkpoint = Path(checkpoint)
-        self.model, self.meta = load_encoder(self.checkpoint, self.device)
-        self.autocast_dtype = resolve_precision(precision, self.device)
-        self.precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[
-            self.autocast_dtype
-        ]
-        self.channels_last = bool(channels_last)
-        if self.channels_last:
-            self.model.to(memory_format=torch.channels_last_3d)
-        self.qc_head = None
-        self.qc_pooled = False
-        if qc_head is not None:
-            from motionqc.models.qc_head import load_qc_head
-
-            head, head_meta = load_qc_head(qc_head, self.checkpoint)
-            self.qc_head = head.to(self.device).eval()
-            self.qc_pooled = bool(head_meta.get("info", {}).get("pooled", False))
-            if int(head_meta["task"]["n_classes"]) != N_QC_CLASSES:
-                raise ValueError(
-                    f"{qc_head}: a QC head of {head_meta['task']['n_classes']} classes; "
-                    f"motionqc score writes {N_QC_CLASSES} (p_qc0..{N_QC_CLASSES - 1})"
-                )
-            size = (
-                self.model.embedding_channels
-                if self.qc_pooled
-                else self.model.embedding_size(self.meta["shape"])
-            )
-            if int(head_meta["in_features"]) != size:
-                raise ValueError(
-                    f"{qc_head}: head reads {head_meta['in_features']} features, the encoder "
-                    f"gives {size}"
-                )
-
-    @property
-    def spacing_mm(self) -> float:
-        """Voxel size the encoder was trained on."""
-        return float(self.meta["spacing_mm"])
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        """Grid the encoder was trained on."""
-        return tuple(int(s) for s in self.meta["shape"])  # type: ignore[return-value]
-
-    def describe(self) -> dict[str, object]:
-        """What ``dataset_description.json`` records about the model."""
-        return {
-            "checkpoint": str(self.checkpoint.resolve()),
-            "sha256": file_sha256(self.checkpoint),
-            "spacing_mm": self.spacing_mm,
-            "shape": list(self.shape),
-            "bin_range": list(self.meta["bin_range"]),
-            "input_intensity": self.meta["input_intensity"],
-            "temperature": self.meta["temperature"],
-            "score_convention": self.meta["score_convention"],
-            "precision": self.precision,
-            "device": self.device.type,
-            "qc_head": self.qc_head is not None,
-        }
-
-    @torch.inference_mode()
-    def predict(self, images: torch.Tensor) -> dict[str, np.ndarray]:
-        """Score a batch of preprocessed volumes ``(B, 1, X, Y, Z)``.
-
-        Returns:
-            ``motion_mm`` and ``motion_std`` ``(B,)``, the bin ``probabilities`` ``(B, bins)``;
-            with a QC head also ``p_qc`` ``(B, 3)``.
-        """
-        # the intensity scaling the encoder was trained with (recorded in its file)
-        x = scale_input(images.to(self.device, non_blocking=True), self.meta["input_intensity"])
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last_3d)
-        with torch.autocast(
-            self.device.type,
-            dtype=self.autocast_dtype or torch.bfloat16,
-            enabled=self.autocast_dtype is not None,
-        ):
-            fmap = self.model.encode(x)
-            out = self.model.head(fmap)
-        out = out.float() / self.meta["temperature"]
-        result = {
-            "motion_mm": decode(out, self.meta["bin_range"]).cpu().numpy(),
-            "motion_std": predictive_std(out, self.meta["bin_range"]).cpu().numpy(),
-            "probabilities": torch.softmax(out, 1).cpu().numpy(),
-        }
-        if self.qc_head is not None:
-            z = self.model.embed(fmap.float(), pooled=self.qc_pooled)
-            result["p_qc"] = torch.softmax(self.qc_head(z).float(), 1).cpu().numpy()
-        return result
-
-
-def _batch_rows(scorer: Scorer, batch: dict[str, Any]) -> list[dict[str, Any]]:
-    records = batch["records"]
-    rows = {
-        r["index"]: {
-            "bids_name": r["bids_name"],
-            "path": r["path"],
-            "mosaic": r["mosaic"],
-            "views": r.get("views"),
-            "image": r.get("image"),
-            "affine": r.get("affine"),
-            "status": "error" if r["error"] else "ok",
-            "error": r["error"],
-        }
-        for r in records
-    }
-    good = batch["good"]
-    if good:
-        try:
-            outputs = [scorer.predict(batch["images"])]
-            groups = [good]
-        except Exception:  # noqa: BLE001 - retry one by one to find the volume at fault
-            outputs, groups = [], []
-            for k, index in enumerate(good):
-                try:
-                    outputs.append(scorer.predict(batch["images"][k : k + 1]))
-                    groups.append([index])
-                except Exception as exc:  # noqa: BLE001
-                    row = rows[index]
-                    row["status"] = "error"
-                    row["error"] = _one_line(f"inference failed: {type(exc).__name__}: {exc}")
-        for out, indices in zip(outputs, groups, strict=True):
-            for k, index in enumerate(indices):
-                row = rows[index]
-                row["motion_mm"] = float(out["motion_mm"][k])
-                row["motion_std"] = float(out["motion_std"][k])
-                row["bins"] = [float(v) for v in out["probabilities"][k]]
-                if "p_qc" in out:
-                    p = out["p_qc"][k]
-                    row.update({f"p_qc{c}": float(p[c]) for c in range(len(p))})
-                    row["qc_class"] = int(np.argmax(p))
-                if not np.isfinite(row["motion_mm"]):
-                    row["status"] = "error"
-                    row["error"] = "inference gave a non-finite score"
-    return [rows[r["index"]] for r in records]
-
-
-def score_volumes(
-    scorer: Scorer,
-    paths: Sequence[str | Path],
-    *,
-    names: Sequence[str] | None = None,
-    batch_size: int | None = None,
-    num_workers: int | None = None,
-    mosaics: bool = False,
-    prefetch_factor: int = 2,
-    inputs: bool = False,
-) -> Iterator[dict[str, Any]]:
-    """Score volumes in input order, loading them in worker processes.
-
-    Args:
-        scorer: The model.
-        paths: Volume files.
-        names: One name per file (default: BIDS names).
-        batch_size: Volumes per forward pass (default :func:`default_batch_size` of the
-            scorer's device).
-        num_workers: Loader processes (0: load in this process; default
-            :func:`default_num_workers` of the scorer's device).
-        mosaics: Also render the encoder input's strip (``row["mosaic"]``) and the original
-            volume's views (``row["views"]``), PNG bytes.
-        prefetch_factor: Batches each worker prepares ahead.
-        inputs: Also yield the encoder's input of each volume (``image`` ``(1, X, Y, Z)`` and
-            its ``affine``; ``None`` for a volume that failed); off, a caller that keeps the rows
-            does not keep every volume with them.
-
-    Yields:
-        One dict per volume: ``bids_name``, ``path``, ``status`` (``ok``/``error``), ``error``,
-        ``motion_mm``, ``motion_std``, the bin probabilities ``bins``, with a QC head
-        ``p_qc0..2`` and ``qc_class``, ``mosaic`` and ``views`` (and ``image``, ``affine``).
-    """
-    if batch_size is None:
-        batch_size = default_batch_size(scorer.device.type)
-    if num_workers is None:
-        num_workers = default_num_workers(scorer.device.type)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    dataset = VolumeDataset(paths, scorer.spacing_mm, scorer.shape, names=names, mosaics=mosaics)
-    if len(dataset) == 0:
-        return
-    workers = max(0, min(int(num_workers), len(dataset)))
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=_collate,
-        worker_init_fn=_worker_init if workers else None,
-        prefetch_factor=prefetch_factor if workers else None,
-        pin_memory=scorer.device.type == "cuda",
-    )
-    for batch in loader:
-        for row in _batch_rows(scorer, batch):
-            if not inputs:
-                row.pop("image", None)
-                row.pop("affine", None)
-            yield row
 
 
 # --------------------------------------------------------------------------- BIDS steps
