@@ -14,7 +14,9 @@ from motionqc.models.sfcn import SFCN
 from motionqc.models.soft_labels import SoftLabelKL
 from motionqc.synthetic.heads import DeviceMotion, MotionSourceSet, bias_field, predict_split
 from motionqc.synthetic.motion_sets import SyntheticMotionDataset, build_parameter_table
-from motionqc.training.trainer import TrainConfig, Trainer, kaiming_init, seed_everything
+from motionqc.training.config import TrainConfig
+from motionqc.training.reproducibility import kaiming_init, seed_everything
+from motionqc.training.trainer import Trainer
 
 SHAPE = (40, 48, 40)
 

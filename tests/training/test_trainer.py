@@ -17,14 +17,10 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from motionqc.models.soft_labels import SoftLabelKL
-from motionqc.training.trainer import (
-    TrainConfig,
-    Trainer,
-    kaiming_init,
-    main,
-    seed_everything,
-    toy_task,
-)
+from motionqc.training.config import TrainConfig
+from motionqc.training.launch import main, toy_task
+from motionqc.training.reproducibility import kaiming_init, seed_everything
+from motionqc.training.trainer import Trainer
 
 
 class NoisyVolumes(Dataset):
@@ -235,7 +231,7 @@ def test_ddp_two_gloo_processes_match_single_process(tmp_path):
         "--master_addr=127.0.0.1",
         f"--master_port={_free_port()}",
         "-m",
-        "motionqc.training.trainer",
+        "motionqc.training.launch",
         "--run-dir",
         str(tmp_path / "ddp"),
         *args,

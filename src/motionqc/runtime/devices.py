@@ -16,6 +16,9 @@ __all__ = [
     "default_batch_size",
     "default_num_workers",
     "default_threads",
+    "distributed_info",
+    "training_autocast",
+    "training_device",
     "resolve_device",
     "resolve_precision",
     "usable_cores",
@@ -141,3 +144,59 @@ def default_threads(device: torch.device) -> int | None:
     if device.type != "cpu":
         return None
     return usable_cores()
+
+
+def distributed_info() -> tuple[int, int, int]:
+    """Return ``(rank, world_size, local_rank)`` from an initialised group or torchrun's env."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return rank, world, int(os.environ.get("LOCAL_RANK", rank))
+    return (
+        int(os.environ.get("RANK", 0)),
+        int(os.environ.get("WORLD_SIZE", 1)),
+        int(os.environ.get("LOCAL_RANK", 0)),
+    )
+
+
+def training_device(device: str | None, local_rank: int, distributed: bool) -> torch.device:
+    """The device a training process runs on.
+
+    Args:
+        device: ``None`` (CUDA device ``local_rank`` when CUDA is available, else the CPU) or a
+            torch device name; a bare ``"cuda"`` becomes device ``local_rank`` under DDP and
+            the current device otherwise.
+        local_rank: This process's rank on its node.
+        distributed: Whether training is data-parallel over several processes.
+
+    Returns:
+        The device.
+    """
+    if device is None:
+        return (
+            torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+        )
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", local_rank if distributed else torch.cuda.current_device())
+    return dev
+
+
+def training_autocast(precision: str, device: torch.device) -> torch.dtype | None:
+    """Return the autocast dtype of training for a precision name (``None``: plain fp32).
+
+    ``"auto"`` means what it means for inference (:func:`resolve_precision`): the fastest
+    precision that is known to keep the results, here AMP on CUDA (bf16 where supported, else
+    fp16 with a grad scaler) and fp32 on every CPU, where bf16 training is slower without native
+    bf16 and changes the optimisation where it is native. ``"bf16"`` also autocasts on CPU;
+    ``"fp16"`` needs CUDA.
+
+    Raises:
+        ValueError: For ``"fp16"`` off CUDA.
+    """
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    if precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    if device.type != "cuda":
+        raise ValueError("precision 'fp16' needs a CUDA device; use 'bf16' or 'fp32' on CPU")
+    return torch.float16

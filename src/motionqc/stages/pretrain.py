@@ -27,7 +27,7 @@ from motionqc.physics.score import SCORE_CONVENTION
 from motionqc.synthetic.motion_sets import sample_scored_motion
 from motionqc.synthetic.pool import load_sources, render_pool
 from motionqc.training.recipe import RecipeConfig, predict_logits, train, val_inputs
-from motionqc.training.trainer import kaiming_init, seed_everything
+from motionqc.training.reproducibility import kaiming_init, seed_everything
 
 __all__ = [
     "BANDS",

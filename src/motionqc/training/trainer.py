@@ -38,310 +38,42 @@ Losses are computed in fp32 on the model output cast back to float.
 writes ``resources.json`` (``resources_resume_<epoch>.json`` for a resumed segment) into the run
 folder; under DDP it is rank 0's process (its GPU, its RSS and its DataLoader workers).
 
-Module entry point (a task factory builds model, loss and data)::
-
-    python -m motionqc.training.trainer --epochs 3            # toy task -> checkpoints/toy_task/
-    torchrun --nproc_per_node=2 -m motionqc.training.trainer --run-dir /tmp/toy --epochs 3
-    python -m motionqc.training.trainer --task mypkg.tasks:pretrain --task-arg n_train=64
+The knobs are :class:`motionqc.training.config.TrainConfig`; checkpoints are written and read by
+:mod:`motionqc.training.checkpoint`; :mod:`motionqc.training.launch` is the command line (a task
+factory builds model, loss and data; ``torchrun`` runs it data-parallel).
 """
 
 from __future__ import annotations
 
-import argparse
-import csv
 import dataclasses
-import importlib
 import math
 import os
-import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from motionqc import paths
+from motionqc.runtime.devices import distributed_info, training_autocast, training_device
+from motionqc.training.batches import (
+    IndexedDataset,
+    cat_batches,
+    default_unpack,
+    index_batch,
+    to_device,
+)
+from motionqc.training.checkpoint import load_checkpoint, save_checkpoint
+from motionqc.training.config import LossFn, MetricsFn, TrainConfig, make_scheduler
+from motionqc.training.reproducibility import (
+    loader_worker_seed,
+    seed_everything,
+    set_rng_state,
+)
 
-__all__ = [
-    "TrainConfig",
-    "Trainer",
-    "TrainTask",
-    "kaiming_init",
-    "seed_everything",
-    "distributed_info",
-    "toy_task",
-    "main",
-]
-
-LossFn = Callable[[torch.Tensor, Any], torch.Tensor]
-MetricsFn = Callable[[torch.Tensor, Any], dict[str, float]]
-
-_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
-# --------------------------------------------------------------------------------------------
-# helpers
-# --------------------------------------------------------------------------------------------
-def seed_everything(seed: int) -> None:
-    """Seed python's ``random``, numpy's global generator and torch (CPU and all CUDA devices).
-
-    Args:
-        seed: Any integer; numpy receives it modulo 2**32.
-    """
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def kaiming_init(model: nn.Module, mode: str = "fan_in", nonlinearity: str = "relu") -> nn.Module:
-    """Kaiming-normal initialisation of every convolution and linear layer (He et al. 2015).
-
-    Weights of ``Conv1d/2d/3d`` and ``Linear`` layers are drawn from
-    ``N(0, gain² / fan)``; their biases are zeroed. Normalisation layers get weight 1, bias 0.
-    Uses the global torch generator: call :func:`seed_everything` first for a reproducible draw.
-
-    Args:
-        model: The network (modified in place).
-        mode: ``"fan_in"`` (preserves forward variance) or ``"fan_out"`` (backward variance).
-        nonlinearity: The activation that follows the layers (``"relu"``, ``"leaky_relu"``...).
-
-    Returns:
-        The same model, for chaining.
-
-    Raises:
-        ValueError: If ``mode`` is not ``"fan_in"`` or ``"fan_out"``.
-    """
-    if mode not in ("fan_in", "fan_out"):
-        raise ValueError(f"mode must be 'fan_in' or 'fan_out', got {mode!r}")
-    for m in model.modules():
-        if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear):
-            nn.init.kaiming_normal_(m.weight, mode=mode, nonlinearity=nonlinearity)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.modules.batchnorm._NormBase | nn.GroupNorm | nn.LayerNorm):
-            if getattr(m, "weight", None) is not None:
-                nn.init.ones_(m.weight)
-            if getattr(m, "bias", None) is not None:
-                nn.init.zeros_(m.bias)
-    return model
-
-
-def distributed_info() -> tuple[int, int, int]:
-    """Return ``(rank, world_size, local_rank)`` from an initialised group or torchrun's env."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-        return rank, world, int(os.environ.get("LOCAL_RANK", rank))
-    return (
-        int(os.environ.get("RANK", 0)),
-        int(os.environ.get("WORLD_SIZE", 1)),
-        int(os.environ.get("LOCAL_RANK", 0)),
-    )
-
-
-def _worker_init(worker_id: int) -> None:
-    # torch seeds each worker with base_seed + worker_id (base_seed from the loader's generator);
-    # numpy and random follow from it so augmentations drawn with them are reproducible too.
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
-
-
-def _rng_state() -> dict[str, Any]:
-    """The RNG states as tensors and plain types (a checkpoint is read with ``weights_only``)."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": [
-            name,
-            torch.from_numpy(keys.astype(np.int64)),
-            int(pos),
-            int(has_gauss),
-            float(cached),
-        ],
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _default_unpack(batch: Any) -> tuple[Any, Any]:
-    if isinstance(batch, dict):
-        return batch["input"], batch["target"]
-    if isinstance(batch, list | tuple) and len(batch) == 2:
-        return batch[0], batch[1]
-    raise ValueError(
-        "a batch must be (input, target) or a dict with 'input' and 'target'; pass unpack= to "
-        "the Trainer for other layouts"
-    )
-
-
-def _to(obj: Any, device: torch.device) -> Any:
-    if torch.is_tensor(obj):
-        return obj.to(device, non_blocking=True)
-    if isinstance(obj, list | tuple):
-        return type(obj)(_to(o, device) for o in obj)
-    if isinstance(obj, dict):
-        return {k: _to(v, device) for k, v in obj.items()}
-    return obj
-
-
-def _cat(items: list[Any]) -> Any:
-    first = items[0]
-    if torch.is_tensor(first):
-        return torch.cat(items)
-    if isinstance(first, list | tuple):
-        return type(first)(_cat([it[i] for it in items]) for i in range(len(first)))
-    if isinstance(first, dict):
-        return {k: _cat([it[k] for it in items]) for k in first}
-    return [x for it in items for x in it]
-
-
-def _index(obj: Any, order: torch.Tensor) -> Any:
-    if torch.is_tensor(obj):
-        return obj[order]
-    if (
-        isinstance(obj, tuple | list)
-        and obj
-        and (torch.is_tensor(obj[0]) or isinstance(obj[0], dict))
-    ):
-        return type(obj)(_index(o, order) for o in obj)
-    if isinstance(obj, dict):
-        return {k: _index(v, order) for k, v in obj.items()}
-    return [obj[i] for i in order.tolist()]
-
-
-class _Indexed(Dataset):
-    """Wrap a dataset so each item also carries its index (for gathering in dataset order)."""
-
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, i: int) -> tuple[int, Any]:
-        return i, self.dataset[i]
-
-
-# --------------------------------------------------------------------------------------------
-# configuration
-# --------------------------------------------------------------------------------------------
-@dataclass
-class TrainConfig:
-    """Knobs of a training run (defaults: the authors' SFCN recipe where they give one).
-
-    Attributes:
-        max_epochs: Upper bound on epochs.
-        batch_size: Global batch size (split evenly across DDP ranks).
-        eval_batch_size: Global batch size for validation/prediction (default ``batch_size``).
-        lr: AdamW learning rate.
-        weight_decay: AdamW weight decay (authors: 0.05 pretraining, 0.04 transfer).
-        betas: AdamW betas.
-        schedule: ``"plateau"`` (the authors: ``ReduceLROnPlateau`` on the monitored value,
-            stepped per epoch) or ``"onecycle"`` (``OneCycleLR`` over ``max_epochs``, stepped
-            per batch, peaking at ``lr``: for short budgets such as CPU pretraining).
-        warmup_fraction: Share of the one-cycle schedule spent warming up.
-        plateau_factor: ``ReduceLROnPlateau`` factor (authors: 0.6).
-        plateau_patience: ``ReduceLROnPlateau`` patience in epochs (authors: 5).
-        plateau_threshold: Relative improvement the scheduler requires (torch's default 1e-4).
-        min_lr: Floor of the learning rate.
-        early_stopping_patience: Epochs without improvement before stopping (authors: 15);
-            ``None`` disables early stopping.
-        min_delta: Smallest change of the monitored value that counts as an improvement.
-        monitor: Value that drives the scheduler, early stopping and ``best.pt``:
-            ``"val_loss"``, ``"train_loss"`` or ``"val_<metric>"`` from the metrics function.
-        mode: ``"min"`` or ``"max"`` for the monitored value.
-        seed: Base seed of every random draw.
-        num_workers: DataLoader worker processes per rank.
-        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; ``None`` picks CUDA when available
-            (under DDP each rank uses ``cuda:LOCAL_RANK``).
-        precision: ``"auto"`` (bf16 autocast on CUDA where supported else fp16 with a grad
-            scaler; fp32 on CPU), ``"fp32"``, ``"bf16"`` (autocast, also on CPU) or ``"fp16"``
-            (CUDA only).
-        channels_last: Use ``channels_last_3d`` for 5-D weights and inputs; ``None`` means on
-            CUDA only.
-        grad_clip_norm: Clip the gradient norm to this value; ``None`` disables clipping.
-        drop_last: Drop the last incomplete training batch.
-        progress: Show tqdm bars; ``None`` shows them unless the ``CI`` variable is set.
-        label: Name recorded in the resource JSON.
-    """
-
-    max_epochs: int = 100
-    batch_size: int = 8
-    eval_batch_size: int | None = None
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.999)
-    schedule: str = "plateau"
-    warmup_fraction: float = 0.2
-    plateau_factor: float = 0.6
-    plateau_patience: int = 5
-    plateau_threshold: float = 1e-4
-    min_lr: float = 0.0
-    early_stopping_patience: int | None = 15
-    min_delta: float = 0.0
-    monitor: str = "val_loss"
-    mode: str = "min"
-    seed: int = 0
-    num_workers: int = 0
-    device: str | None = None
-    precision: str = "auto"
-    channels_last: bool | None = None
-    grad_clip_norm: float | None = None
-    drop_last: bool = False
-    progress: bool | None = None
-    label: str | None = None
-
-    def __post_init__(self) -> None:
-        """Check every knob and raise ``ValueError`` with a readable sentence."""
-        if self.max_epochs < 1:
-            raise ValueError(f"max_epochs must be at least 1, got {self.max_epochs}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
-        if self.eval_batch_size is not None and self.eval_batch_size < 1:
-            raise ValueError(f"eval_batch_size must be at least 1, got {self.eval_batch_size}")
-        if not (self.lr >= 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be a non-negative number, got {self.lr}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be non-negative, got {self.weight_decay}")
-        if not 0 < self.plateau_factor < 1:
-            raise ValueError(f"plateau_factor must be in (0, 1), got {self.plateau_factor}")
-        if self.plateau_patience < 0:
-            raise ValueError(f"plateau_patience must be non-negative, got {self.plateau_patience}")
-        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
-            raise ValueError(
-                f"early_stopping_patience must be at least 1 or None, got {self.early_stopping_patience}"
-            )
-        if self.schedule not in ("plateau", "onecycle"):
-            raise ValueError(f"schedule must be 'plateau' or 'onecycle', got {self.schedule!r}")
-        if not 0 < self.warmup_fraction < 1:
-            raise ValueError(f"warmup_fraction must be in (0, 1), got {self.warmup_fraction}")
-        if self.mode not in ("min", "max"):
-            raise ValueError(f"mode must be 'min' or 'max', got {self.mode!r}")
-        if self.precision not in _PRECISIONS:
-            raise ValueError(
-                f"precision must be one of {', '.join(_PRECISIONS)}, got {self.precision!r}"
-            )
-        if self.num_workers < 0:
-            raise ValueError(f"num_workers must be non-negative, got {self.num_workers}")
-        if self.grad_clip_norm is not None and not self.grad_clip_norm > 0:
-            raise ValueError(f"grad_clip_norm must be positive or None, got {self.grad_clip_norm}")
-        self.betas = tuple(self.betas)  # type: ignore[assignment]
+__all__ = ["Trainer"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -393,7 +125,7 @@ class Trainer:
         run_dir: str | Path | None = None,
         metrics_fn: MetricsFn | None = None,
         resume: bool = True,
-        unpack: Callable[[Any], tuple[Any, Any]] = _default_unpack,
+        unpack: Callable[[Any], tuple[Any, Any]] = default_unpack,
         monitor_resources: bool = True,
         batch_transform: Callable[[Any], Any] | None = None,
     ) -> None:
@@ -431,34 +163,11 @@ class Trainer:
         self.local_eval_batch = max(1, eval_bs // world)
 
         # -- device and precision -----------------------------------------------------------
-        if cfg.device is None:
-            dev = (
-                torch.device("cuda", local_rank)
-                if torch.cuda.is_available()
-                else torch.device("cpu")
-            )
-        else:
-            dev = torch.device(cfg.device)
-            if dev.type == "cuda" and dev.index is None:
-                dev = torch.device(
-                    "cuda", local_rank if self.distributed else torch.cuda.current_device()
-                )
+        dev = training_device(cfg.device, local_rank, self.distributed)
         self.device = dev
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
-        self.amp_dtype: torch.dtype | None
-        if cfg.precision == "fp32" or (cfg.precision == "auto" and dev.type != "cuda"):
-            self.amp_dtype = None
-        elif cfg.precision == "bf16" or (
-            cfg.precision == "auto" and torch.cuda.is_bf16_supported()
-        ):
-            self.amp_dtype = torch.bfloat16
-        else:
-            if dev.type != "cuda":
-                raise ValueError(
-                    "precision 'fp16' needs a CUDA device; use 'bf16' or 'fp32' on CPU"
-                )
-            self.amp_dtype = torch.float16
+        self.amp_dtype: torch.dtype | None = training_autocast(cfg.precision, dev)
         self.channels_last = (
             cfg.channels_last if cfg.channels_last is not None else dev.type == "cuda"
         )
@@ -483,27 +192,13 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas
         )
-        self.scheduler: Any
-        if cfg.schedule == "onecycle":
-            per_rank = math.ceil(len(train_data) / world)  # type: ignore[arg-type]
-            steps = (
-                per_rank // self.local_batch if cfg.drop_last else -(-per_rank // self.local_batch)
-            )
-            self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
-                self.optimizer,
-                max_lr=cfg.lr,
-                total_steps=max(1, steps) * cfg.max_epochs,
-                pct_start=cfg.warmup_fraction,
-            )
-        else:
-            self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                self.optimizer,
-                mode=cfg.mode,
-                factor=cfg.plateau_factor,
-                patience=cfg.plateau_patience,
-                threshold=cfg.plateau_threshold,
-                min_lr=cfg.min_lr,
-            )
+        self.scheduler: Any = make_scheduler(
+            self.optimizer,
+            cfg,
+            len(train_data),
+            world,
+            self.local_batch,  # type: ignore[arg-type]
+        )
 
         # -- state ----------------------------------------------------------------------------
         self.history: list[dict[str, Any]] = []
@@ -515,9 +210,9 @@ class Trainer:
         self.stopped_early = False
         self.finished = False
         self.resumed_from: int | None = None
-        self._rng_loaded: dict[str, Any] | None = None
+        self.pending_rng: dict[str, Any] | None = None
         if resume and self.last_path is not None and self.last_path.exists():
-            self._load(self.last_path)
+            load_checkpoint(self, self.last_path)
 
         # -- data ---------------------------------------------------------------------------
         self.train_sampler = DistributedSampler(
@@ -565,7 +260,7 @@ class Trainer:
         )
 
     def _prepare_input(self, x: Any) -> Any:
-        x = _to(x, self.device)
+        x = to_device(x, self.device)
         if self.batch_transform is not None:
             with torch.no_grad():
                 x = self.batch_transform(x)
@@ -581,7 +276,7 @@ class Trainer:
             batch_size=batch_size,
             sampler=sampler,
             num_workers=self.config.num_workers,
-            worker_init_fn=_worker_init,
+            worker_init_fn=loader_worker_seed,
             generator=self._loader_gen,
             pin_memory=self.device.type == "cuda",
             drop_last=self.config.drop_last if sampler is self.train_sampler else False,
@@ -612,7 +307,7 @@ class Trainer:
         )
         for batch in bar:
             x, y = self.unpack(batch)
-            x, y = self._prepare_input(x), _to(y, self.device)
+            x, y = self._prepare_input(x), to_device(y, self.device)
             self.optimizer.zero_grad(set_to_none=True)
             with self._autocast():
                 out = self.model(x)
@@ -652,13 +347,13 @@ class Trainer:
         n = len(dataset)  # type: ignore[arg-type]
         shard = list(range(self.rank, n, self.world_size))  # no padding: every sample once
         loader = self._loader(
-            _Indexed(Subset(dataset, shard)), None, self.local_eval_batch, epoch=-1
+            IndexedDataset(Subset(dataset, shard)), None, self.local_eval_batch, epoch=-1
         )
         outs, tgts, idx = [], [], []
         total = 0.0
         for i, batch in loader:
             x, y = self.unpack(batch)
-            x, y_dev = self._prepare_input(x), _to(y, self.device)
+            x, y_dev = self._prepare_input(x), to_device(y, self.device)
             with self._autocast():
                 out = self.module(x)
             out = out.float()
@@ -668,7 +363,7 @@ class Trainer:
             idx.append(torch.as_tensor([shard[j] for j in i.tolist()]))
         local = (
             torch.cat(outs) if outs else torch.empty(0),
-            _cat(tgts) if tgts else None,
+            cat_batches(tgts) if tgts else None,
             torch.cat(idx) if idx else torch.empty(0, dtype=torch.long),
         )
         (total,) = self._all_reduce_sum([total])
@@ -677,11 +372,11 @@ class Trainer:
             torch.distributed.all_gather_object(gathered, local)
             parts = [g for g in gathered if g[1] is not None]
             outputs = torch.cat([p[0] for p in parts])
-            targets = _cat([p[1] for p in parts])
+            targets = cat_batches([p[1] for p in parts])
             order = torch.argsort(torch.cat([p[2] for p in parts]))
         else:
             outputs, targets, order = local[0], local[1], torch.argsort(local[2])
-        return outputs[order], _index(targets, order), total / max(n, 1)
+        return outputs[order], index_batch(targets, order), total / max(n, 1)
 
     def _improved(self, value: float) -> bool:
         if self.config.mode == "min":
@@ -729,9 +424,9 @@ class Trainer:
 
     def _fit(self, until_epoch: int | None) -> None:
         cfg = self.config
-        if self._rng_loaded is not None:
-            _set_rng_state(self._rng_loaded)
-            self._rng_loaded = None
+        if self.pending_rng is not None:
+            set_rng_state(self.pending_rng)
+            self.pending_rng = None
         elif self.epoch == 0:
             seed_everything(cfg.seed + self.rank)
         stop_at = cfg.max_epochs if until_epoch is None else min(until_epoch, cfg.max_epochs)
@@ -770,7 +465,7 @@ class Trainer:
             patience = cfg.early_stopping_patience
             self.stopped_early = patience is not None and self.bad_epochs >= patience
             self.finished = self.stopped_early or self.epoch >= cfg.max_epochs
-            self._save(improved)
+            save_checkpoint(self, improved)
             if self.stopped_early:
                 break
 
@@ -794,248 +489,8 @@ class Trainer:
             "world_size": self.world_size,
         }
 
-    def _save(self, improved: bool) -> None:
-        rng = _rng_state()
-        if self.distributed:
-            all_rng: list[Any] = [None] * self.world_size
-            torch.distributed.all_gather_object(all_rng, rng)
-        else:
-            all_rng = [rng]
-        if self.is_main and self.run_dir is not None:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            state = self.state_dict()
-            state["rng"] = all_rng
-            _atomic_save(state, self.last_path)
-            if improved:
-                _atomic_save(
-                    {
-                        "epoch": self.epoch,
-                        "model": state["model"],
-                        "metric": self.best_metric,
-                        "monitor": self.config.monitor,
-                    },
-                    self.best_path,
-                )
-            self._write_csv()
-        if self.distributed:
-            torch.distributed.barrier()
-
-    def _write_csv(self) -> None:
-        keys: list[str] = []
-        for row in self.history:
-            keys += [k for k in row if k not in keys]
-        tmp = self.csv_path.with_name(self.csv_path.name + ".tmp")  # type: ignore[union-attr]
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(self.history)
-        os.replace(tmp, self.csv_path)  # type: ignore[arg-type]
-
-    def _load(self, path: Path) -> None:
-        try:  # weights_only: a checkpoint left in a run folder can hold no code to run
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
-            raise ValueError(
-                f"{path}: not a checkpoint this trainer can resume from, not loaded "
-                f"({type(exc).__name__}); remove it to start the run again"
-            ) from exc
-        self.module.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.epoch = int(state["epoch"])
-        self.best_metric = float(state["best_metric"])
-        self.best_epoch = int(state["best_epoch"])
-        self.bad_epochs = int(state["bad_epochs"])
-        self.stopped_early = bool(state["stopped_early"])
-        # A finished run stays finished unless max_epochs was raised (early stopping is final).
-        self.finished = self.stopped_early or self.epoch >= self.config.max_epochs
-        self.history = list(state["history"])
-        self.resumed_from = self.epoch
-        rngs = state.get("rng") or []
-        if len(rngs) == self.world_size:
-            self._rng_loaded = rngs[self.rank]
-        else:  # different number of ranks: reproducible, but not identical to the first run
-            self._rng_loaded = None
-            seed_everything(self.config.seed + self.rank + 7919 * self.epoch)
-
     def close(self) -> None:
         """Destroy the process group if this trainer created it."""
         if self._owns_group and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
             self._owns_group = False
-
-
-def _atomic_save(obj: Any, path: Path | None) -> None:
-    assert path is not None
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-# --------------------------------------------------------------------------------------------
-# tasks and the module entry point
-# --------------------------------------------------------------------------------------------
-@dataclass
-class TrainTask:
-    """What a task factory returns for :func:`main`: model, loss, data and metrics."""
-
-    model: nn.Module
-    loss_fn: LossFn
-    train_data: Dataset
-    val_data: Dataset | None = None
-    metrics_fn: MetricsFn | None = None
-
-
-class _ToyVolumes(Dataset):
-    """Tiny seeded 3-D regression set: the target is a fixed linear function of the volume."""
-
-    def __init__(self, n: int, size: int, seed: int) -> None:
-        g = torch.Generator().manual_seed(seed)
-        self.x = torch.randn(n, 1, size, size, size, generator=g)
-        w = torch.linspace(-1, 1, size**3)
-        self.y = (self.x.flatten(1) @ w / size).unsqueeze(1)
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.x[i], self.y[i]
-
-
-def toy_task(seed: int = 0, n_train: int = 32, n_val: int = 8, size: int = 8) -> TrainTask:
-    """A seconds-long task for tests and smoke runs of the entry point.
-
-    A small 3-D CNN without BatchNorm or dropout (so that DDP and single-process training agree,
-    see the module docstring) regresses a linear function of random volumes with MSE.
-
-    Args:
-        seed: Seed of the data and of the model's Kaiming initialisation.
-        n_train: Training samples.
-        n_val: Validation samples.
-        size: Side of the cubic volumes.
-
-    Returns:
-        The task.
-    """
-    seed_everything(seed)
-    model = nn.Sequential(
-        nn.Conv3d(1, 4, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool3d(2),
-        nn.Flatten(),
-        nn.Linear(32, 1),
-    )
-    kaiming_init(model)
-
-    def mae(out: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        return {"mae": (out - y).abs().mean().item()}
-
-    return TrainTask(
-        model=model,
-        loss_fn=nn.functional.mse_loss,
-        train_data=_ToyVolumes(int(n_train), int(size), seed + 1),
-        val_data=_ToyVolumes(int(n_val), int(size), seed + 2),
-        metrics_fn=mae,
-    )
-
-
-def _load_task(spec: str) -> Callable[..., TrainTask]:
-    if ":" not in spec:
-        raise ValueError(f"--task must look like 'package.module:function', got {spec!r}")
-    module, name = spec.split(":", 1)
-    return getattr(importlib.import_module(module), name)
-
-
-def _parse_value(text: str) -> Any:
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
-
-
-def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """Command line: train a task with :class:`Trainer`, alone or under ``torchrun``.
-
-    Args:
-        argv: Arguments (default ``sys.argv[1:]``); see ``python -m motionqc.training.trainer --help``.
-
-    Returns:
-        The history of the run.
-    """
-    parser = argparse.ArgumentParser(
-        prog="python -m motionqc.training.trainer",
-        description="Train a task (model + loss + data from a factory) with checkpoints and resume; "
-        "run it under `torchrun --nproc_per_node=N` to train data-parallel.",
-    )
-    parser.add_argument(
-        "--task",
-        default="motionqc.training.trainer:toy_task",
-        help="factory 'module:function' returning a TrainTask (default: the toy task)",
-    )
-    parser.add_argument(
-        "--task-arg",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="keyword argument for the factory (repeatable)",
-    )
-    parser.add_argument(
-        "--run-dir",
-        default=None,
-        help="folder for checkpoints and metrics.csv (default: checkpoints/<task function>)",
-    )
-    parser.add_argument(
-        "--no-resume", action="store_true", help="start afresh even if last.pt exists"
-    )
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    for name in (
-        "max_epochs",
-        "batch_size",
-        "lr",
-        "weight_decay",
-        "seed",
-        "num_workers",
-        "plateau_patience",
-        "early_stopping_patience",
-        "precision",
-        "device",
-        "monitor",
-    ):
-        default = fields[name].default
-        kind = type(default) if default is not None and not isinstance(default, str) else str
-        flag = "--epochs" if name == "max_epochs" else "--" + name.replace("_", "-")
-        parser.add_argument(
-            flag, dest=name, type=kind if kind in (int, float) else str, default=None
-        )
-    args = parser.parse_args(argv)
-    overrides = {k: v for k in fields if (v := getattr(args, k, None)) is not None}
-    config = TrainConfig(**overrides)
-    kwargs = {}
-    for item in args.task_arg:
-        if "=" not in item:
-            raise ValueError(f"--task-arg must be KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        kwargs[key] = _parse_value(value)
-    task = _load_task(args.task)(seed=config.seed, **kwargs)
-    trainer = Trainer(
-        task.model,
-        task.loss_fn,
-        task.train_data,
-        task.val_data,
-        config=config,
-        run_dir=args.run_dir or paths.checkpoints_dir() / args.task.rsplit(":", 1)[-1],
-        metrics_fn=task.metrics_fn,
-        resume=not args.no_resume,
-    )
-    try:
-        history = trainer.fit()
-    finally:
-        trainer.close()
-    return history
-
-
-if __name__ == "__main__":
-    main()

@@ -23,7 +23,9 @@ from motionqc.data.qc_task import N_QC_CLASSES
 from motionqc.models.encoder import INPUT_INTENSITY, scale_input
 from motionqc.models.qc_head import Standardise
 from motionqc.models.sfcn import SFCN, SFCN_CHANNELS, QCHead
-from motionqc.training.trainer import TrainConfig, Trainer, kaiming_init, seed_everything
+from motionqc.training.config import TrainConfig
+from motionqc.training.reproducibility import kaiming_init, seed_everything
+from motionqc.training.trainer import Trainer
 
 __all__ = [
     "EARLY_STOPPING_PATIENCE",
