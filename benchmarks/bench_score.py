@@ -68,7 +68,7 @@ from motionqc.runtime.devices import (  # noqa: E402
     resolve_precision,
     usable_cores,
 )
-from motionqc.synthetic.motion_sets import sample_motion  # noqa: E402
+from motionqc.synthetic.parameters import sample_motion  # noqa: E402
 
 GOAL_VOL_PER_MIN = 40.0
 GOAL_MAX_DIFF_MM = 0.05

@@ -26,8 +26,8 @@ import pandas as pd
 
 from motionqc import paths
 from motionqc.data.volumes import sample_manifest
+from motionqc.evaluation.encoder_test import band_table, split_metrics, torchio_corruptions
 from motionqc.models.encoder import released_encoder_path
-from motionqc.stages.pretrain import band_table, split_metrics, torchio_corruptions
 
 
 def build_bids(heads: dict[str, str], root: Path, draws: int, seed: int) -> pd.DataFrame:

@@ -24,8 +24,8 @@ from scipy.stats import spearmanr
 from sklearn.isotonic import IsotonicRegression
 
 from motionqc.data.volumes import preprocess, sample_manifest
+from motionqc.evaluation.encoder_test import corrupt_with_torchio, load_native
 from motionqc.models.encoder import load_encoder, predict_motion, released_encoder_path
-from motionqc.stages.pretrain import corrupt_with_torchio, load_native
 
 ENCODER = [released_encoder_path()]  # --encoder replaces it
 

@@ -23,9 +23,10 @@ import pytest
 import torch
 from conftest import head_phantom, write_nifti
 
-from motionqc.app.cli import main, simulate_file
+from motionqc.app.cli import main
 from motionqc.app.derivatives import GROUP_TABLE
 from motionqc.app.scoring import COLUMNS
+from motionqc.app.simulate import simulate_file
 from motionqc.data.volumes import preprocess
 from motionqc.models.encoder import save_encoder
 from motionqc.models.sfcn import SFCN

@@ -18,10 +18,9 @@ from motionqc.synthetic.motion_sets import (
     build_parameter_table,
     export_nifti,
     read_parameter_table,
-    sample_authors_motion,
-    sample_motion,
     split_sources,
 )
+from motionqc.synthetic.parameters import sample_authors_motion, sample_motion
 
 AFFINE = np.array([[2.0, 0, 0, -90], [0, 2.0, 0, -126], [0, 0, 2.0, -72], [0, 0, 0, 1]])
 SHAPE = (91, 109, 91)

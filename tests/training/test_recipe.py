@@ -10,6 +10,7 @@ import torchio as tio
 from conftest import CodePayload
 
 from motionqc.data.volumes import preprocess
+from motionqc.evaluation import encoder_test
 from motionqc.models.encoder import (
     EncoderError,
     load_encoder,
@@ -188,15 +189,15 @@ def test_fit_temperature_widens_an_overconfident_model():
     truth = torch.tensor(rng.uniform(0.5, 3.5, 400))
     mean = truth + torch.tensor(rng.normal(0, 0.4, 400))  # errors of 0.4 mm ...
     logits = -((centres[None] - mean[:, None]) ** 2) / (2 * 0.1**2)  # ... claimed 0.1 mm
-    t = stage.fit_temperature(torch.log_softmax(logits.float(), 1), truth)
+    t = encoder_test.fit_temperature(torch.log_softmax(logits.float(), 1), truth)
     assert t > 4
     table = pd.DataFrame({"true": truth.numpy(), "pred": mean.numpy(), "std": 0.1})
-    assert stage.coverage(table)["within_1std"] < 0.3
+    assert encoder_test.coverage(table)["within_1std"] < 0.3
 
 
 def test_band_table_medians_by_true_score():
     table = pd.DataFrame({"true": [0.0, 0.3, 1.5, 1.5, 4.0], "pred": [0.1, 0.5, 1.0, 2.0, 3.0]})
-    bands = stage.band_table(table).set_index("band")
+    bands = encoder_test.band_table(table).set_index("band")
     assert bands.loc["[0, 0.5)", "n"] == 2
     assert bands.loc["[0, 0.5)", "median_error"] == pytest.approx(0.15)
     assert bands.loc["[1.5, 2)", "median_pred"] == pytest.approx(1.5)
@@ -271,7 +272,7 @@ def test_released_encoder_ships_with_its_provenance():
 
 
 def test_simulate_score_is_the_label_under_the_encoders_convention(tmp_path):
-    from motionqc.app.cli import simulate_file
+    from motionqc.app.simulate import simulate_file
 
     src = tmp_path / "sub-01_T1w.nii.gz"
     _head(9).save(src)
@@ -384,7 +385,7 @@ def test_pretrain_stage_runs_on_a_manifest_pool(tmp_path):
     assert set(result.pool_table["head"]) <= set(heads.train)
     assert set(pred.loc[pred["split"] == "val", "head"]) == set(heads.val)
     assert set(pred.loc[pred["split"] == "test", "head"]) == set(heads.test)
-    assert (pred["split"] == "test").sum() == len(stage.TEST_SCORES)
+    assert (pred["split"] == "test").sum() == len(encoder_test.TEST_SCORES)
     with pytest.raises(ValueError, match="both training and validating"):
         motion_pool.load_sources(heads.files, config.replace(val_heads=(heads.train[0],)))
     with pytest.raises(ValueError, match="also used for training"):

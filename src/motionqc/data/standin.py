@@ -133,7 +133,7 @@ def standin_volume(
         ``(volume float32, motion score mm, noise σ)``.
     """
     from motionqc.physics.motion import simulate_motion
-    from motionqc.synthetic.motion_sets import sample_scored_motion
+    from motionqc.synthetic.parameters import sample_scored_motion
 
     rng = np.random.default_rng(seed)
     rating = None if qc_score is None or pd.isna(qc_score) else int(qc_score)

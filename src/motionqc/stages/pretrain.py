@@ -9,50 +9,29 @@ softmax temperature on validation and tests the encoder on heads it never saw: e
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-import torchio as tio
-from scipy.stats import spearmanr
 
-from motionqc.data.volumes import load_volume, preprocess
-from motionqc.models.encoder import predict_motion
+from motionqc.evaluation.encoder_test import (
+    band_table,
+    fit_temperature,
+    predict_table,
+    split_metrics,
+    unseen_head_inputs,
+)
 from motionqc.models.sfcn import SFCN
 from motionqc.models.soft_labels import BIN_RANGE, N_BINS, decode, predictive_std
 from motionqc.physics.score import SCORE_CONVENTION
-from motionqc.synthetic.motion_sets import sample_scored_motion
 from motionqc.synthetic.pool import load_sources, render_pool
 from motionqc.training.recipe import RecipeConfig, predict_logits, train, val_inputs
 from motionqc.training.reproducibility import kaiming_init, seed_everything
 
-__all__ = [
-    "BANDS",
-    "POOL_ROLE",
-    "TEST_SCORES",
-    "ManifestHeads",
-    "PretrainResult",
-    "band_table",
-    "corrupt_with_torchio",
-    "coverage",
-    "load_native",
-    "fit_temperature",
-    "manifest_heads",
-    "run",
-    "split_metrics",
-    "predict_table",
-    "torchio_corruptions",
-    "unseen_head_inputs",
-]
-
-TEST_SCORES = (0.0, 0.3, 0.6, 1.0, 1.5, 2.0, 3.0, 4.0)
-"""True scores (mm) of the unseen-head test: each corrupted by TorchIO's ``Motion``."""
-
-BANDS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
-"""Edges of the bands of true score the per-band table reports ([0, 0.5], …, [3, 4] mm)."""
+__all__ = ["POOL_ROLE", "ManifestHeads", "PretrainResult", "manifest_heads", "run"]
 
 
 POOL_ROLE = "synthetic_pool"
@@ -145,209 +124,6 @@ def manifest_heads(
         raise ValueError(f"{manifest}: no synthetic-pool volume in split(s) {', '.join(empty)}")
     files = {v: Path(p) for v, p in zip(out["volume_id"], table["path"], strict=True)}
     return ManifestHeads(files=files, table=out, errors=errors, **parts)
-
-
-def fit_temperature(
-    log_probs: torch.Tensor,
-    truth: torch.Tensor,
-    bin_range: Sequence[float] = BIN_RANGE,
-    grid: Sequence[float] = tuple(np.round(np.arange(0.5, 6.01, 0.05), 2)),
-) -> float:
-    """Softmax temperature minimising the Gaussian NLL of the truth under (mean, std).
-
-    Args:
-        log_probs: Validation outputs ``(N, n_bins)``.
-        truth: Validation labels ``(N,)``.
-        bin_range: The bins.
-        grid: Temperatures tried.
-
-    Returns:
-        The best temperature (1 is no change).
-    """
-    y = truth.double()
-    best, best_nll = 1.0, float("inf")
-    for t in grid:
-        out = log_probs.float() / float(t)
-        mean = decode(out, bin_range).double()
-        std = predictive_std(out, bin_range).double().clamp_min(1e-3)
-        nll = float((torch.log(std) + 0.5 * ((y - mean) / std) ** 2).mean())
-        if nll < best_nll:
-            best, best_nll = float(t), nll
-    return best
-
-
-def coverage(table: pd.DataFrame) -> dict[str, float]:
-    """Share of truths within the predicted ±1 and ±2 std (68 % / 95 % if calibrated)."""
-    err = (table["pred"] - table["true"]).abs()
-    return {
-        "within_1std": float((err <= table["std"]).mean()),
-        "within_2std": float((err <= 2 * table["std"]).mean()),
-    }
-
-
-def band_table(table: pd.DataFrame, edges: Sequence[float] = BANDS) -> pd.DataFrame:
-    """Per band of true score: count, median prediction, median error and median |error|.
-
-    Args:
-        table: ``true`` and ``pred`` columns (mm).
-        edges: Band edges; a truth equal to an inner edge goes to the band above it, the last
-            band is closed.
-
-    Returns:
-        One row per band: ``band``, ``n``, ``median_true``, ``median_pred``, ``median_error``,
-        ``median_abs_error``.
-    """
-    rows = []
-    truth = table["true"].round(6)  # a target on an edge (1.5 mm solved to 1e-10) stays on it
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-        last = hi == edges[-1]
-        keep = (truth >= lo) & ((truth <= hi) if last else (truth < hi))
-        sub = table[keep]
-        err = sub["pred"] - sub["true"]
-        rows.append(
-            {
-                "band": f"[{lo:g}, {hi:g}]" if last else f"[{lo:g}, {hi:g})",
-                "n": len(sub),
-                "median_true": float(sub["true"].median()) if len(sub) else np.nan,
-                "median_pred": float(sub["pred"].median()) if len(sub) else np.nan,
-                "median_error": float(err.median()) if len(sub) else np.nan,
-                "median_abs_error": float(err.abs().median()) if len(sub) else np.nan,
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-def load_native(path: str | Path) -> tio.ScalarImage:
-    """A head at its own resolution, canonical orientation (:func:`motionqc.data.volumes.load_volume`)."""
-    nii = load_volume(path)
-    tensor = torch.from_numpy(np.asarray(nii.dataobj, dtype=np.float32))[None]
-    return tio.ScalarImage(tensor=tensor, affine=nii.affine)
-
-
-def corrupt_with_torchio(
-    image: tio.ScalarImage, target: float, seed: int
-) -> tuple[tio.ScalarImage, dict]:
-    """Corrupt an image with **TorchIO's own** ``Motion`` at a score under ``SCORE_CONVENTION``.
-
-    Args:
-        image: The head (one channel).
-        target: Wanted score, mm (0: the image itself).
-        seed: Seed of the parameter draw (:func:`motionqc.synthetic.motion_sets.sample_scored_motion`).
-
-    Returns:
-        ``(moved, params)``; ``params["score"]`` is the true score.
-    """
-    p = sample_scored_motion(target, seed, affine=image.affine, shape=image.shape[1:])
-    if target <= 0:
-        return image, p
-    motion = tio.Motion(
-        degrees=np.asarray(p["degrees"]),
-        translation=np.asarray(p["translation"]),
-        times=np.asarray(p["times"]),
-        image_interpolation="linear",
-    )
-    return motion(image), p
-
-
-def torchio_corruptions(
-    heads: Mapping[str, str | Path],
-    *,
-    scores: Sequence[float] = TEST_SCORES,
-    draws: int = 4,
-    seed: int = 12345,
-) -> Iterator[tuple[str, int, int, tio.ScalarImage, dict]]:
-    """Each head corrupted by TorchIO's ``Motion`` at known scores, at its own resolution.
-
-    Every ``(head, score, draw)`` has its own seed (``SeedSequence([seed, head index, score index,
-    draw])``), so a volume does not depend on which others are drawn.
-
-    Args:
-        heads: Head id → NIfTI file.
-        scores: True scores (mm).
-        draws: Motions per score.
-        seed: Base seed.
-
-    Yields:
-        ``(head, score index, draw, moved image, params)``; ``params["score"]`` is the true score.
-    """
-    for h_idx, (head, path) in enumerate(heads.items()):
-        image = load_native(path)
-        for s_idx, target in enumerate(scores):
-            for d in range(draws):
-                row_seed = int(np.random.SeedSequence([seed, h_idx, s_idx, d]).generate_state(1)[0])
-                moved, p = corrupt_with_torchio(image, float(target), row_seed)
-                yield head, s_idx, d, moved, p
-
-
-def unseen_head_inputs(
-    meta: Mapping[str, object],
-    heads: Mapping[str, str | Path],
-    *,
-    scores: Sequence[float] = TEST_SCORES,
-    draws: int = 4,
-    seed: int = 12345,
-) -> tuple[pd.DataFrame, list[torch.Tensor]]:
-    """Corrupt each head with TorchIO's ``Motion`` at known scores; preprocess as inference does.
-
-    Each head is loaded at its own resolution (canonical orientation), corrupted by
-    ``tio.Motion(..., image_interpolation="linear")`` with parameters whose score under
-    :data:`motionqc.physics.score.SCORE_CONVENTION` is the target (:func:`torchio_corruptions`), then
-    preprocessed to the encoder's grid exactly as ``motionqc score`` does.
-
-    Args:
-        meta: The encoder's metadata (``spacing_mm``, ``shape``).
-        heads: Head id → NIfTI file; none may have been used in training.
-        scores: True scores (mm).
-        draws: Motions per score.
-        seed: Base seed.
-
-    Returns:
-        ``(rows, inputs)``: one row per volume (``head``, ``draw``, ``true``, ``n``) and its
-        preprocessed ``(1, X, Y, Z)`` tensor.
-    """
-    rows, images = [], []
-    for head, _, d, moved, p in torchio_corruptions(heads, scores=scores, draws=draws, seed=seed):
-        images.append(preprocess(moved, float(meta["spacing_mm"]), meta["shape"]).data.float())
-        rows.append({"head": head, "draw": d, "true": float(p["score"]), "n": int(p["n"])})
-    return pd.DataFrame(rows), images
-
-
-def predict_table(
-    model: SFCN,
-    meta: Mapping[str, object],
-    rows: pd.DataFrame,
-    inputs: Sequence[torch.Tensor],
-    *,
-    precision: str = "fp32",
-) -> pd.DataFrame:
-    """``rows`` with the encoder's ``pred`` and ``std`` (its input scaling and temperature)."""
-    pred, std = predict_motion(
-        model,
-        list(inputs),
-        bin_range=meta["bin_range"],
-        batch_size=4,
-        precision=precision,
-        input_intensity=str(meta.get("input_intensity", "unit_range")),
-        temperature=float(meta.get("temperature", 1.0)),
-    )
-    out = rows.copy()
-    out["pred"], out["std"] = pred, std
-    return out
-
-
-def split_metrics(table: pd.DataFrame) -> dict[str, float]:
-    """R², Spearman, MAE, RMSE and ±1/±2 std coverage of a prediction table."""
-    truth = table["true"].to_numpy(np.float64)
-    err = table["pred"].to_numpy(np.float64) - truth
-    ss = float(((truth - truth.mean()) ** 2).sum())
-    return {
-        "n": len(table),
-        "r2": 1 - float((err**2).sum()) / ss if ss > 0 else float("nan"),
-        "spearman": float(spearmanr(truth, table["pred"]).statistic),
-        "mae": float(np.abs(err).mean()),
-        "rmse": float(np.sqrt((err**2).mean())),
-        **coverage(table),
-    }
 
 
 @dataclass

@@ -1,12 +1,10 @@
-"""The synthetic set: severity-targeted motion parameters, a parameter table and a torch Dataset.
+"""The synthetic set: a parameter table and a torch Dataset that materialises it on the fly.
 
 Instead of the poster's 110,100 corrupted volumes on disk, the synthetic set is a table of motion
-parameters (a few MB) from which each sample is materialised on the fly, deterministically per
-row: :func:`sample_motion` builds parameters whose motion score equals a target directly (random
-direction, scale solved by root finding), :func:`sample_authors_motion` reproduces the authors'
-sampler (rejection around a uniform target), :func:`build_parameter_table` writes one row per
-sample with splits by source volume, and :class:`SyntheticMotionDataset` applies the motion plus
-the authors' extra TorchIO augmentations.
+parameters (a few MB; drawn by :mod:`motionqc.synthetic.parameters`) from which each sample is
+materialised on the fly, deterministically per row: :func:`build_parameter_table` writes one row
+per sample with splits by source volume, and :class:`SyntheticMotionDataset` applies the motion
+plus the authors' extra TorchIO augmentations.
 """
 
 from __future__ import annotations
@@ -20,266 +18,25 @@ import numpy as np
 import pandas as pd
 import torch
 import torchio as tio
-from scipy.optimize import brentq
 from torch.utils.data import Dataset
 
-from motionqc.physics.motion import check_affine, head_poses, simulate_motion
+from motionqc.physics.motion import check_affine, simulate_motion
 from motionqc.physics.score import (
-    AUTHORS_RADIUS,
-    SCORE_CONVENTION,
-    ScoreConvention,
-    motion_score,
     score_motion,
-    volume_center,
 )
+from motionqc.synthetic.parameters import sample_authors_motion, sample_motion, seeded_rng
 
 __all__ = [
-    "MotionParams",
-    "torchio_times",
-    "sample_motion",
-    "sample_authors_motion",
-    "sample_scored_motion",
-    "split_sources",
     "build_parameter_table",
+    "export_nifti",
     "read_parameter_table",
     "row_params",
+    "split_sources",
     "SyntheticMotionDataset",
-    "export_nifti",
 ]
 
-MotionParams = dict
-"""A motion: ``{"degrees": (n, 3), "translation": (n, 3), "times": (n,), "n": int, "score": float}``."""
 
 _SPLITS = ("train", "val", "test")
-
-
-def _rng(seed: int) -> np.random.Generator:
-    if seed is None or int(seed) != seed or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    return np.random.default_rng(int(seed))
-
-
-def torchio_times(n: int, rng: np.random.Generator, perturbation: float = 0.3) -> np.ndarray:
-    """Times as ``tio.RandomMotion`` draws them: evenly spaced in (0, 1), ±30 % jitter of the step.
-
-    Args:
-        n: Number of transforms.
-        rng: Random generator.
-        perturbation: Jitter as a fraction of the step.
-
-    Returns:
-        Sorted float32 times, shape (n,).
-    """
-    step = 1.0 / (n + 1)
-    base = np.arange(1, n + 1) * step
-    return (base + rng.uniform(-step * perturbation, step * perturbation, n)).astype(np.float32)
-
-
-def sample_motion(
-    target: float,
-    seed: int,
-    n: int | None = None,
-    *,
-    n_range: tuple[int, int] = (2, 8),
-    max_degrees_per_mm: float = 1.0 / 3.0,
-    affine: object | None = None,
-    shape: Sequence[int] | None = None,
-    radius: float = 80.0,
-    pairs: str = "consecutive",
-    convention: str = "applied",
-    center: object = None,
-) -> MotionParams:
-    """Draw motion parameters whose score equals ``target`` (to ~1e-6 mm), without rejection.
-
-    A random direction is drawn (per-axis uniform rotations and translations, the rotation share
-    itself random and at most ``max_degrees_per_mm`` degrees per mm of translation range, as in
-    the authors' sampler); the direction is then scaled, the scale solved with Brent's method so
-    that :func:`motionqc.physics.score.score_motion` equals the target.
-
-    Args:
-        target: Wanted score in mm (0 gives no motion: a single identity transform).
-        seed: Seed of every random draw; the same seed gives the same parameters.
-        n: Number of transforms; drawn from ``n_range`` (numpy ``integers``, upper exclusive)
-            when omitted.
-        n_range: Range of ``n`` when drawn.
-        max_degrees_per_mm: Largest rotation range relative to the translation range.
-        affine: Image affine (for the score's centre).
-        shape: Image shape (for the score's centre).
-        radius: Sphere radius of the score, mm.
-        pairs: ``"consecutive"`` or ``"all"``.
-        convention: ``"applied"`` or ``"authors"`` (see :mod:`motionqc.physics.score`).
-        center: Sphere centre in world mm (default: volume centre, or the origin).
-
-    Returns:
-        Dict with ``degrees`` (n, 3), ``translation`` (n, 3), ``times`` (n,), ``n``, ``score``.
-
-    Raises:
-        ValueError: For a negative or non-finite target, a bad seed or a bad ``n``.
-    """
-    if not np.isfinite(target) or target < 0:
-        raise ValueError(f"target must be a non-negative number of mm, got {target}")
-    rng = _rng(seed)
-    if n is None:
-        lo, hi = n_range
-        if lo < 1 or hi <= lo:
-            raise ValueError(f"n_range must be (low >= 1, high > low), got {n_range}")
-        n = int(rng.integers(lo, hi))
-    if int(n) != n or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n}")
-    n = int(n)
-    times = torchio_times(n, rng)
-    rot_share = rng.uniform(0.0, max_degrees_per_mm)
-    deg_dir = rng.uniform(-1.0, 1.0, (n, 3)) * rot_share
-    tra_dir = rng.uniform(-1.0, 1.0, (n, 3))
-    if shape is not None and center is None:
-        center = volume_center(affine if affine is not None else np.eye(4), shape)
-
-    def score(scale: float) -> float:
-        return score_motion(
-            deg_dir * scale,
-            tra_dir * scale,
-            radius=radius,
-            pairs=pairs,
-            convention=convention,
-            center=center,
-        )
-
-    if target == 0:
-        scale = 0.0
-    else:
-        hi = max(target, 1e-3)
-        while score(hi) < target:
-            hi *= 2.0
-            if hi > 1e6:
-                raise ValueError(f"cannot reach a score of {target} mm")
-        scale = brentq(lambda s: score(s) - target, 0.0, hi, xtol=1e-10, rtol=1e-12)
-    deg, tra = deg_dir * scale, tra_dir * scale
-    return {"degrees": deg, "translation": tra, "times": times, "n": n, "score": score(scale)}
-
-
-def sample_scored_motion(
-    target: float,
-    seed: int,
-    n: int | None = None,
-    *,
-    affine: object,
-    shape: Sequence[int],
-    convention: ScoreConvention = SCORE_CONVENTION,
-) -> MotionParams:
-    """:func:`sample_motion` for an image, its score under a :class:`ScoreConvention`.
-
-    Args:
-        target: Wanted score in mm.
-        seed: Seed of every draw.
-        n: Number of transforms (drawn from the seed when omitted).
-        affine: The image's voxel-to-RAS matrix.
-        shape: The image's spatial shape.
-        convention: The score convention (default: motionqc's one, ``SCORE_CONVENTION``).
-
-    Returns:
-        As :func:`sample_motion`.
-    """
-    return sample_motion(
-        target,
-        seed,
-        n,
-        affine=affine,
-        shape=shape,
-        radius=convention.radius,
-        pairs=convention.pairs,
-        convention=convention.rotations,
-        center=None if convention.center == "volume" else np.zeros(3),
-    )
-
-
-def sample_authors_motion(
-    seed: int,
-    *,
-    target_range: tuple[float, float] = (0.05, 4.0),
-    n_range: tuple[int, int] = (2, 8),
-    tolerance: float = 0.01,
-    p_motion_free: float = 0.05,
-    free_range: tuple[float, float] = (0.0, 0.05),
-    radius: float = AUTHORS_RADIUS,
-    center: object = None,
-    convention: str = "authors",
-    batch: int = 256,
-    max_tries: int = 200_000,
-) -> dict[str, object]:
-    """The authors' sampler: uniform target, TorchIO-style draws, rejection within a tolerance.
-
-    Following their ``CustomMotion`` / ``CreateSynthVolume``: target ~ U(0.05, 4) mm, rotation
-    range d ~ U(0, min(target / 3, 1)) degrees, angles ~ U(−d, d) and translations
-    ~ U(−target, target) mm per axis, n ~ randint(2, 8); draws are repeated until the score
-    (their convention: rotation vectors, consecutive pairs, R = 82.5 mm, world origin) is within
-    ``tolerance`` of the target. A fraction ``p_motion_free`` of samples has no motion and a
-    label drawn from U(0, 0.05).
-
-    Args:
-        seed: Seed of every draw.
-        target_range: Range of the uniform target, mm.
-        n_range: Range of the number of transforms (upper exclusive).
-        tolerance: Accepted |score − target|, mm.
-        p_motion_free: Probability of a motion-free sample.
-        free_range: Label range of motion-free samples.
-        radius: Sphere radius of the score.
-        center: Sphere centre (world origin by default, as the authors).
-        convention: Score convention used for acceptance.
-        batch: Candidates scored per vectorised round.
-        max_tries: Give up after this many candidates.
-
-    Returns:
-        Dict with ``degrees``, ``translation``, ``times``, ``n``, ``target``, ``score`` (the
-        accepted score, 0 when motion-free), ``label`` (the training label) and ``motion_free``.
-
-    Raises:
-        ValueError: For bad ranges or probabilities, or if no draw is accepted.
-    """
-    if not 0 <= p_motion_free <= 1:
-        raise ValueError(f"p_motion_free must be in [0, 1], got {p_motion_free}")
-    if tolerance <= 0:
-        raise ValueError(f"tolerance must be positive, got {tolerance}")
-    rng = _rng(seed)
-    if rng.uniform() < p_motion_free:
-        label = float(rng.uniform(*free_range))
-        empty = np.zeros((0, 3))
-        return {
-            "degrees": empty,
-            "translation": empty,
-            "times": np.zeros(0, np.float32),
-            "n": 0,
-            "target": label,
-            "score": 0.0,
-            "label": label,
-            "motion_free": True,
-        }
-    target = float(rng.uniform(*target_range))
-    n = int(rng.integers(*n_range))
-    d = rng.uniform(0.0, min(target / 3.0, 1.0))
-    if convention not in ("authors", "applied"):
-        raise ValueError(f"convention must be 'applied' or 'authors', not {convention!r}")
-    tried = 0
-    while tried < max_tries:
-        deg = rng.uniform(-d, d, (batch, n, 3))
-        tra = rng.uniform(-target, target, (batch, n, 3))
-        mats = head_poses(deg, tra, convention)
-        scores = motion_score(mats, radius=radius, center=center)
-        ok = np.flatnonzero(np.abs(scores - target) <= tolerance)
-        tried += batch
-        if ok.size:
-            i = int(ok[0])
-            times = torchio_times(n, rng)
-            return {
-                "degrees": deg[i],
-                "translation": tra[i],
-                "times": times,
-                "n": n,
-                "target": target,
-                "score": float(scores[i]),
-                "label": float(scores[i]),
-                "motion_free": False,
-            }
-    raise ValueError(f"no draw within {tolerance} mm of {target:.3f} mm after {max_tries} tries")
 
 
 def split_sources(
@@ -308,7 +65,7 @@ def split_sources(
     if f.shape != (3,) or (f < 0).any() or f.sum() <= 0:
         raise ValueError(f"fractions must be three non-negative shares, got {tuple(fractions)}")
     f = f / f.sum()
-    order = _rng(seed).permutation(len(ids))
+    order = seeded_rng(seed).permutation(len(ids))
     counts = np.floor(f * len(ids)).astype(int)
     while counts.sum() < len(ids):  # hand leftovers to the largest remainders
         counts[int(np.argmax(f * len(ids) - counts))] += 1
@@ -369,7 +126,7 @@ def build_parameter_table(
             if sampler == "authors":
                 p = sample_authors_motion(row_seed)
             else:
-                target = float(_rng(row_seed).uniform(0.0, 4.0))
+                target = float(seeded_rng(row_seed).uniform(0.0, 4.0))
                 p = sample_motion(target, row_seed, affine=affine, shape=shape)
                 p.update(target=target, label=p["score"], motion_free=False)
             applied = score_motion(p["degrees"], p["translation"], affine, shape) if p["n"] else 0.0

@@ -37,7 +37,7 @@ from motionqc.physics.motion import simulate_motion
 from motionqc.physics.score import SCORE_CONVENTION
 from motionqc.synthetic.augment import gaussian_blur
 from motionqc.synthetic.heads import augment_heads, head_of
-from motionqc.synthetic.motion_sets import sample_scored_motion
+from motionqc.synthetic.parameters import sample_scored_motion
 
 if TYPE_CHECKING:
     from motionqc.training.recipe import RecipeConfig

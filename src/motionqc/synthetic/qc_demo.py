@@ -36,7 +36,7 @@ from motionqc.data.qc_task import qc_class
 from motionqc.data.volumes import preprocess
 from motionqc.physics.motion import simulate_motion
 from motionqc.synthetic.heads import head_of
-from motionqc.synthetic.motion_sets import sample_motion
+from motionqc.synthetic.parameters import sample_motion
 
 __all__ = [
     "ARTEFACTS",

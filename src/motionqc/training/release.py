@@ -24,6 +24,7 @@ import torch
 
 from motionqc import paths
 from motionqc.data.volumes import file_sha256, sample_manifest
+from motionqc.evaluation import encoder_test
 from motionqc.models.encoder import released_encoder_path, save_encoder
 from motionqc.models.soft_labels import BIN_RANGE, N_BINS, SIGMA
 from motionqc.stages import pretrain as stage
@@ -121,10 +122,10 @@ def run(
         "unseen_heads": {
             "heads": list(tested),
             "motion": "torchio.Motion(image_interpolation='linear') at each head's own resolution",
-            "scores_mm": list(stage.TEST_SCORES),
+            "scores_mm": list(encoder_test.TEST_SCORES),
             "draws": draws,
             "metrics": metrics,
-            "coverage_before_temperature": stage.coverage(result.test_raw),
+            "coverage_before_temperature": encoder_test.coverage(result.test_raw),
             "bands": result.bands.to_dict("records"),
         },
         "timing_s": result.timing_s,
