@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 from cdp import HEADLESS_FLAGS, Browser
 
-from motionqc.app.report import RATING_COLUMNS, bins_svg, mosaic_png, views_png, write_report
+from motionqc.app.pictures import bins_svg, mosaic_png, views_png
+from motionqc.app.report import RATING_COLUMNS, write_report
 from motionqc.data.volumes import load_volume, preprocess
 
 

@@ -1,6 +1,6 @@
 """The package's layout: no import cycle, no module-level ``__getattr__``, no private name imported
-from another module, no machine timings in docstrings (issue #22; they belong in benchmark tables,
-``figures/PROVENANCE.md`` and the README)."""
+from another module, no module over 500 lines, no machine timings in docstrings (issue #22; they
+belong in benchmark tables, ``figures/PROVENANCE.md`` and the README)."""
 
 from __future__ import annotations
 
@@ -184,3 +184,12 @@ def test_the_timing_finder(tmp_path: Path, text: str, hit: bool) -> None:
 
 def test_no_machine_timings_in_docstrings() -> None:
     assert docstring_timings() == []
+
+
+MAX_LINES = 500
+
+
+def test_no_module_over_500_lines() -> None:
+    sizes = {name: len(f.read_text().splitlines()) for name, f in _modules().items()}
+    assert len(sizes) > 40  # the whole package was read
+    assert {name: n for name, n in sizes.items() if n > MAX_LINES} == {}

@@ -83,7 +83,7 @@ def _pictures(volume: torch.Tensor, image: Any) -> tuple[bytes, bytes]:
 
     ``image`` is what :func:`motionqc.data.volumes.load_volume` returned: already 3D, RAS+ and in memory.
     """
-    from motionqc.app.report import mosaic_png, views_png
+    from motionqc.app.pictures import mosaic_png, views_png
 
     native = np.asarray(image.dataobj, dtype=np.float32)
     return mosaic_png(volume[0].numpy()), views_png(native, image.header.get_zooms()[:3])
@@ -98,7 +98,7 @@ class VolumeDataset(Dataset):
         shape: Target grid (from the encoder file).
         names: One name per path (default: the BIDS name of each file).
         mosaics: Also render the preprocessed volume's strip and the original's views (PNG bytes,
-            :func:`motionqc.app.report.mosaic_png`, :func:`motionqc.app.report.views_png`).
+            :func:`motionqc.app.pictures.mosaic_png`, :func:`motionqc.app.pictures.views_png`).
 
     Each item is a dict with ``index``, ``bids_name``, ``path``, ``image`` (``(1, X, Y, Z)``
     float32, or ``None``), ``affine`` (the image's, or ``None``), ``error`` (one line, empty when
