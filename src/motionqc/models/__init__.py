@@ -8,16 +8,5 @@ file with its inference (:mod:`.encoder`).
 
 from __future__ import annotations
 
-from motionqc.models.sfcn import (  # noqa: F401 - re-exported
-    SFCN,
-    SFCN_CHANNELS,
-    QCHead,
-    encoder_shape,
-)
-
-__all__ = [
-    "SFCN",
-    "QCHead",
-    "SFCN_CHANNELS",
-    "encoder_shape",
-]
+from motionqc.models.sfcn import *  # noqa: F403 - the names before the layout, re-exported
+from motionqc.models.sfcn import __all__  # noqa: F401

@@ -10,32 +10,9 @@ the layout.
 
 from __future__ import annotations
 
-from motionqc.synthetic.motion_sets import (  # noqa: F401 - re-exported
-    SyntheticMotionDataset,
-    build_parameter_table,
-    export_nifti,
-    read_parameter_table,
-    row_params,
-    split_sources,
-)
-from motionqc.synthetic.parameters import (  # noqa: F401 - re-exported
-    MotionParams,
-    sample_authors_motion,
-    sample_motion,
-    sample_scored_motion,
-    torchio_times,
-)
+from motionqc.synthetic import motion_sets as _motion_sets
+from motionqc.synthetic import parameters as _parameters
+from motionqc.synthetic.motion_sets import *  # noqa: F403 - the names before the layout, re-exported
+from motionqc.synthetic.parameters import *  # noqa: F403
 
-__all__ = [
-    "MotionParams",
-    "sample_authors_motion",
-    "sample_motion",
-    "sample_scored_motion",
-    "torchio_times",
-    "SyntheticMotionDataset",
-    "build_parameter_table",
-    "export_nifti",
-    "read_parameter_table",
-    "row_params",
-    "split_sources",
-]
+__all__ = [*_parameters.__all__, *_motion_sets.__all__]

@@ -280,8 +280,8 @@ class MotionSourceSet(Dataset):
         table: Parameter table (:func:`motionqc.synthetic.motion_sets.build_parameter_table`).
         volumes: Source id → preprocessed ``tio.ScalarImage`` (one channel).
         split: Keep only this split (``None``: all rows).
-        augment: Draw the extra augmentations (else motion only, as ``augment=False`` there).
-        p_elastic, p_flip, p_intensity: Probabilities, as in the CPU dataset.
+        **options: ``augment``, ``p_elastic``, ``p_flip``, ``p_intensity``: those of the CPU
+            dataset, with its defaults.
     """
 
     def __init__(
@@ -289,23 +289,13 @@ class MotionSourceSet(Dataset):
         table: pd.DataFrame,
         volumes: Mapping[str, tio.ScalarImage],
         split: str | None = None,
-        *,
-        augment: bool = True,
-        p_elastic: float = 0.7,
-        p_flip: float = 0.5,
-        p_intensity: float = 0.5,
+        **options: bool | float,
     ) -> None:
-        self._cpu = SyntheticMotionDataset(
-            table,
-            volumes,
-            split,
-            augment=augment,
-            p_elastic=p_elastic,
-            p_flip=p_flip,
-            p_intensity=p_intensity,
-        )
+        if "backend" in options:
+            raise TypeError("MotionSourceSet simulates no motion: it takes no backend")
+        self._cpu = SyntheticMotionDataset(table, volumes, split, **options)  # type: ignore[arg-type]
         self.table = self._cpu.table
-        self.augment = augment
+        self.augment = self._cpu.augment
         self.max_transforms = max(1, int(self.table["n"].max())) if len(self.table) else 1
 
     def __len__(self) -> int:

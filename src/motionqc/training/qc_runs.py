@@ -137,19 +137,10 @@ def run_transfer_seeds(
     run_root: str | Path | None = None,
     **head: Any,
 ) -> tuple[pd.DataFrame, list[QCRun]]:
-    """Train one transfer head per seed on fixed embeddings: :func:`run_seeds` ``("transfer")``.
+    """Train one transfer head per seed on fixed embeddings ``z`` ``(N, D)``: :func:`run_seeds`.
 
-    Args:
-        z: Embeddings ``(N, D)`` of every volume.
-        y: QC classes 0/1/2 per volume.
-        split: ``"train"``, ``"val"`` or ``"test"`` per volume.
-        volume_ids: Volume identifiers (for the prediction table).
-        seeds: Seeds, one run each.
-        run_root: Folder for per-seed trainer folders; ``None`` keeps runs in memory.
-        **head: Keyword arguments of :func:`train_transfer` (``dropout``, ``lr``, ...).
-
-    Returns:
-        ``(predictions, runs)`` as :func:`run_seeds`.
+    The arguments and the result are those of :func:`run_seeds` (``setting="transfer"``);
+    ``**head`` goes to :func:`motionqc.training.transfer.train_transfer` (``dropout``, ``lr``, ...).
     """
     return run_seeds("transfer", z, y, split, volume_ids, seeds, run_root=run_root, **head)
 
@@ -164,19 +155,10 @@ def run_scratch_seeds(
     run_root: str | Path | None = None,
     **kwargs: Any,
 ) -> tuple[pd.DataFrame, list[QCRun]]:
-    """Train SFCN from scratch once per seed: :func:`run_seeds` ``("scratch")``.
+    """Train SFCN from scratch once per seed on ``images`` ``(N, 1, X, Y, Z)``: :func:`run_seeds`.
 
-    Args:
-        images: Volumes ``(N, 1, X, Y, Z)``.
-        y: QC classes 0/1/2 per volume.
-        split: ``"train"``, ``"val"`` or ``"test"`` per volume.
-        volume_ids: Volume identifiers (for the prediction table).
-        seeds: Seeds, one run each.
-        run_root: Folder for per-seed trainer folders; ``None`` keeps runs in memory.
-        **kwargs: Keyword arguments of :func:`train_scratch` (``dropout``, ``lr``, ...).
-
-    Returns:
-        ``(predictions, runs)`` as :func:`run_seeds`.
+    The arguments and the result are those of :func:`run_seeds` (``setting="scratch"``);
+    ``**kwargs`` goes to :func:`motionqc.training.transfer.train_scratch` (``dropout``, ``lr``, ...).
     """
     return run_seeds(
         "scratch",
