@@ -12,7 +12,6 @@ import pytest
 import torch
 from conftest import head_phantom, write_nifti
 
-from motionqc.data.qc_task import qc_class
 from motionqc.data.volumes import (
     ManifestError,
     VolumeError,
@@ -23,6 +22,7 @@ from motionqc.data.volumes import (
     preprocess,
 )
 from motionqc.profiles import PROFILES
+from motionqc.qc_task import qc_class
 
 
 def _manifest(tmp_path: Path, rows: list[dict], name: str = "m.tsv") -> Path:

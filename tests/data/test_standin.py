@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from motionqc.data.qc_task import qc_class
 from motionqc.data.standin import (
     BANDS_MM,
     THICKNESS_NOISE_SD,
@@ -18,6 +17,7 @@ from motionqc.data.standin import (
     select_rows,
     write_standin,
 )
+from motionqc.qc_task import qc_class
 
 ROOT = Path(__file__).parents[2]
 

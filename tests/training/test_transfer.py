@@ -316,7 +316,7 @@ def test_train_qc_on_mrart_splits_by_subject(tmp_path: Path, mrart: Path) -> Non
 def test_manifest_qc_set_reads_the_ratings_and_splits_by_subject(
     tmp_path: Path, mrart: Path
 ) -> None:
-    from motionqc.data.qc_task import qc_class
+    from motionqc.qc_task import qc_class
     from motionqc.stages.transfer import manifest_qc_set
 
     manifest = manifest_from_mrart(mrart)

@@ -18,10 +18,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from motionqc.app.loading import VolumeDataset, collate_records, loader_worker_init, one_line
-from motionqc.data.qc_task import N_QC_CLASSES
 from motionqc.data.volumes import file_sha256
 from motionqc.models.encoder import load_encoder, scale_input
 from motionqc.models.soft_labels import decode, predictive_std
+from motionqc.qc_task import N_QC_CLASSES
 from motionqc.runtime.devices import (
     default_batch_size,
     default_num_workers,

@@ -37,7 +37,7 @@ from motionqc.app.derivatives import (
 )
 from motionqc.app.scorer import Scorer, score_volumes
 from motionqc.data.bids import bids_name, find_t1w, parse_entities
-from motionqc.data.qc_task import QC_CLASS_IDS, QC_CLASS_NAMES
+from motionqc.qc_task import QC_CLASS_IDS, QC_CLASS_NAMES
 from motionqc.runtime.devices import (
     default_batch_size,
     default_num_workers,
@@ -71,7 +71,7 @@ COLUMNS: tuple[str, ...] = (
 """Columns of the participant TSV (``p_qc*`` and ``qc_class`` are empty without a QC head)."""
 
 QC_LABELS: dict[int, str] = QC_CLASS_NAMES
-"""QC class → label shown in the report (:data:`motionqc.data.qc_task.QC_CLASS_NAMES`)."""
+"""QC class → label shown in the report (:data:`motionqc.qc_task.QC_CLASS_NAMES`)."""
 
 
 # --------------------------------------------------------------------------- loading

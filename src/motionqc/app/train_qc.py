@@ -36,8 +36,8 @@ def check_ratings(table: pd.DataFrame, manifest: str | Path) -> None:
             for the files present) appears under two ids: copies of a training file in the test
             split would inflate every metric.
     """
-    from motionqc.data.qc_task import qc_class
     from motionqc.data.volumes import file_sha256
+    from motionqc.qc_task import qc_class
 
     classes = sorted({qc_class(s) for s in table["qc_score"]})
     if len(classes) < 2:
@@ -90,10 +90,10 @@ def train_qc_cli(
     Returns:
         The path of ``qc_results.csv``.
     """
-    from motionqc.data.qc_task import qc_class
     from motionqc.data.volumes import file_sha256, load_manifest
     from motionqc.evaluation.qc_metrics import median_table, seed_table
     from motionqc.models.encoder import load_encoder
+    from motionqc.qc_task import qc_class
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ import pandas as pd
 from motionqc import paths
 from motionqc.data.volumes import ManifestError, file_sha256, load_manifest
 from motionqc.evaluation.poster import authors_manifest, authors_table
-from motionqc.data.qc_task import CLASS_LABELS, QC_CLASSES
+from motionqc.qc_task import CLASS_LABELS, QC_CLASSES
 
 __all__ = [
     "DATA_ROOT_ENV",
@@ -283,7 +283,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit status (0).
     """
-    parser = argparse.ArgumentParser(prog="python -m motionqc.data.authors", description=main.__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m motionqc.data.authors", description=main.__doc__
+    )
     parser.add_argument("--out-dir", default=None, help="destination (default: data_manifest/)")
     args = parser.parse_args(argv)
     for target in write_paper_manifests(args.out_dir).values():

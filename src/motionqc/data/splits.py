@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from motionqc.data.qc_task import CLASS_LABELS, QC_CLASSES
+from motionqc.qc_task import CLASS_LABELS, QC_CLASSES
 
 __all__ = [
     "CLASS_LABELS",

@@ -384,7 +384,6 @@ def preprocess_rows(
         ``(images, kept rows (index reset), errors)``; each error is ``{"volume_id", "error"}``
         (the loader's one-line message), and the other rows go on.
     """
-
     images, keep, errors = [], [], []
     for i, row in table.iterrows():
         try:

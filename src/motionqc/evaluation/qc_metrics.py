@@ -18,8 +18,8 @@ import pandas as pd
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score
 
 from motionqc import paths
-from motionqc.data.qc_task import QC_CLASS_IDS
 from motionqc.evaluation.poster import authors_table
+from motionqc.qc_task import QC_CLASS_IDS
 
 __all__ = [
     "QC_LABELS",
@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 QC_LABELS: tuple[int, ...] = QC_CLASS_IDS
-"""The transfer task's classes (:data:`motionqc.data.qc_task.QC_CLASS_IDS`)."""
+"""The transfer task's classes (:data:`motionqc.qc_task.QC_CLASS_IDS`)."""
 
 METRIC_COLUMNS: tuple[str, ...] = ("balanced_accuracy", "f1_c0", "f1_c1", "f1_c2")
 """The poster's QC result columns, in its order."""

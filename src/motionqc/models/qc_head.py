@@ -2,7 +2,7 @@
 
 :func:`save_qc_head` writes the head (plain types only, read back with ``weights_only=True``),
 the digest of the encoder whose embeddings it reads, and the QC task it was trained for
-(:func:`motionqc.data.qc_task.task_record`); :func:`load_qc_head` refuses a head of another
+(:func:`motionqc.qc_task.task_record`); :func:`load_qc_head` refuses a head of another
 encoder.
 """
 
@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from motionqc.data.qc_task import N_QC_CLASSES, task_record
 from motionqc.models.sfcn import QCHead
+from motionqc.qc_task import N_QC_CLASSES, task_record
 
 if TYPE_CHECKING:
     from motionqc.training.transfer import QCRun
@@ -97,7 +97,7 @@ def load_qc_head(
 
     Returns:
         ``(head, meta)``; ``head(z)`` gives class logits for embeddings ``z``; ``meta["task"]``
-        is the QC task the head was trained for (:func:`motionqc.data.qc_task.task_record`).
+        is the QC task the head was trained for (:func:`motionqc.qc_task.task_record`).
 
     Raises:
         ValueError: If the file is not a QC head or was trained on another encoder.

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from motionqc.data.qc_task import N_QC_CLASSES
+from motionqc.qc_task import N_QC_CLASSES
 
 __all__ = ["SFCN", "QCHead", "SFCN_CHANNELS", "encoder_shape"]
 
@@ -235,7 +235,7 @@ class QCHead(nn.Module):
         in_features: Embedding length (9600 at 1 mm; see :meth:`SFCN.embedding_size`).
         hidden: Units of the two hidden layers (10 in the authors' code).
         dropout: Dropout probability on the embedding (the authors' best: 0.77).
-        n_classes: Output classes (:data:`motionqc.data.qc_task.N_QC_CLASSES` for the poster's task).
+        n_classes: Output classes (:data:`motionqc.qc_task.N_QC_CLASSES` for the poster's task).
 
     Raises:
         ValueError: If a size is below 1 or ``dropout`` is outside [0, 1).

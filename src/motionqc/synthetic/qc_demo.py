@@ -32,9 +32,9 @@ import pandas as pd
 import torch
 import torchio as tio
 
-from motionqc.data.qc_task import qc_class
 from motionqc.data.volumes import preprocess
 from motionqc.physics.motion import simulate_motion
+from motionqc.qc_task import qc_class
 from motionqc.synthetic.heads import head_of
 from motionqc.synthetic.parameters import sample_motion
 

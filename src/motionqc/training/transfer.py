@@ -19,10 +19,10 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from motionqc.data.qc_task import N_QC_CLASSES
 from motionqc.models.encoder import INPUT_INTENSITY, scale_input
 from motionqc.models.qc_head import Standardise
 from motionqc.models.sfcn import SFCN, SFCN_CHANNELS, QCHead
+from motionqc.qc_task import N_QC_CLASSES
 from motionqc.training.config import TrainConfig
 from motionqc.training.reproducibility import kaiming_init, seed_everything
 from motionqc.training.trainer import Trainer
