@@ -181,6 +181,15 @@ def test_train_resumes_and_refuses_other_settings(sources, tmp_path):
     # the saved checkpoint holds plain types only
     state = torch.load(tmp_path / "split" / "last.pt", weights_only=True)
     assert state["step"] == 2
+    # a checkpoint written before the source knobs existed (its key has no "source_augment")
+    # resumes while they draw nothing; with them drawing, it is another recipe
+    old = json.loads(state["config"])
+    assert "source_augment" not in old and old == {
+        k: v for k, v in json.loads(json.dumps(half.as_dict())).items() if k != "source_augment"
+    }
+    drawing = half.replace(source_augment=dict(half.source_augment, p_blur=0.5))
+    with pytest.raises(ValueError, match="other recipe settings"):
+        recipe.train(model(), *data, drawing, tmp_path / "split", log=False)
 
 
 def test_fit_temperature_widens_an_overconfident_model():

@@ -193,3 +193,54 @@ def test_no_module_over_500_lines() -> None:
     sizes = {name: len(f.read_text().splitlines()) for name, f in _modules().items()}
     assert len(sizes) > 40  # the whole package was read
     assert {name: n for name, n in sizes.items() if n > MAX_LINES} == {}
+
+
+def test_the_names_before_the_layout_still_import() -> None:
+    # what the README shows and users' scripts import (issue #22): re-exports of the new homes
+    from motionqc.bids import manifest_from_bids, manifest_from_mrart
+    from motionqc.data import VolumeError, load_volume, qc_class, sample_manifest
+    from motionqc.models import SFCN
+    from motionqc.motion import rigid_matrices, sample_motion, simulate_motion
+    from motionqc.physics.motion import simulate_motion as home
+    from motionqc.score import motion_score
+    from motionqc.soft_labels import soft_labels
+    from motionqc.synthetic import build_parameter_table
+
+    assert simulate_motion is home
+    assert all(
+        callable(f)
+        for f in (manifest_from_bids, manifest_from_mrart, load_volume, qc_class, sample_manifest)
+    )
+    assert issubclass(VolumeError, ValueError) and SFCN.__module__ == "motionqc.models.sfcn"
+    assert all(callable(f) for f in (rigid_matrices, sample_motion, motion_score, soft_labels))
+    assert build_parameter_table.__module__ == "motionqc.synthetic.motion_sets"
+
+
+@pytest.mark.parametrize("module", ["standin", "capacity", "runner"])
+def test_the_python_m_entry_points_before_the_layout_still_run(module: str) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", f"motionqc.{module}", "--help"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "usage" in done.stdout.lower()
+
+
+def test_python_m_sample_data_runs_the_gatherer() -> None:
+    # (running it would gather the sample volumes again: `make data` does, before every test)
+    import motionqc.data.sample as home
+    import motionqc.sample_data as shim
+
+    assert shim.main is home.main and shim.gather is home.gather
+
+
+def test_the_command_line_imports_no_torch_at_start_up() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, motionqc.app.cli; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "False"

@@ -243,9 +243,9 @@ def write_report(
             ``qc_class`` (shown), ``qc_value`` (the class, for the filter), ``status`` and
             ``error``.
         path: The HTML file to write.
-        mosaics: ``bids_name`` → PNG of the encoder's input (:func:`mosaic_png`).
+        mosaics: ``bids_name`` → PNG of the encoder's input (:func:`motionqc.app.pictures.mosaic_png`).
         title: Page title.
-        views: ``bids_name`` → PNG of the original volume (:func:`views_png`).
+        views: ``bids_name`` → PNG of the original volume (:func:`motionqc.app.pictures.views_png`).
         bins: ``bids_name`` → the predicted bin probabilities (needs ``bin_range``).
         bin_range: Edges of the bins (mm).
         key: The dataset's key for the ratings kept in the browser (default: from the title and

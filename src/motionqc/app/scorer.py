@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from motionqc.app.loading import VolumeDataset, collate_records, loader_worker_init, one_line
 from motionqc.data.volumes import file_sha256
-from motionqc.models.encoder import load_encoder, scale_input
+from motionqc.models.encoder import encoder_forward, load_encoder
 from motionqc.models.soft_labels import decode, predictive_std
 from motionqc.qc_task import N_QC_CLASSES
 from motionqc.runtime.devices import (
@@ -130,18 +130,15 @@ class Scorer:
             ``motion_mm`` and ``motion_std`` ``(B,)``, the bin ``probabilities`` ``(B, bins)``;
             with a QC head also ``p_qc`` ``(B, 3)``.
         """
-        # the intensity scaling the encoder was trained with (recorded in its file)
-        x = scale_input(images.to(self.device, non_blocking=True), self.meta["input_intensity"])
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last_3d)
-        with torch.autocast(
-            self.device.type,
-            dtype=self.autocast_dtype or torch.bfloat16,
-            enabled=self.autocast_dtype is not None,
-        ):
-            fmap = self.model.encode(x)
-            out = self.model.head(fmap)
-        out = out.float() / self.meta["temperature"]
+        # the intensity scaling and temperature the encoder was trained with (in its file)
+        fmap, out = encoder_forward(
+            self.model,
+            images,
+            input_intensity=self.meta["input_intensity"],
+            temperature=self.meta["temperature"],
+            autocast_dtype=self.autocast_dtype,
+            channels_last=self.channels_last,
+        )
         result = {
             "motion_mm": decode(out, self.meta["bin_range"]).cpu().numpy(),
             "motion_std": predictive_std(out, self.meta["bin_range"]).cpu().numpy(),

@@ -75,7 +75,7 @@ def train_qc_cli(
 
     The manifest needs ``volume_id, subject, path, qc_score`` (and optionally ``split``:
     train/val/test, refused if a subject spans two splits; otherwise a 60/20/20 split **by
-    subject**, stratified by class, is drawn with seed 0: :func:`subject_split`), and the split is
+    subject**, stratified by class, is drawn with seed 0: :func:`motionqc.data.splits.subject_split`), and the split is
     written to ``splits.tsv`` (``volume_id``, ``subject``, ``split``). Volumes are preprocessed with
     the encoder's geometry and embedded once; a head is trained per seed; the per-seed metrics,
     the median table and the head of the seed with the best validation balanced accuracy

@@ -133,7 +133,7 @@ def corrupt_with_torchio(
     Args:
         image: The head (one channel).
         target: Wanted score, mm (0: the image itself).
-        seed: Seed of the parameter draw (:func:`motionqc.synthetic.motion_sets.sample_scored_motion`).
+        seed: Seed of the parameter draw (:func:`motionqc.synthetic.parameters.sample_scored_motion`).
 
     Returns:
         ``(moved, params)``; ``params["score"]`` is the true score.

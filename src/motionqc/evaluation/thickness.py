@@ -92,7 +92,7 @@ def configure_ants(seed: int, threads: int | None) -> None:
 
     ITK reads ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` once per process, when its first
     multi-threaded filter runs, so the thread count only takes effect if this is called before
-    any ANTs work in the process (it is, in :func:`thickness_batch`'s workers).
+    any ANTs work in the process (it is, in :func:`motionqc.evaluation.thickness_batch.thickness_batch`'s workers).
     """
     os.environ["ANTS_RANDOM_SEED"] = str(int(seed))
     if threads is not None:
@@ -252,7 +252,7 @@ def cortical_thickness(
     seed and synchronous ICM updates (its default visits voxels in random order). At a fixed ITK
     thread count the result is bit-identical run to run and process to process; a different
     thread count changes it by about 1e-4 relative (floating-point reduction order), so set
-    ``threads`` (before the first ANTs call of the process, as :func:`thickness_batch` does).
+    ``threads`` (before the first ANTs call of the process, as :func:`motionqc.evaluation.thickness_batch.thickness_batch` does).
 
     Args:
         image: T1w head (path, nibabel image, or 3D array with ``voxel_size_mm``).

@@ -28,6 +28,7 @@ __all__ = [
     "default_encoder_path",
     "released_encoder_path",
     "load_encoder",
+    "encoder_forward",
     "predict_motion",
     "save_encoder",
     "scale_input",
@@ -250,6 +251,46 @@ def unit_range(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
+def encoder_forward(
+    model: SFCN,
+    images: torch.Tensor,
+    *,
+    input_intensity: str,
+    temperature: float,
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The encoder on a batch of preprocessed volumes: the one inference step of the package.
+
+    :func:`predict_motion` and ``motionqc score`` (:class:`motionqc.app.scorer.Scorer`) both run
+    it: the batch goes to the model's device, gets the encoder's input scaling, runs under
+    autocast when ``autocast_dtype`` is given, and the head's log-probabilities are divided by the
+    temperature in fp32.
+
+    Args:
+        model: The SFCN (in eval mode).
+        images: ``(B, 1, X, Y, Z)`` preprocessed volumes.
+        input_intensity: The encoder's input scaling (``meta["input_intensity"]``).
+        temperature: The encoder's softmax temperature (``meta["temperature"]``).
+        autocast_dtype: ``torch.bfloat16`` or ``torch.float16`` autocast; ``None``: fp32.
+        channels_last: Feed the batch in ``channels_last_3d`` memory format.
+
+    Returns:
+        ``(fmap, out)``: the encoder's feature map (for the QC head's embedding) and the tempered
+        log-probabilities ``(B, bins)`` (fp32).
+    """
+    device = next(model.parameters()).device
+    x = scale_input(images.to(device, non_blocking=True), input_intensity)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    with torch.autocast(
+        device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None
+    ):
+        fmap = model.encode(x)
+        out = model.head(fmap)
+    return fmap, out.float() / float(temperature)
+
+
 def predict_motion(
     model: SFCN,
     images: torch.Tensor | Sequence[torch.Tensor],
@@ -279,21 +320,19 @@ def predict_motion(
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
     model.eval()
-    device = next(model.parameters()).device
     if channels_last:
         model.to(memory_format=torch.channels_last_3d)
     items = list(images) if not isinstance(images, torch.Tensor) else list(images.unbind(0))
     scores, stds = [], []
     for start in range(0, len(items), batch_size):
-        x = scale_input(
-            torch.stack([t.float() for t in items[start : start + batch_size]]), input_intensity
+        _, out = encoder_forward(
+            model,
+            torch.stack([t.float() for t in items[start : start + batch_size]]),
+            input_intensity=input_intensity,
+            temperature=temperature,
+            autocast_dtype=torch.bfloat16 if precision == "bf16" else None,
+            channels_last=channels_last,
         )
-        x = x.to(device)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last_3d)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            out = model(x)
-        out = out.float() / float(temperature)
         scores.append(decode(out, bin_range).cpu())
         stds.append(predictive_std(out, bin_range).cpu())
     if not items:

@@ -56,7 +56,7 @@ def save_qc_head(path: str | Path, run: QCRun, encoder_path: str | Path, info: d
 
     Args:
         path: Output ``.pt`` file.
-        run: A :func:`train_transfer` result.
+        run: A :func:`motionqc.training.transfer.train_transfer` result.
         encoder_path: The encoder file whose embeddings the head reads.
         info: Anything else (seed, metrics, pooled flag).
 

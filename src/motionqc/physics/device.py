@@ -80,7 +80,7 @@ class DeviceMotion:
     """Batch transform: k-space motion and the authors' intensity augmentations on the device.
 
     Give it to :class:`motionqc.training.trainer.Trainer` as ``batch_transform`` with a
-    :class:`MotionSourceSet`: each batch arrives on the training device as the dict that set
+    :class:`motionqc.synthetic.heads.MotionSourceSet`: each batch arrives on the training device as the dict that set
     collates, and leaves as ``(B, 1, X, Y, Z)`` float32 images, in the authors' order — motion
     (``simulate_motion`` with the pure-torch backend, items grouped by number of transforms;
     motion-free items untouched), gamma ``sign(x)·|x|^γ``, bias field, min-max rescale to
@@ -94,7 +94,7 @@ class DeviceMotion:
         self.backend = backend
 
     def __call__(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Apply motion and augmentations to a collated :class:`MotionSourceSet` batch."""
+        """Apply motion and augmentations to a collated :class:`motionqc.synthetic.heads.MotionSourceSet` batch."""
         x = batch["image"].float()
         if x.dim() != 5 or x.shape[1] != 1:
             raise ValueError(f"expected images (B, 1, X, Y, Z), got shape {tuple(x.shape)}")

@@ -156,7 +156,7 @@ def head_poses(degrees: object, translation: object, rotations: str = "applied")
 
     Every pose in the package comes from here: the simulation's (:func:`rigid_matrices`), the
     authors' label (:func:`motionqc.physics.score.authors_matrices`) and the vectorised draws of
-    :func:`motionqc.synthetic.motion_sets.sample_authors_motion`.
+    :func:`motionqc.synthetic.parameters.sample_authors_motion`.
 
     Args:
         degrees: Rotation parameters in degrees, shape ``(..., n, 3)``.

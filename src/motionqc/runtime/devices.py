@@ -1,5 +1,8 @@
 """Where and how the models run: devices, precision, threads, loader workers, batch sizes.
 
+torch is imported inside the functions that need it: the command line reads the core-count
+defaults at start-up without importing it.
+
 One resolver for each: the scoring pipeline, the command line and the benchmarks read them from
 here. The measurements behind the CPU defaults are in ``figures/tables/bench_score.csv``
 (``make bench``).
@@ -8,8 +11,10 @@ here. The measurements behind the CPU defaults are in ``figures/tables/bench_sco
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "cpu_has_native_bf16",
@@ -74,6 +79,8 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         ValueError: For a name torch does not know, a CUDA device on a machine without CUDA, or
             a CUDA index beyond the devices present (one line, for the command line).
     """
+    import torch
+
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -98,6 +105,8 @@ def cpu_has_native_bf16() -> bool:
     Elsewhere bf16 autocast is emulated and far slower than fp32, so ``precision="auto"`` stays
     in fp32 there.
     """
+    import torch
+
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except Exception:  # noqa: BLE001 - an old or unusual build: assume no fast bf16
@@ -118,6 +127,8 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     Raises:
         ValueError: For an unknown precision name.
     """
+    import torch
+
     if precision not in ("auto", "fp32", "bf16"):
         raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
     if precision == "fp32":
@@ -148,6 +159,8 @@ def default_threads(device: torch.device) -> int | None:
 
 def distributed_info() -> tuple[int, int, int]:
     """Return ``(rank, world_size, local_rank)`` from an initialised group or torchrun's env."""
+    import torch
+
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
         return rank, world, int(os.environ.get("LOCAL_RANK", rank))
@@ -171,6 +184,8 @@ def training_device(device: str | None, local_rank: int, distributed: bool) -> t
     Returns:
         The device.
     """
+    import torch
+
     if device is None:
         return (
             torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
@@ -193,6 +208,8 @@ def training_autocast(precision: str, device: torch.device) -> torch.dtype | Non
     Raises:
         ValueError: For ``"fp16"`` off CUDA.
     """
+    import torch
+
     if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
         return None
     if precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported()):

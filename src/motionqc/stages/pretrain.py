@@ -132,7 +132,7 @@ class PretrainResult:
 
     Attributes:
         model: The trained SFCN (eval mode).
-        meta: Its geometry, bins, input scaling and temperature (as :func:`save_encoder` takes).
+        meta: Its geometry, bins, input scaling and temperature (as :func:`motionqc.models.encoder.save_encoder` takes).
         history: One row per validation pass (:func:`motionqc.training.recipe.train`).
         predictions: ``split`` (train subset, val, test), ``head``, ``true``, ``pred``, ``std``.
         test_raw: The test rows before the temperature (for the calibration table).

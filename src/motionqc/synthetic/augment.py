@@ -128,7 +128,7 @@ def geometry_batch(
         y: ``(B,)`` labels (mm).
         gen: The generator of every draw.
         augment: ``p_geometry``, ``zoom``, ``rotate_deg``, ``shift_mm``
-            (:attr:`RecipeConfig.augment`; absent or ``p_geometry = 0``: unchanged, no draw).
+            (:attr:`motionqc.training.recipe.RecipeConfig.augment`; absent or ``p_geometry = 0``: unchanged, no draw).
         spacing_mm: The voxel size of ``x``.
 
     Returns:
@@ -174,8 +174,8 @@ def augment_batch(
 
     Args:
         x: ``(B, 1, X, Y, Z)`` batch.
-        gen: The generator of every draw (seeded per step by :func:`train`).
-        augment: Probabilities and ranges (:attr:`RecipeConfig.augment`).
+        gen: The generator of every draw (seeded per step by :func:`motionqc.training.recipe.train`).
+        augment: Probabilities and ranges (:attr:`motionqc.training.recipe.RecipeConfig.augment`).
         method: The input scaling the encoder records.
         spacing_mm: The voxel size of ``x`` (the blur is drawn in mm).
 

@@ -10,7 +10,7 @@ then resamples it to the encoder's grid. The pool is built the same way:
 2. *Samples* (:func:`render_pool`): per sample a target score ~ U(0, ``max_score``) (a share
    ``p_motion_free`` of exact zeros), parameters whose score under
    :data:`motionqc.physics.score.SCORE_CONVENTION` equals the target
-   (:func:`motionqc.synthetic.motion_sets.sample_scored_motion`), optionally a new contrast and
+   (:func:`motionqc.synthetic.parameters.sample_scored_motion`), optionally a new contrast and
    sharpness of the source (:func:`randomise_source`), k-space motion simulated **at 1 mm**
    (:func:`motionqc.physics.motion.simulate_motion`, TorchIO's ``Motion``), then the inference
    preprocessing (:func:`motionqc.data.volumes.preprocess`) to the encoder grid. Rendered once,

@@ -99,7 +99,7 @@ def corrupt(
 
     Each artefact of :data:`ARTEFACTS` is present with its own ``probability``; a present one gets
     a severity drawn uniformly between 5 % and 100 % of its :data:`ARTEFACT_RANGE` (motion: a target score
-    in mm, reached by :func:`motionqc.synthetic.motion_sets.sample_motion`). They are applied in acquisition
+    in mm, reached by :func:`motionqc.synthetic.parameters.sample_motion`). They are applied in acquisition
     order: motion, blur, bias field, ghosting, spikes, noise.
 
     Args:

@@ -23,6 +23,7 @@ import torch
 
 from motionqc.models.soft_labels import BIN_RANGE, SoftLabelKL, decode
 from motionqc.synthetic.augment import augment_batch, geometry_batch
+from motionqc.synthetic.pool import source_augment_on
 
 __all__ = [
     "RecipeConfig",
@@ -62,9 +63,11 @@ class RecipeConfig:
         weight_decay: AdamW weight decay.
         eval_every: Steps between validation passes (and checkpoints).
         seed: Base seed of every draw.
-        augment: Probabilities and ranges of the per-step intensity draws (:func:`augment_batch`).
+        augment: Probabilities and ranges of the per-step intensity draws
+            (:func:`motionqc.synthetic.augment.augment_batch`).
         source_augment: Probabilities and ranges of the draws applied to each pool sample's
-            source at the simulation grid, before its motion (:func:`randomise_source`).
+            source at the simulation grid, before its motion
+            (:func:`motionqc.synthetic.pool.randomise_source`).
     """
 
     name: str = "release"
@@ -131,6 +134,18 @@ class RecipeConfig:
             if isinstance(v, tuple):
                 out[k] = list(v)
         return out
+
+    def checkpoint_key(self) -> str:
+        """The knobs a training checkpoint must match to be resumed (JSON).
+
+        The source knobs enter only when they draw anything
+        (:func:`motionqc.synthetic.pool.source_augment_on`), as in the pool's key: a run
+        checkpointed before they existed resumes.
+        """
+        knobs = self.as_dict()
+        if not source_augment_on(self.source_augment):
+            knobs.pop("source_augment")
+        return json.dumps(knobs, sort_keys=True)
 
 
 RECIPES: dict[str, RecipeConfig] = {
@@ -233,7 +248,7 @@ def train(
     last = Path(run_dir) / "last.pt" if run_dir is not None else None
     if last is not None and last.is_file():
         state = torch.load(last, map_location="cpu", weights_only=True)
-        if state.get("config") != json.dumps(config.as_dict(), sort_keys=True):
+        if state.get("config") != config.checkpoint_key():
             raise ValueError(f"{last}: a checkpoint of other recipe settings; remove {run_dir}")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -287,7 +302,7 @@ def train(
                     "step": done,
                     "seconds": row["seconds"],
                     "history": json.dumps(history),
-                    "config": json.dumps(config.as_dict(), sort_keys=True),
+                    "config": config.checkpoint_key(),
                 }
                 tmp = last.with_name(last.name + ".tmp")
                 torch.save(state, tmp)

@@ -57,7 +57,7 @@ def embed(
         model: The pretrained SFCN (eval mode is set here).
         images: ``(N, 1, X, Y, Z)`` preprocessed volumes.
         volume_ids: One id per volume (the cache key together with the cache file, which should
-            be named after the checkpoint digest: :func:`file_digest`).
+            be named after the checkpoint digest: :func:`motionqc.models.qc_head.file_digest`).
         cache: ``.pt`` file mapping volume id → embedding; ids already there are not
             recomputed, new ones are added.
         batch_size: Volumes per forward pass.
