@@ -46,6 +46,7 @@ data: venv
 # nbval under the fast `smoke` profile. Notebooks 01 and 02 need nothing another notebook writes;
 # the others form a chain (03's encoder feeds 04-07 and the demo, 04's QC set feeds 05, 06 reads
 # the resource logs of 03-05) and run in that order.
+# notebooks/conftest.py starts a kernel again when its start fails (a CI flake), never a cell.
 NBVAL := MOTIONQC_PROFILE=smoke $(PY) -m pytest -p no:cacheprovider --durations=10 --nbval-lax \
 	--nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg
 NB_INDEPENDENT := notebooks/01_data_curation.ipynb notebooks/02_synthetic_generation.ipynb
