@@ -181,11 +181,15 @@ def test_train_resumes_and_refuses_other_settings(sources, tmp_path):
     # the saved checkpoint holds plain types only
     state = torch.load(tmp_path / "split" / "last.pt", weights_only=True)
     assert state["step"] == 2
-    # a checkpoint written before the source knobs existed (its key has no "source_augment")
-    # resumes while they draw nothing; with them drawing, it is another recipe
+    # a checkpoint written before the source knobs and the motion knob existed (its key has
+    # neither) resumes while they draw nothing and motion is "pool"; with them drawing, it is
+    # another recipe
     old = json.loads(state["config"])
-    assert "source_augment" not in old and old == {
-        k: v for k, v in json.loads(json.dumps(half.as_dict())).items() if k != "source_augment"
+    assert "source_augment" not in old and "motion" not in old
+    assert old == {
+        k: v
+        for k, v in json.loads(json.dumps(half.as_dict())).items()
+        if k not in ("source_augment", "motion")
     }
     drawing = half.replace(source_augment=dict(half.source_augment, p_blur=0.5))
     with pytest.raises(ValueError, match="other recipe settings"):

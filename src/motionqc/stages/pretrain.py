@@ -1,9 +1,11 @@
 """Stage of notebook 03 and ``make pretrain``: train the motion encoder, calibrate it, test it.
 
-:func:`run` renders the recipe's motion pool (:mod:`motionqc.training.recipe`), trains the encoder, fits a
-softmax temperature on validation and tests the encoder on heads it never saw: each corrupted by
-**TorchIO's own** ``Motion`` at known scores, at the head's own resolution, and preprocessed as
-``motionqc score`` does. The result holds every table and figure input of notebook 03.
+:func:`run` renders the recipe's motion pool (:mod:`motionqc.training.recipe`; with
+``motion="batch"`` only its validation part, the training samples being simulated anew for every
+step on the training device), trains the encoder, fits a softmax temperature on validation and
+tests the encoder on heads it never saw: each corrupted by **TorchIO's own** ``Motion`` at known
+scores, at the head's own resolution, and preprocessed as ``motionqc score`` does. The result
+holds every table and figure input of notebook 03.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from motionqc.evaluation.encoder_test import (
 from motionqc.models.sfcn import SFCN
 from motionqc.models.soft_labels import BIN_RANGE, N_BINS, decode, predictive_std
 from motionqc.physics.score import SCORE_CONVENTION
+from motionqc.synthetic.batch_motion import MotionBatches
 from motionqc.synthetic.pool import load_sources, render_pool
 from motionqc.training.recipe import RecipeConfig, predict_logits, train, val_inputs
 from motionqc.training.reproducibility import kaiming_init, seed_everything
@@ -138,7 +141,9 @@ class PretrainResult:
         test_raw: The test rows before the temperature (for the calibration table).
         metrics: Per split: ``n``, ``r2``, ``spearman``, ``mae``, ``rmse``, coverage.
         bands: Per band of true score on the test heads (:func:`band_table`).
-        pool_table: One row per training sample (labels and motion parameters).
+        pool_table: One row per training sample (labels and motion parameters); with
+            ``motion="batch"`` (no sample is kept) the rows of the fixed training draw scored
+            for the ``train`` row.
         timing_s: ``pool`` (sources + rendering) and ``train`` seconds.
         test_inputs: The preprocessed test volumes, in the order of the test rows.
     """
@@ -206,24 +211,29 @@ def run(
         num_workers=num_workers,
         progress=log,
     )
-    pool = render_pool(
-        sources,
-        config,
-        "train",
-        config.pool_size,
-        cache_dir=cache_dir,
-        num_workers=num_workers,
-        progress=log,
-    )
-    del sources
+    if config.motion == "batch":  # new samples every step, their motion simulated on `device`
+        feed: tuple[torch.Tensor, torch.Tensor] | MotionBatches = MotionBatches(
+            sources, config, device=device
+        )
+    else:
+        pool = render_pool(
+            sources,
+            config,
+            "train",
+            config.pool_size,
+            cache_dir=cache_dir,
+            num_workers=num_workers,
+            progress=log,
+        )
+        del sources
+        feed = (pool[0], torch.tensor(pool[1]["label"].to_numpy(), dtype=torch.float32))
     pool_s = time.perf_counter() - t0
-    y_pool = torch.tensor(pool[1]["label"].to_numpy(), dtype=torch.float32)
     y_val = torch.tensor(val[1]["label"].to_numpy(), dtype=torch.float32)
     model = kaiming_init(SFCN(n_outputs=N_BINS, channels=config.channels, dropout=config.dropout))
     t1 = time.perf_counter()
     history = train(
         model,
-        (pool[0], y_pool),
+        feed,
         (val[0], y_val),
         config,
         Path(run_dir) if run_dir is not None else None,
@@ -234,14 +244,21 @@ def run(
     train_s = time.perf_counter() - t1
     val_out = predict_logits(model, val_inputs(val[0], config))
     temperature = fit_temperature(val_out, y_val)
-    pick = np.sort(
-        np.random.default_rng(config.seed).choice(
-            len(y_pool), min(train_eval, len(y_pool)), replace=False
+    if isinstance(feed, MotionBatches):  # the fit on training data: a fixed draw of new samples
+        seen_x, pool_table = feed.fixed(train_eval)
+        seen = pool_table
+        del feed, sources
+    else:
+        pick = np.sort(
+            np.random.default_rng(config.seed).choice(
+                len(feed[1]), min(train_eval, len(feed[1])), replace=False
+            )
         )
-    )
-    train_out = predict_logits(model, val_inputs(pool[0][pick], config))
-    pool_table = pool[1]
-    del pool
+        seen_x, pool_table = feed[0][pick], pool[1]
+        seen = pool_table.iloc[pick]
+        del pool, feed
+    y_seen = torch.tensor(seen["label"].to_numpy(), dtype=torch.float32)
+    train_out = predict_logits(model, val_inputs(seen_x, config))
     meta = {
         "spacing_mm": config.spacing_mm,
         "shape": tuple(config.shape),
@@ -256,7 +273,7 @@ def run(
     raw = predict_table(model, meta | {"temperature": 1.0}, rows, test_inputs)
     parts = []
     for split, out, truth, heads in (
-        ("train", train_out, y_pool[pick], pool_table["head"].to_numpy()[pick]),
+        ("train", train_out, y_seen, seen["head"].to_numpy()),
         ("val", val_out, y_val, val[1]["head"].to_numpy()),
     ):
         tempered = out / temperature

@@ -43,10 +43,12 @@ if TYPE_CHECKING:
     from motionqc.training.recipe import RecipeConfig
 
 __all__ = [
+    "draw_sample",
     "load_sources",
     "pool_key",
     "randomise_source",
     "render_pool",
+    "sample_row",
     "source_augment_on",
     "source_splits",
 ]
@@ -97,13 +99,22 @@ def source_splits(sources: Sequence[str], config: RecipeConfig) -> dict[str, str
     return out
 
 
-def _sample(
-    index: int, split: str, sources: Mapping[str, tio.ScalarImage], config: RecipeConfig
-) -> tuple[np.ndarray, dict[str, object]]:
-    """Render one pool sample: motion at the simulation grid, then the inference preprocessing."""
+def draw_sample(
+    seq: np.random.SeedSequence, sources: Mapping[str, tio.ScalarImage], config: RecipeConfig
+) -> tuple[np.random.Generator, str, dict[str, object]]:
+    """Draw one sample's source and motion (the pool's and the per-batch path's one draw).
+
+    Args:
+        seq: The sample's seed sequence.
+        sources: Pseudo-subject → image at the simulation grid.
+        config: The recipe (``max_score``, ``p_motion_free``).
+
+    Returns:
+        ``(generator, source name, parameters)``: the generator continues with the sample's
+        source draws (:func:`randomise_source`); the parameters are those of
+        :func:`motionqc.synthetic.parameters.sample_scored_motion` plus ``target`` (0: no motion).
+    """
     names = sorted(sources)
-    split_id = {"train": 0, "val": 1}[split]
-    seq = np.random.SeedSequence([int(config.seed), split_id, int(index)])
     rng = np.random.default_rng(seq)
     source = names[int(rng.integers(len(names)))]
     image = sources[source]
@@ -113,16 +124,12 @@ def _sample(
         target = float(rng.uniform(0.0, config.max_score))
     motion_seed = int(seq.generate_state(1)[0])
     p = sample_scored_motion(target, motion_seed, affine=image.affine, shape=image.shape[1:])
-    data = randomise_source(
-        image.data[0].float(), rng, config.source_augment, config.sim_spacing_mm
-    )
-    if target > 0:
-        data = simulate_motion(
-            data, p["degrees"], p["translation"], p["times"], image.affine, backend="auto"
-        )
-    moved = tio.ScalarImage(tensor=data[None], affine=image.affine)
-    out = preprocess(moved, config.spacing_mm, config.shape).data[0].numpy()
-    row = {
+    return rng, source, {**p, "target": target}
+
+
+def sample_row(index: int, split: str, source: str, p: Mapping[str, object]) -> dict[str, object]:
+    """The table row of one sample: its source, label and motion parameters (JSON lists)."""
+    return {
         "index": int(index),
         "split": split,
         "source": source,
@@ -133,7 +140,26 @@ def _sample(
         "translation": json.dumps(np.round(p["translation"], 8).tolist()),
         "times": json.dumps([float(t) for t in p["times"]]),
     }
-    return out.astype(np.float16), row
+
+
+def _sample(
+    index: int, split: str, sources: Mapping[str, tio.ScalarImage], config: RecipeConfig
+) -> tuple[np.ndarray, dict[str, object]]:
+    """Render one pool sample: motion at the simulation grid, then the inference preprocessing."""
+    split_id = {"train": 0, "val": 1}[split]
+    seq = np.random.SeedSequence([int(config.seed), split_id, int(index)])
+    rng, source, p = draw_sample(seq, sources, config)
+    image = sources[source]
+    data = randomise_source(
+        image.data[0].float(), rng, config.source_augment, config.sim_spacing_mm
+    )
+    if p["target"] > 0:
+        data = simulate_motion(
+            data, p["degrees"], p["translation"], p["times"], image.affine, backend="auto"
+        )
+    moved = tio.ScalarImage(tensor=data[None], affine=image.affine)
+    out = preprocess(moved, config.spacing_mm, config.shape).data[0].numpy()
+    return out.astype(np.float16), sample_row(index, split, source, p)
 
 
 _WORKER: dict[str, object] = {}

@@ -23,6 +23,7 @@ import torch
 
 from motionqc.models.soft_labels import BIN_RANGE, SoftLabelKL, decode
 from motionqc.synthetic.augment import augment_batch, geometry_batch
+from motionqc.synthetic.batch_motion import MOTION_MODES, MotionBatches
 from motionqc.synthetic.pool import source_augment_on
 
 __all__ = [
@@ -68,6 +69,10 @@ class RecipeConfig:
         source_augment: Probabilities and ranges of the draws applied to each pool sample's
             source at the simulation grid, before its motion
             (:func:`motionqc.synthetic.pool.randomise_source`).
+        motion: Where the training samples come from: ``"pool"`` (``pool_size`` samples
+            rendered once, on the CPU) or ``"batch"`` (new samples every step, their motion
+            simulated on the training device: :class:`motionqc.synthetic.batch_motion.MotionBatches`;
+            validation stays a fixed rendered set).
     """
 
     name: str = "release"
@@ -121,6 +126,13 @@ class RecipeConfig:
             "blur_mm": 1.2,
         }
     )
+    motion: str = "pool"
+
+    def __post_init__(self) -> None:
+        if self.motion not in MOTION_MODES:
+            raise ValueError(
+                f"motion must be one of {', '.join(MOTION_MODES)}, not {self.motion!r}"
+            )
 
     def replace(self, **changes: object) -> RecipeConfig:
         """Return a copy with some knobs changed."""
@@ -139,12 +151,15 @@ class RecipeConfig:
         """The knobs a training checkpoint must match to be resumed (JSON).
 
         The source knobs enter only when they draw anything
-        (:func:`motionqc.synthetic.pool.source_augment_on`), as in the pool's key: a run
-        checkpointed before they existed resumes.
+        (:func:`motionqc.synthetic.pool.source_augment_on`), as in the pool's key, and
+        ``motion`` only when it is not ``"pool"``: a run checkpointed before they existed
+        resumes.
         """
         knobs = self.as_dict()
         if not source_augment_on(self.source_augment):
             knobs.pop("source_augment")
+        if self.motion == "pool":  # as before the knob existed
+            knobs.pop("motion")
         return json.dumps(knobs, sort_keys=True)
 
 
@@ -205,7 +220,7 @@ def predict_logits(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 8)
 
 def train(
     model: torch.nn.Module,
-    pool: tuple[torch.Tensor, torch.Tensor],
+    pool: tuple[torch.Tensor, torch.Tensor] | MotionBatches,
     val: tuple[torch.Tensor, torch.Tensor],
     config: RecipeConfig,
     run_dir: str | Path | None = None,
@@ -215,14 +230,16 @@ def train(
 ) -> pd.DataFrame:
     """Train the encoder for ``config.steps`` steps (resumable from ``run_dir/last.pt``).
 
-    Each step draws ``batch_size`` pool samples (seeded by the step) and new intensities for them
-    (:func:`augment_batch`); the loss is the soft-label KL divergence; every ``eval_every`` steps
+    Each step draws ``batch_size`` pool samples (seeded by the step), or new samples from a
+    :class:`MotionBatches`, then new geometry and intensities for them (:func:`geometry_batch`,
+    :func:`augment_batch`); the loss is the soft-label KL divergence; every ``eval_every`` steps
     the validation samples are scored and a checkpoint is written. A checkpoint holds plain types
     only and is read back with ``weights_only=True``; one written with other settings is refused.
 
     Args:
         model: An SFCN with ``n_outputs`` bins.
-        pool: Training images ``(N, 1, X, Y, Z)`` and labels ``(N,)``.
+        pool: Training images ``(N, 1, X, Y, Z)`` and labels ``(N,)`` (``motion="pool"``), or
+            the :class:`MotionBatches` of the training sources (``motion="batch"``).
         val: Validation images and labels.
         config: The recipe.
         run_dir: Folder of ``last.pt`` and ``history.csv`` (``None``: no checkpoints).
@@ -237,7 +254,9 @@ def train(
     Raises:
         ValueError: If ``run_dir`` holds a checkpoint of another recipe.
     """
-    pool_x, pool_y = pool
+    if isinstance(pool, MotionBatches) != (config.motion == "batch"):
+        wants = "a MotionBatches" if config.motion == "batch" else "pool tensors"
+        raise ValueError(f"a recipe with motion={config.motion!r} trains on {wants}")
     val_x, val_y = val
     loss_fn = SoftLabelKL()
     device = torch.device(device)
@@ -259,11 +278,13 @@ def train(
     t0 = time.perf_counter() - elapsed
     for step in range(start, config.steps):
         seq = np.random.SeedSequence([int(config.seed), 7, step])
-        idx = np.random.default_rng(seq).choice(len(pool_x), config.batch_size, replace=False)
         gen = torch.Generator().manual_seed(int(seq.generate_state(1)[0]))
-        x, y = geometry_batch(
-            pool_x[idx], pool_y[idx], gen, config.augment, spacing_mm=config.spacing_mm
-        )
+        if isinstance(pool, MotionBatches):
+            xb, yb = pool.batch(step)
+        else:
+            idx = np.random.default_rng(seq).choice(len(pool[0]), config.batch_size, replace=False)
+            xb, yb = pool[0][idx], pool[1][idx]
+        x, y = geometry_batch(xb, yb, gen, config.augment, spacing_mm=config.spacing_mm)
         x = augment_batch(x, gen, config.augment, spacing_mm=config.spacing_mm)
         x = x.to(device).contiguous(memory_format=torch.channels_last_3d)
         y = y.to(device)
