@@ -120,3 +120,43 @@ def test_bad_arguments():
         motion_score(np.stack([np.eye(4)] * 2), pairs="some")
     with pytest.raises(ValueError, match="convention"):
         score_motion(np.zeros((1, 3)), np.zeros((1, 3)), convention="fsl")
+
+
+def test_a_convention_value_is_the_scores_every_field():
+    from motionqc.physics.score import (
+        AUTHORS_CONVENTION,
+        SCORE_CONVENTION,
+        ScoreConvention,
+        as_convention,
+    )
+
+    affine = np.array([[-2.0, 0, 0, 90], [0, 2.0, 0, -120], [0, 0, 2.0, -70], [0, 0, 0, 1]])
+    shape = (91, 109, 91)
+    rng = np.random.default_rng(9)
+    deg, tra = rng.uniform(-2, 2, (5, 3)), rng.uniform(-3, 3, (5, 3))
+    # the authors' label: rotation vectors, 82.5 mm, the world origin even for an image
+    authors = score_motion(deg, tra, affine, shape, convention=AUTHORS_CONVENTION)
+    assert authors == pytest.approx(motion_score(authors_matrices(deg, tra), radius=82.5))
+    # each field counts: all pairs, another radius, the origin instead of the volume centre
+    ours = score_motion(deg, tra, affine, shape)
+    poses, centre = rigid_matrices(deg, tra), volume_center(affine, shape)
+    assert ours == pytest.approx(motion_score(poses, center=centre))
+    every_pair = ScoreConvention(pairs="all")
+    assert score_motion(deg, tra, affine, shape, convention=every_pair) == pytest.approx(
+        motion_score(poses, center=centre, pairs="all")
+    )
+    at_origin = ScoreConvention(center="origin", radius=60.0)
+    assert score_motion(deg, tra, affine, shape, convention=at_origin) == pytest.approx(
+        motion_score(poses, radius=60.0)
+    )
+    # the keywords of before name the same conventions
+    assert as_convention("authors", radius=82.5) == ScoreConvention("authors", radius=82.5)
+    assert score_motion(deg, tra, affine, shape, pairs="all") == pytest.approx(
+        score_motion(deg, tra, affine, shape, convention=every_pair)
+    )
+    assert as_convention() is SCORE_CONVENTION
+    for bad in ({"rotations": "fsl"}, {"pairs": "some"}, {"radius": -1.0}, {"center": "brain"}):
+        with pytest.raises(ValueError):
+            ScoreConvention(**bad)
+    with pytest.raises(ValueError, match="not a field"):
+        as_convention(SCORE_CONVENTION, sphere=80.0)

@@ -137,3 +137,16 @@ def test_dataset_is_deterministic_and_applies_motion(small_heads, tmp_path):
         SyntheticMotionDataset(table, small_heads, split="holdout")
     with pytest.raises(ValueError, match="no volume"):
         SyntheticMotionDataset(table, {})
+
+
+def test_samplers_reach_their_target_under_the_convention_they_are_given():
+    from motionqc.physics.score import AUTHORS_CONVENTION, ScoreConvention
+    from motionqc.synthetic.parameters import sample_authors_motion
+
+    conv = ScoreConvention(pairs="all", radius=70.0, center="origin")
+    p = sample_motion(1.3, 5, affine=AFFINE, shape=SHAPE, convention=conv)
+    assert score_motion(p["degrees"], p["translation"], convention=conv) == pytest.approx(1.3)
+    assert score_motion(p["degrees"], p["translation"], AFFINE, SHAPE) != pytest.approx(1.3)
+    drawn = next(d for d in map(sample_authors_motion, range(20)) if not d["motion_free"])
+    again = score_motion(drawn["degrees"], drawn["translation"], convention=AUTHORS_CONVENTION)
+    assert again == pytest.approx(drawn["score"]) and abs(again - drawn["target"]) <= 0.01

@@ -25,15 +25,18 @@ the volume centre.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from dataclasses import fields as dataclass_fields
 
 import numpy as np
 
 from motionqc.physics.motion import check_affine, check_params, head_poses, rigid_matrices
 
 __all__ = [
+    "AUTHORS_CONVENTION",
     "AUTHORS_RADIUS",
     "ScoreConvention",
+    "as_convention",
     "SCORE_CONVENTION",
     "volume_center",
     "rms_deviation",
@@ -46,6 +49,14 @@ AUTHORS_RADIUS = 82.5
 """Sphere radius (mm) of the authors' motion quantifier (from Pollak et al. 2023's code)."""
 
 _PAIRS = ("consecutive", "all")
+_CONVENTIONS = ("applied", "authors")
+_CENTERS = ("volume", "origin")
+
+
+def _check_radius(radius: float) -> float:
+    if not np.isfinite(radius) or radius <= 0:
+        raise ValueError(f"radius must be a positive number of mm, got {radius}")
+    return float(radius)
 
 
 @dataclass(frozen=True)
@@ -58,6 +69,9 @@ class ScoreConvention:
         pairs: ``"consecutive"`` pairs of ``[I, T1, …, Tn]`` or ``"all"`` pairs.
         radius: Sphere radius, mm.
         center: ``"volume"`` (the centre of the image's grid, where the head is) or ``"origin"``.
+
+    Raises:
+        ValueError: For an unknown value of any field or a non-positive radius.
     """
 
     rotations: str = "applied"
@@ -65,17 +79,68 @@ class ScoreConvention:
     radius: float = 80.0
     center: str = "volume"
 
+    def __post_init__(self) -> None:
+        if self.rotations not in _CONVENTIONS:
+            raise ValueError(f"convention must be 'applied' or 'authors', not {self.rotations!r}")
+        if self.pairs not in _PAIRS:
+            raise ValueError(f"pairs must be 'consecutive' or 'all', not {self.pairs!r}")
+        _check_radius(self.radius)
+        if self.center not in _CENTERS:
+            raise ValueError(f"center must be 'volume' or 'origin', not {self.center!r}")
+
     def as_dict(self) -> dict[str, object]:
         """The convention as plain JSON types (for encoder files and derivatives)."""
         return asdict(self)
+
+    def sphere_center(
+        self, affine: object | None, shape: Sequence[int] | None, center: object = None
+    ) -> object:
+        """The sphere centre (world mm) for an image: ``center`` if given, else by the convention.
+
+        Returns:
+            ``center``; or, with ``center="volume"`` and a ``shape``, :func:`volume_center`; else
+            ``None`` (the world origin).
+        """
+        if center is not None or self.center == "origin" or shape is None:
+            return center
+        return volume_center(affine if affine is not None else np.eye(4), shape)
 
 
 SCORE_CONVENTION = ScoreConvention()
 """The one convention of motionqc's labels, targets and printed scores: the poses actually applied,
 consecutive pairs (as the authors), FSL's 80 mm sphere centred on the volume. Notebook 02 says
-why; the authors' own label (rotation vectors, 82.5 mm, world origin) stays available for
-comparison as ``ScoreConvention("authors", "consecutive", AUTHORS_RADIUS, "origin")``."""
-_CONVENTIONS = ("applied", "authors")
+why; the authors' own label stays available for comparison as :data:`AUTHORS_CONVENTION`."""
+
+AUTHORS_CONVENTION = ScoreConvention("authors", "consecutive", AUTHORS_RADIUS, "origin")
+"""The authors' label: rotation vectors, consecutive pairs, an 82.5 mm sphere on the world origin."""
+
+
+def as_convention(
+    convention: ScoreConvention | str = SCORE_CONVENTION, **fields: object
+) -> ScoreConvention:
+    """The convention a caller means.
+
+    Args:
+        convention: A :class:`ScoreConvention`, or the name of its rotation parameterisation
+            (``"applied"``, ``"authors"``) for :data:`SCORE_CONVENTION` with those rotations.
+        **fields: Fields that override it (``radius=``, ``pairs=``, ``rotations=``,
+            ``center=`` as ``"volume"``/``"origin"``); ``None`` leaves a field as it is.
+
+    Returns:
+        The convention.
+
+    Raises:
+        ValueError: For an unknown field or value.
+    """
+    if isinstance(convention, str):
+        convention = replace(SCORE_CONVENTION, rotations=convention)
+    if not isinstance(convention, ScoreConvention):
+        raise ValueError(f"convention must be a ScoreConvention or a name, not {convention!r}")
+    changes = {k: v for k, v in fields.items() if v is not None}
+    unknown = sorted(set(changes) - {f.name for f in dataclass_fields(ScoreConvention)})
+    if unknown:
+        raise ValueError(f"not a field of the score convention: {', '.join(unknown)}")
+    return replace(convention, **changes) if changes else convention
 
 
 def volume_center(affine: object, shape: Sequence[int]) -> np.ndarray:
@@ -101,12 +166,6 @@ def _center(center: object | None) -> np.ndarray:
     if c.shape != (3,) or not np.isfinite(c).all():
         raise ValueError(f"center must be three finite numbers (mm), got {center!r}")
     return c
-
-
-def _check_radius(radius: float) -> float:
-    if not np.isfinite(radius) or radius <= 0:
-        raise ValueError(f"radius must be a positive number of mm, got {radius}")
-    return float(radius)
 
 
 def rms_deviation(
@@ -201,24 +260,22 @@ def score_motion(
     affine: object | None = None,
     shape: Sequence[int] | None = None,
     *,
-    radius: float = 80.0,
-    pairs: str = "consecutive",
-    convention: str = "applied",
+    convention: ScoreConvention | str = SCORE_CONVENTION,
     center: object = None,
+    **fields: object,
 ) -> float:
     """Motion score of a set of TorchIO motion parameters.
 
     Args:
         degrees: (n, 3) rotations in degrees.
         translation: (n, 3) translations in mm.
-        affine: The image's voxel-to-RAS matrix (for the default centre).
-        shape: The image's spatial shape (for the default centre).
-        radius: Sphere radius in mm (the authors' code used :data:`AUTHORS_RADIUS`).
-        pairs: ``"consecutive"`` or ``"all"``.
-        convention: ``"applied"`` (the head poses the simulation applies, default) or
-            ``"authors"`` (rotation vectors, the parameters' own matrices).
-        center: Sphere centre in world mm; default: the volume centre when ``affine`` and
-            ``shape`` are given, else the world origin.
+        affine: The image's voxel-to-RAS matrix (for a volume-centred sphere).
+        shape: The image's spatial shape (for a volume-centred sphere).
+        convention: The :class:`ScoreConvention` (default :data:`SCORE_CONVENTION`), or its
+            rotations by name (``"applied"``, ``"authors"``).
+        center: Sphere centre in world mm, overriding the convention's.
+        **fields: Convention fields to override (:func:`as_convention`), e.g. ``radius=``
+            (the authors' code used :data:`AUTHORS_RADIUS`) or ``pairs="all"``.
 
     Returns:
         The score in mm.
@@ -226,12 +283,10 @@ def score_motion(
     Raises:
         ValueError: For an unknown convention or malformed arguments.
     """
-    if convention not in _CONVENTIONS:
-        raise ValueError(f"convention must be 'applied' or 'authors', not {convention!r}")
-    if center is None and shape is not None:
-        center = volume_center(affine if affine is not None else np.eye(4), shape)
-    if convention == "applied":
+    conv = as_convention(convention, **fields)
+    if conv.rotations == "applied":
         mats = rigid_matrices(degrees, translation)
     else:
         mats = authors_matrices(degrees, translation)
-    return motion_score(mats, radius=radius, center=center, pairs=pairs)
+    where = conv.sphere_center(affine, shape, center)
+    return motion_score(mats, radius=conv.radius, center=where, pairs=conv.pairs)

@@ -17,12 +17,12 @@ from scipy.optimize import brentq
 
 from motionqc.physics.motion import head_poses
 from motionqc.physics.score import (
-    AUTHORS_RADIUS,
+    AUTHORS_CONVENTION,
     SCORE_CONVENTION,
     ScoreConvention,
+    as_convention,
     motion_score,
     score_motion,
-    volume_center,
 )
 
 __all__ = [
@@ -71,10 +71,9 @@ def sample_motion(
     max_degrees_per_mm: float = 1.0 / 3.0,
     affine: object | None = None,
     shape: Sequence[int] | None = None,
-    radius: float = 80.0,
-    pairs: str = "consecutive",
-    convention: str = "applied",
+    convention: ScoreConvention | str = SCORE_CONVENTION,
     center: object = None,
+    **fields: object,
 ) -> MotionParams:
     """Draw motion parameters whose score equals ``target`` (to ~1e-6 mm), without rejection.
 
@@ -90,12 +89,13 @@ def sample_motion(
             when omitted.
         n_range: Range of ``n`` when drawn.
         max_degrees_per_mm: Largest rotation range relative to the translation range.
-        affine: Image affine (for the score's centre).
-        shape: Image shape (for the score's centre).
-        radius: Sphere radius of the score, mm.
-        pairs: ``"consecutive"`` or ``"all"``.
-        convention: ``"applied"`` or ``"authors"`` (see :mod:`motionqc.physics.score`).
-        center: Sphere centre in world mm (default: volume centre, or the origin).
+        affine: Image affine (for a volume-centred sphere).
+        shape: Image shape (for a volume-centred sphere).
+        convention: The score's :class:`~motionqc.physics.score.ScoreConvention` (default
+            ``SCORE_CONVENTION``) or its rotations by name.
+        center: Sphere centre in world mm, overriding the convention's.
+        **fields: Convention fields to override (``radius=``, ``pairs=``;
+            :func:`motionqc.physics.score.as_convention`).
 
     Returns:
         Dict with ``degrees`` (n, 3), ``translation`` (n, 3), ``times`` (n,), ``n``, ``score``.
@@ -105,6 +105,7 @@ def sample_motion(
     """
     if not np.isfinite(target) or target < 0:
         raise ValueError(f"target must be a non-negative number of mm, got {target}")
+    conv = as_convention(convention, **fields)
     rng = seeded_rng(seed)
     if n is None:
         lo, hi = n_range
@@ -118,18 +119,10 @@ def sample_motion(
     rot_share = rng.uniform(0.0, max_degrees_per_mm)
     deg_dir = rng.uniform(-1.0, 1.0, (n, 3)) * rot_share
     tra_dir = rng.uniform(-1.0, 1.0, (n, 3))
-    if shape is not None and center is None:
-        center = volume_center(affine if affine is not None else np.eye(4), shape)
+    where = conv.sphere_center(affine, shape, center)
 
     def score(scale: float) -> float:
-        return score_motion(
-            deg_dir * scale,
-            tra_dir * scale,
-            radius=radius,
-            pairs=pairs,
-            convention=convention,
-            center=center,
-        )
+        return score_motion(deg_dir * scale, tra_dir * scale, convention=conv, center=where)
 
     if target == 0:
         scale = 0.0
@@ -153,7 +146,7 @@ def sample_scored_motion(
     shape: Sequence[int],
     convention: ScoreConvention = SCORE_CONVENTION,
 ) -> MotionParams:
-    """:func:`sample_motion` for an image, its score under a :class:`ScoreConvention`.
+    """:func:`sample_motion` for an image: the sampler of the recipe and ``motionqc simulate``.
 
     Args:
         target: Wanted score in mm.
@@ -166,17 +159,7 @@ def sample_scored_motion(
     Returns:
         As :func:`sample_motion`.
     """
-    return sample_motion(
-        target,
-        seed,
-        n,
-        affine=affine,
-        shape=shape,
-        radius=convention.radius,
-        pairs=convention.pairs,
-        convention=convention.rotations,
-        center=None if convention.center == "volume" else np.zeros(3),
-    )
+    return sample_motion(target, seed, n, affine=affine, shape=shape, convention=convention)
 
 
 def sample_authors_motion(
@@ -187,9 +170,7 @@ def sample_authors_motion(
     tolerance: float = 0.01,
     p_motion_free: float = 0.05,
     free_range: tuple[float, float] = (0.0, 0.05),
-    radius: float = AUTHORS_RADIUS,
-    center: object = None,
-    convention: str = "authors",
+    convention: ScoreConvention = AUTHORS_CONVENTION,
     batch: int = 256,
     max_tries: int = 200_000,
 ) -> dict[str, object]:
@@ -209,9 +190,9 @@ def sample_authors_motion(
         tolerance: Accepted |score − target|, mm.
         p_motion_free: Probability of a motion-free sample.
         free_range: Label range of motion-free samples.
-        radius: Sphere radius of the score.
-        center: Sphere centre (world origin by default, as the authors).
-        convention: Score convention used for acceptance.
+        convention: Score convention of the acceptance (default: the authors' own,
+            :data:`motionqc.physics.score.AUTHORS_CONVENTION`; a volume-centred one is
+            centred on the world origin here, the sampler knowing no image).
         batch: Candidates scored per vectorised round.
         max_tries: Give up after this many candidates.
 
@@ -243,14 +224,12 @@ def sample_authors_motion(
     target = float(rng.uniform(*target_range))
     n = int(rng.integers(*n_range))
     d = rng.uniform(0.0, min(target / 3.0, 1.0))
-    if convention not in ("authors", "applied"):
-        raise ValueError(f"convention must be 'applied' or 'authors', not {convention!r}")
     tried = 0
     while tried < max_tries:
         deg = rng.uniform(-d, d, (batch, n, 3))
         tra = rng.uniform(-target, target, (batch, n, 3))
-        mats = head_poses(deg, tra, convention)
-        scores = motion_score(mats, radius=radius, center=center)
+        mats = head_poses(deg, tra, convention.rotations)
+        scores = motion_score(mats, radius=convention.radius, pairs=convention.pairs)
         ok = np.flatnonzero(np.abs(scores - target) <= tolerance)
         tried += batch
         if ok.size:
