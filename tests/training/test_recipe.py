@@ -154,6 +154,17 @@ def test_render_pool_reads_its_chunks_back(sources, tmp_path, monkeypatch):
     assert motion_pool.pool_key(other, SMOKE) != motion_pool.pool_key(sources, SMOKE)
 
 
+def test_rendering_in_process_leaves_the_global_generator_alone(sources, tmp_path):
+    # a cache miss rendered here and a cache hit read back leave the same torch RNG state, so
+    # the model's initialisation and dropout after them are the same (as with worker processes)
+    after = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        motion_pool.render_pool(sources, SMOKE, "train", 2, cache_dir=tmp_path, progress=False)
+        after.append(torch.rand(3))
+    assert torch.equal(after[0], after[1])
+
+
 def test_validation_comes_from_held_out_pseudo_subjects(sources):
     splits = motion_pool.source_splits(sources, SMOKE)
     assert splits == {"a~0": "train", "a~1": "val", "b~0": "train", "b~1": "val"}
@@ -251,6 +262,14 @@ def test_release_run_writes_weights_and_provenance(tmp_path, monkeypatch):
     assert meta["score_convention"] == SCORE_CONVENTION.as_dict()
     with pytest.raises(ValueError, match="also used for training"):
         release.run(SMOKE, out=out, run_dir=tmp_path / "run", test_heads=["robex_atlas"])
+    # under torchrun only rank 0 writes: another rank returns the same provenance, no file
+    monkeypatch.setattr(release, "distributed_info", lambda: (1, 2, 1))
+    other = tmp_path / "rank1" / "motion_encoder.pt"
+    kwargs = {"run_dir": tmp_path / "run1", "num_workers": 0, "draws": 1, "command": "test"}
+    prov1 = release.run(SMOKE, out=other, cache_dir=tmp_path / "cache", **kwargs)
+    assert not other.exists() and not other.with_suffix(".json").exists()
+    assert prov1["machine"]["processes"] == 2 and "sha256" not in prov1
+    assert prov1["unseen_heads"]["metrics"] == written["unseen_heads"]["metrics"]
 
 
 def test_encoder_file_with_code_is_refused_without_running_it(tmp_path):

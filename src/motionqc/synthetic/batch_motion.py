@@ -164,15 +164,16 @@ class MotionBatches:
             "bias": torch.zeros(b, N_BIAS),
             "rescale_max": torch.zeros(b),
         }
-        moved = downsample(self.motion(batch)[:, 0], self.factor)
+        with torch.random.fork_rng(devices=[]):  # leave the training's global generator alone
+            moved = downsample(self.motion(batch)[:, 0], self.factor)
         mean = moved.mean(dim=(1, 2, 3), keepdim=True)
         if not bool((mean > 0).all()):
             raise ValueError("a motion-corrupted sample has no positive mean intensity")
         return (moved / mean)[:, None].float().cpu()
 
-    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """A step's new samples and their labels (mm) on the CPU."""
-        draws = self.draw(step)
+    def batch(self, step: int, part: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
+        """A step's new samples (``part`` of them: a DDP rank's share) and labels (mm), on the CPU."""
+        draws = self.draw(step)[part]
         labels = torch.tensor([float(p["score"]) for _, _, p in draws], dtype=torch.float32)
         return self.render(draws), labels
 

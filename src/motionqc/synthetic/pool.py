@@ -255,14 +255,15 @@ def render_pool(
                 rows.extend(json.loads(saved["rows"]))
                 continue
             jobs = [(i, split) for i in range(start, stop)]
-            if pool is None:
-                done = [_sample(i, s, members, config) for i, s in jobs]
+            if pool is None:  # torch's global generator as if rendered elsewhere (or read back)
+                with torch.random.fork_rng(devices=[]):
+                    done = [_sample(i, s, members, config) for i, s in jobs]
             else:
                 done = pool.map(_render, jobs)
             block = torch.from_numpy(np.stack([d[0] for d in done]))[:, None]
             block_rows = [d[1] for d in done]
             if file is not None:
-                tmp = file.with_name(file.name + ".tmp")
+                tmp = file.with_name(f"{file.name}.{os.getpid()}.tmp")  # DDP ranks render too
                 torch.save({"images": block, "rows": json.dumps(block_rows)}, tmp)
                 os.replace(tmp, file)
             images.append(block)

@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 
 from motionqc.models.soft_labels import BIN_RANGE, SoftLabelKL, decode
+from motionqc.runtime.devices import distributed_info
 from motionqc.synthetic.augment import augment_batch, geometry_batch
 from motionqc.synthetic.batch_motion import MOTION_MODES, MotionBatches
 from motionqc.synthetic.pool import source_augment_on
@@ -236,6 +237,14 @@ def train(
     the validation samples are scored and a checkpoint is written. A checkpoint holds plain types
     only and is read back with ``weights_only=True``; one written with other settings is refused.
 
+    Under ``torchrun --nproc_per_node=N`` (or an initialised process group) the model is wrapped
+    in ``DistributedDataParallel``: every rank draws the step's global batch of ``batch_size``
+    samples with the same seeds and trains on its ``batch_size / N`` share (its motion simulated
+    on its own device), with its own geometry and intensity draws (seeded by step and rank: the
+    same seed and ``N`` give the same numbers); BatchNorm uses each rank's share. Rank 0
+    validates, logs and writes the checkpoint, and checks at every validation pass that the
+    ranks' weights are still equal.
+
     Args:
         model: An SFCN with ``n_outputs`` bins.
         pool: Training images ``(N, 1, X, Y, Z)`` and labels ``(N,)`` (``motion="pool"``), or
@@ -245,7 +254,7 @@ def train(
         run_dir: Folder of ``last.pt`` and ``history.csv`` (``None``: no checkpoints).
         log: Print one line per validation pass.
         device: Where the model trains (``cuda``: each batch is drawn and augmented on the CPU,
-            with the same seeds, then copied over).
+            with the same seeds, then copied over; under DDP ``cuda:LOCAL_RANK``).
 
     Returns:
         One row per validation pass: ``step``, ``lr``, ``train_loss``, ``val_loss``, ``val_r2``,
@@ -260,6 +269,23 @@ def train(
     val_x, val_y = val
     loss_fn = SoftLabelKL()
     device = torch.device(device)
+    rank, world, local_rank = distributed_info()
+    owns_group = False
+    if world > 1:
+        if config.batch_size % world:
+            raise ValueError(
+                f"batch_size {config.batch_size} is the global batch and must be divisible by "
+                f"the {world} DDP processes"
+            )
+        if device.type == "cuda":
+            device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(device)
+        if not torch.distributed.is_initialized():
+            torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            owns_group = True
+        if isinstance(pool, MotionBatches):
+            pool.device = device
+    share = slice(rank * (config.batch_size // world), (rank + 1) * (config.batch_size // world))
     model.to(device=device, memory_format=torch.channels_last_3d)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     history: list[dict[str, float]] = []
@@ -273,17 +299,22 @@ def train(
         opt.load_state_dict(state["optimizer"])
         start, elapsed = int(state["step"]), float(state["seconds"])
         history = json.loads(state["history"])
+    net = model
+    if world > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     vx = val_inputs(val_x, config) if len(val_x) else val_x
     running: list[float] = []
     t0 = time.perf_counter() - elapsed
     for step in range(start, config.steps):
         seq = np.random.SeedSequence([int(config.seed), 7, step])
-        gen = torch.Generator().manual_seed(int(seq.generate_state(1)[0]))
+        own = seq if world == 1 else np.random.SeedSequence([int(config.seed), 7, step, rank])
+        gen = torch.Generator().manual_seed(int(own.generate_state(1)[0]))
         if isinstance(pool, MotionBatches):
-            xb, yb = pool.batch(step)
+            xb, yb = pool.batch(step, share)
         else:
             idx = np.random.default_rng(seq).choice(len(pool[0]), config.batch_size, replace=False)
-            xb, yb = pool[0][idx], pool[1][idx]
+            xb, yb = pool[0][idx[share]], pool[1][idx[share]]
         x, y = geometry_batch(xb, yb, gen, config.augment, spacing_mm=config.spacing_mm)
         x = augment_batch(x, gen, config.augment, spacing_mm=config.spacing_mm)
         x = x.to(device).contiguous(memory_format=torch.channels_last_3d)
@@ -292,12 +323,17 @@ def train(
             group["lr"] = lr_at(step, config.steps, config.lr, config.pct_start)
         model.train()
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y.float())
+        loss = loss_fn(net(x), y.float())
         loss.backward()
         opt.step()
         running.append(float(loss.detach()))
         done = step + 1
         if done % config.eval_every == 0 or done == config.steps:
+            if world > 1:
+                _check_in_sync(model, world)
+                if rank != 0:
+                    running = []
+                    continue
             out = predict_logits(model, vx)
             pred = decode(out, BIN_RANGE).numpy().astype(np.float64)
             truth = val_y.numpy().astype(np.float64)
@@ -324,10 +360,28 @@ def train(
                     "seconds": row["seconds"],
                     "history": json.dumps(history),
                     "config": config.checkpoint_key(),
+                    "world_size": world,
                 }
                 tmp = last.with_name(last.name + ".tmp")
                 torch.save(state, tmp)
                 os.replace(tmp, last)
                 pd.DataFrame(history).to_csv(last.parent / "history.csv", index=False)
     model.eval()
+    if world > 1:  # every rank returns rank 0's model (its BatchNorm statistics) and history
+        for buffer in model.buffers():
+            torch.distributed.broadcast(buffer, src=0)
+        shared = [history]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        history = shared[0]
+        if owns_group:
+            torch.distributed.destroy_process_group()
     return pd.DataFrame(history)
+
+
+def _check_in_sync(model: torch.nn.Module, world: int) -> None:
+    """Raise on every rank if the DDP ranks' weights differ (a collective: all ranks call it)."""
+    total = float(sum(p.detach().double().sum() for p in model.parameters()))
+    totals: list[object] = [None] * world
+    torch.distributed.all_gather_object(totals, total)
+    if len(set(totals)) > 1:
+        raise RuntimeError(f"the DDP ranks' weights differ (parameter sums {totals})")

@@ -27,6 +27,7 @@ from motionqc.data.volumes import file_sha256, sample_manifest
 from motionqc.evaluation import encoder_test
 from motionqc.models.encoder import released_encoder_path, save_encoder
 from motionqc.models.soft_labels import BIN_RANGE, N_BINS, SIGMA
+from motionqc.runtime.devices import distributed_info
 from motionqc.stages import pretrain as stage
 from motionqc.training.recipe import (
     RECIPES,
@@ -78,8 +79,11 @@ def run(
         command: The command line recorded in the JSON.
         cache_dir: Folder of the motion pool's chunks (default ``build/cache/recipe``).
 
+    Under ``torchrun --nproc_per_node=N`` every rank trains its share of each batch
+    (:func:`motionqc.training.recipe.train`) and rank 0 writes the files.
+
     Returns:
-        The provenance written to the JSON.
+        The provenance written to the JSON (on every rank).
 
     Raises:
         ValueError: If a test head is also a training head.
@@ -95,6 +99,7 @@ def run(
         num_workers=num_workers,
         draws=draws,
     )
+    rank, world, _ = distributed_info()
     metrics = result.metrics.set_index("split").loc["test"].to_dict()
     tested = list(test_heads)
     provenance: dict[str, object] = {
@@ -133,8 +138,11 @@ def run(
             "cpus": torch.get_num_threads(),
             "processor": platform.processor() or platform.machine(),
             "torch": str(torch.__version__),
+            "processes": world,
         },
     }
+    if rank != 0:  # under torchrun rank 0 writes; the others trained their share and stop here
+        return provenance
     save_encoder(
         out,
         result.model,
@@ -200,6 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         draws=args.draws,
         command=command.strip(),
     )
+    if "sha256" not in prov:  # a DDP rank other than 0: nothing written, nothing to say
+        return 0
     m = prov["unseen_heads"]["metrics"]  # type: ignore[index]
     print(
         f"wrote {out} ({prov['sha256'][:12]}): unseen heads R² {m['r2']:.3f}, Spearman "
