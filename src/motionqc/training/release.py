@@ -29,6 +29,7 @@ from motionqc.models.encoder import released_encoder_path, save_encoder
 from motionqc.models.soft_labels import BIN_RANGE, N_BINS, SIGMA
 from motionqc.runtime.devices import distributed_info
 from motionqc.stages import pretrain as stage
+from motionqc.synthetic.batch_motion import MOTION_MODES
 from motionqc.training.recipe import (
     RECIPES,
     RecipeConfig,
@@ -170,6 +171,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="release")
     parser.add_argument("--steps", type=int, default=None, help="override the recipe's steps")
     parser.add_argument(
+        "--motion",
+        choices=list(MOTION_MODES),
+        default=None,
+        help="override the recipe's motion: pool (rendered once) or batch (new samples every "
+        "step, simulated on the training device)",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         default=None,
@@ -192,6 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.steps < 1:
             parser.error("--steps must be at least 1")
         config = config.replace(steps=args.steps)
+    if args.motion is not None:
+        config = config.replace(motion=args.motion)
     run_dir = args.run_dir or paths.checkpoints_dir() / f"recipe-{config.name}"
     out = args.out or (
         released_encoder_path() if config.name == "release" else run_dir / "motion_encoder.pt"
