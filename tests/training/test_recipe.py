@@ -219,6 +219,25 @@ def test_fit_temperature_widens_an_overconfident_model():
     assert encoder_test.coverage(table)["within_1std"] < 0.3
 
 
+def test_split_metrics_rank_the_draws_of_one_score_as_ties():
+    from scipy.stats import spearmanr
+    from sklearn.metrics import mean_absolute_error, r2_score
+
+    rng = np.random.default_rng(4)
+    scores = np.repeat([0.0, 0.3, 1.0, 2.0, 4.0], 4)
+    pred = scores + rng.normal(0, 0.6, scores.size)
+    table = pd.DataFrame({"true": scores, "pred": pred, "std": 0.5})
+    got = encoder_test.split_metrics(table)
+    assert got["spearman"] == pytest.approx(spearmanr(scores, pred).statistic)
+    assert got["r2"] == pytest.approx(r2_score(scores, pred))
+    assert got["mae"] == pytest.approx(mean_absolute_error(scores, pred))
+    # the sampler's last digits (1e-13 mm here) leave the ranking as it was
+    noise = rng.uniform(-1e-12, 1e-12, scores.size)
+    noisy = encoder_test.split_metrics(table.assign(true=scores + noise))
+    assert noisy["spearman"] == pytest.approx(got["spearman"], abs=1e-12)
+    assert spearmanr(scores + noise, pred).statistic != pytest.approx(got["spearman"])
+
+
 def test_band_table_medians_by_true_score():
     table = pd.DataFrame({"true": [0.0, 0.3, 1.5, 1.5, 4.0], "pred": [0.1, 0.5, 1.0, 2.0, 3.0]})
     bands = encoder_test.band_table(table).set_index("band")

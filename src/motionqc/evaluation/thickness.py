@@ -216,6 +216,129 @@ def crop_box(
     return a, b, c
 
 
+def _checked_inputs(
+    image: VolumeLike,
+    mask: VolumeLike,
+    voxel_size_mm: float | Sequence[float],
+    crop_margin_mm: float | None,
+    name: str,
+) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """The image and brain mask as arrays, checked, cropped to the brain plus a margin.
+
+    Returns:
+        ``(image, brain, voxel size)``.
+    """
+    data, zooms, affine = as_array(image, "image", name)
+    mask_data, _, mask_affine = as_array(mask, "mask", name)
+    if data.shape != mask_data.shape:
+        raise ThicknessError(
+            f"{name}: mask shape {mask_data.shape} differs from image shape {data.shape}"
+        )
+    if (
+        affine is not None
+        and mask_affine is not None
+        and not np.allclose(affine, mask_affine, atol=1e-3)
+    ):
+        raise ThicknessError(f"{name}: mask is not on the image's grid (affines differ)")
+    brain = mask_data > 0
+    if not brain.any():
+        raise ThicknessError(f"{name}: brain mask is empty")
+    inside = data[brain]
+    if not np.isfinite(inside).all():
+        raise ThicknessError(f"{name}: image has NaN/Inf voxels inside the mask")
+    if float(inside.max() - inside.min()) <= 0:
+        raise ThicknessError(f"{name}: image is constant inside the mask")
+    zooms = zooms or array_voxel_size(voxel_size_mm)
+    if min(zooms) <= 0:
+        raise ValueError(f"{name}: voxel size must be positive, got {zooms}")
+    if crop_margin_mm is not None:
+        if not crop_margin_mm >= 0:
+            raise ValueError(f"crop_margin_mm must be >= 0 or None, got {crop_margin_mm}")
+        box = crop_box(brain, zooms, float(crop_margin_mm))
+        data, brain = np.ascontiguousarray(data[box]), np.ascontiguousarray(brain[box])
+    return data, brain, zooms
+
+
+def _ants_grid(
+    ants: Any,
+    data: np.ndarray,
+    brain: np.ndarray,
+    zooms: tuple[float, float, float],
+    spacing_mm: float | None,
+    name: str,
+) -> tuple[Any, Any]:
+    """ANTs images of the head and mask at ``spacing_mm``, the head positive inside the mask."""
+    # The affine's rotation is irrelevant to distances, so the voxel grid with its spacing is
+    # enough: thickness is measured in mm along the grid.
+    img = ants.from_numpy(data, spacing=zooms)
+    msk = ants.from_numpy(brain.astype(np.float32), spacing=zooms)
+    if spacing_mm is not None and not np.allclose(zooms, spacing_mm):
+        target = (float(spacing_mm),) * 3
+        img = ants.resample_image(img, target, use_voxels=False, interp_type=0)
+        msk = ants.resample_image(msk, target, use_voxels=False, interp_type=1)
+    msk = ants.threshold_image(msk, 0.5, 1e9, 1, 0)
+    if float(msk.sum()) == 0:
+        raise ThicknessError(f"{name}: brain mask is empty after resampling to {spacing_mm} mm")
+    # N4 works on log intensities, so it needs positive values inside the mask. Voxels <= 0
+    # (ringing from k-space motion keeps the real part, which can be negative) are raised to a
+    # small floor: shifting the whole image instead would change its contrast by an amount set
+    # by the single most negative voxel.
+    arr = img.numpy()
+    inside = arr[msk.numpy() > 0]
+    if float(inside.min()) <= 0:
+        floor = 1e-3 * float(np.percentile(inside, 99))
+        if floor > 0:
+            img = img.new_image_like(np.maximum(arr, floor).astype(arr.dtype))
+        else:  # mostly non-positive inside the mask: shift (contrast is already unusual)
+            img = img - float(inside.min()) + 1.0
+    return img, msk
+
+
+def _segment(
+    ants: Any,
+    img: Any,
+    msk: Any,
+    name: str,
+    n4_shrink_factor: int,
+    n4_iterations: Sequence[int],
+    atropos_iterations: int,
+    mrf_weight: float,
+) -> tuple[dict[str, Any], np.ndarray, dict[int, int]]:
+    """N4 bias correction, then Atropos' three classes (1 CSF, 2 GM, 3 WM) inside the mask.
+
+    Returns:
+        ``(Atropos' result, labels, voxels per class)``.
+    """
+    try:
+        with _private_tempdir():  # Atropos leaves its posteriors in the temp directory
+            n4 = ants.n4_bias_field_correction(
+                img,
+                mask=msk,
+                shrink_factor=int(n4_shrink_factor),
+                convergence={"iters": [int(i) for i in n4_iterations], "tol": 1e-4},
+            )
+            seg = ants.atropos(
+                a=n4,
+                x=msk,
+                i="Kmeans[3]",
+                m=f"[{mrf_weight},1x1x1]",
+                c=f"[{int(atropos_iterations)},0]",
+                u=0,  # fixed internal seed instead of a random one
+                g=0,  # synchronous ICM updates: the asynchronous default visits voxels in random order
+            )
+    except Exception as exc:  # ANTsPy raises bare Exception when Atropos fails
+        detail = one_line(exc).replace(". Run with verbose=1 to see error messages", "")
+        raise ThicknessError(f"{name}: segmentation failed ({detail})") from exc
+    labels = seg["segmentation"].numpy().astype(np.int32)
+    counts = {k: int((labels == k).sum()) for k in (1, 2, 3)}
+    empty = [c for c, k in (("CSF", 1), ("GM", 2), ("WM", 3)) if counts[k] == 0]
+    if empty:
+        raise ThicknessError(
+            f"{name}: segmentation failed, no voxels in class(es) {', '.join(empty)}"
+        )
+    return seg, labels, counts
+
+
 def cortical_thickness(
     image: VolumeLike,
     mask: VolumeLike,
@@ -292,94 +415,17 @@ def cortical_thickness(
         raise ValueError("n4_shrink_factor must be >= 1 and n4_iterations non-empty")
     start, cpu_start = time.perf_counter(), time.process_time()
     configure_ants(seed, threads)
-
-    data, zooms, affine = as_array(image, "image", name)
-    mask_data, _, mask_affine = as_array(mask, "mask", name)
-    if data.shape != mask_data.shape:
-        raise ThicknessError(
-            f"{name}: mask shape {mask_data.shape} differs from image shape {data.shape}"
-        )
-    if (
-        affine is not None
-        and mask_affine is not None
-        and not np.allclose(affine, mask_affine, atol=1e-3)
-    ):
-        raise ThicknessError(f"{name}: mask is not on the image's grid (affines differ)")
-    brain = mask_data > 0
-    if not brain.any():
-        raise ThicknessError(f"{name}: brain mask is empty")
-    inside = data[brain]
-    if not np.isfinite(inside).all():
-        raise ThicknessError(f"{name}: image has NaN/Inf voxels inside the mask")
-    if float(inside.max() - inside.min()) <= 0:
-        raise ThicknessError(f"{name}: image is constant inside the mask")
-    zooms = zooms or array_voxel_size(voxel_size_mm)
-    if min(zooms) <= 0:
-        raise ValueError(f"{name}: voxel size must be positive, got {zooms}")
-    if crop_margin_mm is not None:
-        if not crop_margin_mm >= 0:
-            raise ValueError(f"crop_margin_mm must be >= 0 or None, got {crop_margin_mm}")
-        box = crop_box(brain, zooms, float(crop_margin_mm))
-        data, brain = np.ascontiguousarray(data[box]), np.ascontiguousarray(brain[box])
-
+    data, brain, zooms = _checked_inputs(image, mask, voxel_size_mm, crop_margin_mm, name)
     ants = _import_ants()
-    # The affine's rotation is irrelevant to distances, so the voxel grid with its spacing is
-    # enough: thickness is measured in mm along the grid.
-    img = ants.from_numpy(data, spacing=zooms)
-    msk = ants.from_numpy(brain.astype(np.float32), spacing=zooms)
-    if spacing_mm is not None and not np.allclose(zooms, spacing_mm):
-        target = (float(spacing_mm),) * 3
-        img = ants.resample_image(img, target, use_voxels=False, interp_type=0)
-        msk = ants.resample_image(msk, target, use_voxels=False, interp_type=1)
-    msk = ants.threshold_image(msk, 0.5, 1e9, 1, 0)
-    if float(msk.sum()) == 0:
-        raise ThicknessError(f"{name}: brain mask is empty after resampling to {spacing_mm} mm")
-    # N4 works on log intensities, so it needs positive values inside the mask. Voxels <= 0
-    # (ringing from k-space motion keeps the real part, which can be negative) are raised to a
-    # small floor: shifting the whole image instead would change its contrast by an amount set
-    # by the single most negative voxel.
-    arr = img.numpy()
-    inside = arr[msk.numpy() > 0]
-    if float(inside.min()) <= 0:
-        floor = 1e-3 * float(np.percentile(inside, 99))
-        if floor > 0:
-            img = img.new_image_like(np.maximum(arr, floor).astype(arr.dtype))
-        else:  # mostly non-positive inside the mask: shift (contrast is already unusual)
-            img = img - float(inside.min()) + 1.0
-
-    try:
-        with _private_tempdir():  # Atropos leaves its posteriors in the temp directory
-            n4 = ants.n4_bias_field_correction(
-                img,
-                mask=msk,
-                shrink_factor=int(n4_shrink_factor),
-                convergence={"iters": [int(i) for i in n4_iterations], "tol": 1e-4},
-            )
-            seg = ants.atropos(
-                a=n4,
-                x=msk,
-                i="Kmeans[3]",
-                m=f"[{mrf_weight},1x1x1]",
-                c=f"[{int(atropos_iterations)},0]",
-                u=0,  # fixed internal seed instead of a random one
-                g=0,  # synchronous ICM updates: the asynchronous default visits voxels in random order
-            )
-    except Exception as exc:  # ANTsPy raises bare Exception when Atropos fails
-        detail = one_line(exc).replace(". Run with verbose=1 to see error messages", "")
-        raise ThicknessError(f"{name}: segmentation failed ({detail})") from exc
-    labels = seg["segmentation"].numpy().astype(np.int32)
-    counts = {k: int((labels == k).sum()) for k in (1, 2, 3)}
-    empty = [c for c, k in (("CSF", 1), ("GM", 2), ("WM", 3)) if counts[k] == 0]
-    if empty:
-        raise ThicknessError(
-            f"{name}: segmentation failed, no voxels in class(es) {', '.join(empty)}"
-        )
-    gm_prob, wm_prob = seg["probabilityimages"][1], seg["probabilityimages"][2]
+    img, msk = _ants_grid(ants, data, brain, zooms, spacing_mm, name)
+    seg, labels, counts = _segment(
+        ants, img, msk, name, n4_shrink_factor, n4_iterations, atropos_iterations, mrf_weight
+    )
     try:
         thick = ants.kelly_kapowski(
             s=seg["segmentation"],
-            g=gm_prob,
-            w=wm_prob,
+            g=seg["probabilityimages"][1],
+            w=seg["probabilityimages"][2],
             its=int(iterations),
             r=float(gradient_step),
             m=float(smoothing),
