@@ -35,6 +35,21 @@ def head_phantom(shape: tuple[int, int, int] = (24, 28, 22), seed: int = 0) -> n
     return (data + rng.normal(0, 2, shape) * (r < 0.9)).astype(np.float32)
 
 
+def ellipsoid_head(seed: int = 0, shape=(40, 48, 40), spacing: float = 4.0, offset: float = 0.0):
+    """A smooth textured ellipsoid 'head' as a torchio image, centred on the world origin + offset."""
+    import torch
+    import torchio as tio
+
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"))
+    r = np.sqrt((grid**2).sum(0))
+    data = (r < 0.8) * (1.0 + 0.3 * np.sin(6 * grid[0]) * np.cos(5 * grid[1]))
+    data = data + 0.05 * rng.random(shape)
+    affine = np.diag([spacing, spacing, spacing, 1.0])
+    affine[:3, 3] = -spacing * (np.asarray(shape) - 1) / 2 + offset
+    return tio.ScalarImage(tensor=torch.as_tensor(data, dtype=torch.float32)[None], affine=affine)
+
+
 @pytest.fixture
 def phantom_path(tmp_path: Path) -> Path:
     return write_nifti(tmp_path / "phantom_T1w.nii.gz", head_phantom())

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torchio as tio
+from conftest import ellipsoid_head
 
 from motionqc.data.volumes import preprocess, sample_manifest
 from motionqc.models.sfcn import SFCN
@@ -18,16 +19,9 @@ SMOKE = recipe.RECIPES["smoke"]
 FINE = SMOKE.replace(sim_spacing_mm=2.0, sim_shape=(80, 96, 80))  # motion at 2 mm, encoder 4 mm
 
 
-def _head(seed, shape=(80, 96, 80), spacing=2.0, offset=0.0):
-    """A textured ellipsoid 'head' (a torchio image centred on the world origin + offset)."""
-    rng = np.random.default_rng(seed)
-    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"))
-    r = np.sqrt((grid**2).sum(0))
-    data = (r < 0.8) * (1.0 + 0.3 * np.sin(6 * grid[0]) * np.cos(5 * grid[1]))
-    data = data + 0.05 * rng.random(shape)
-    affine = np.diag([spacing, spacing, spacing, 1.0])
-    affine[:3, 3] = -spacing * (np.asarray(shape) - 1) / 2 + offset
-    return tio.ScalarImage(tensor=torch.as_tensor(data, dtype=torch.float32)[None], affine=affine)
+def _head(seed, offset=0.0):
+    """A textured ellipsoid 'head' on a 2 mm grid (80x96x80)."""
+    return ellipsoid_head(seed, (80, 96, 80), 2.0, offset)
 
 
 @pytest.fixture(scope="module")

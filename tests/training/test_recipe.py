@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 import torchio as tio
-from conftest import CodePayload
+from conftest import CodePayload, ellipsoid_head
 
 from motionqc.data.volumes import preprocess
 from motionqc.evaluation import encoder_test
@@ -32,14 +32,7 @@ SMOKE = recipe.RECIPES["smoke"]
 
 def _head(seed=0, shape=(40, 48, 40), spacing=4.0):
     """A smooth ellipsoid 'head' with texture, as a torchio image."""
-    rng = np.random.default_rng(seed)
-    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"))
-    r = np.sqrt((grid**2).sum(0))
-    data = (r < 0.8) * (1.0 + 0.3 * np.sin(6 * grid[0]) * np.cos(5 * grid[1]))
-    data = data + 0.05 * rng.random(shape)
-    affine = np.diag([spacing, spacing, spacing, 1.0])
-    affine[:3, 3] = -spacing * (np.asarray(shape) - 1) / 2
-    return tio.ScalarImage(tensor=torch.as_tensor(data, dtype=torch.float32)[None], affine=affine)
+    return ellipsoid_head(seed, shape, spacing)
 
 
 @pytest.fixture
