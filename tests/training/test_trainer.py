@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from motionqc.models.soft_labels import SoftLabelKL
+from motionqc.training.callbacks import Callback
 from motionqc.training.config import TrainConfig
 from motionqc.training.launch import main, toy_task
 from motionqc.training.reproducibility import kaiming_init, seed_everything
@@ -53,7 +54,9 @@ def small_net(n_out: int = 50) -> nn.Module:
     )
 
 
-def make_trainer(run_dir: Path, model_seed: int, num_workers: int = 0, **cfg) -> Trainer:
+def make_trainer(
+    run_dir: Path, model_seed: int, num_workers: int = 0, callbacks=(), **cfg
+) -> Trainer:
     seed_everything(model_seed)
     model = kaiming_init(small_net())
     config = TrainConfig(
@@ -76,6 +79,7 @@ def make_trainer(run_dir: Path, model_seed: int, num_workers: int = 0, **cfg) ->
         config=config,
         run_dir=run_dir,
         metrics_fn=lambda out, y: {"mean_out": out.exp().argmax(1).float().mean().item()},
+        callbacks=callbacks,
     )
 
 
@@ -280,3 +284,54 @@ def test_resume_never_runs_code_from_a_checkpoint(tmp_path):
     with pytest.raises(ValueError, match="not loaded"):
         make_trainer(tmp_path, model_seed=0)
     assert not marker.exists()
+
+
+class Recorder(Callback):
+    """Records the hooks it sees; fails at one epoch when asked."""
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        self.calls: list[tuple] = []
+        self.fail_at = fail_at
+
+    def on_fit_start(self, trainer):
+        self.calls.append(("start", trainer.epoch))
+
+    def on_validation(self, trainer, row, value):
+        self.calls.append(("validation", row["epoch"], row["best"], value))
+
+    def on_epoch_end(self, trainer, row):
+        self.calls.append(("end", row["epoch"], trainer.last_path.is_file()))
+        if row["epoch"] == self.fail_at:
+            raise RuntimeError("stop here")
+
+    def on_fit_end(self, trainer, error):
+        self.calls.append(("fit_end", type(error).__name__ if error else None))
+
+
+def test_callbacks_see_every_epoch_after_the_trainers_own(tmp_path):
+    rec = Recorder()
+    trainer = make_trainer(tmp_path / "run", model_seed=0, callbacks=[rec])
+    history = trainer.fit()
+    assert [c[0] for c in rec.calls] == ["start"] + ["validation", "end"] * 3 + ["fit_end"]
+    # after early stopping's and the checkpoint's hooks: "best" is set, last.pt written
+    validations = [c for c in rec.calls if c[0] == "validation"]
+    assert [c[2] for c in validations] == [row["best"] for row in history]
+    assert [c[3] for c in validations] == [row["val_loss"] for row in history]
+    assert all(c[2] for c in rec.calls if c[0] == "end")
+    assert rec.calls[-1] == ("fit_end", None)
+    assert (tmp_path / "run" / "resources.json").is_file()
+
+
+def test_a_failing_callback_ends_fit_with_its_error_and_the_record_of_the_run(tmp_path):
+    import json
+
+    rec = Recorder(fail_at=2)
+    trainer = make_trainer(tmp_path / "run", model_seed=0, callbacks=[rec])
+    with pytest.raises(RuntimeError, match="stop here"):
+        trainer.fit()
+    assert rec.calls[-1] == ("fit_end", "RuntimeError")
+    record = json.loads((tmp_path / "run" / "resources.json").read_text())
+    assert "end_epoch" not in record.get("extra", record)
+    # the checkpoint of epoch 2 was written before the failure: a new trainer resumes there
+    again = make_trainer(tmp_path / "run", model_seed=0)
+    assert again.epoch == 2

@@ -34,8 +34,9 @@ scaler where bf16 is unsupported) and stays fp32 on CPU; ``"bf16"`` also autocas
 ``channels_last`` (default: on CUDA) stores 5-D weights and inputs as ``channels_last_3d``.
 Losses are computed in fp32 on the model output cast back to float.
 
-**Resources.** :meth:`Trainer.fit` runs inside :class:`motionqc.runtime.resources.ResourceMonitor` and
-writes ``resources.json`` (``resources_resume_<epoch>.json`` for a resumed segment) into the run
+**Around the loop** (:mod:`motionqc.training.callbacks`): early stopping, the checkpoint after
+every epoch and the resource record are callbacks. :meth:`Trainer.fit` runs inside
+:class:`motionqc.runtime.resources.ResourceMonitor` and writes ``resources.json`` (``resources_resume_<epoch>.json`` for a resumed segment) into the run
 folder; under DDP it is rank 0's process (its GPU, its RSS and its DataLoader workers).
 
 The knobs are :class:`motionqc.training.config.TrainConfig`; checkpoints are written and read by
@@ -65,7 +66,8 @@ from motionqc.training.batches import (
     index_batch,
     to_device,
 )
-from motionqc.training.checkpoint import load_checkpoint, save_checkpoint
+from motionqc.training.callbacks import Callback, Checkpointing, EarlyStopping, ResourceMonitoring
+from motionqc.training.checkpoint import load_checkpoint
 from motionqc.training.config import LossFn, MetricsFn, TrainConfig, make_scheduler
 from motionqc.training.reproducibility import (
     loader_worker_seed,
@@ -102,6 +104,10 @@ class Trainer:
             evaluation input once it is on the device, without gradients and outside autocast:
             data generation on the accelerator (e.g. :class:`motionqc.synthetic.heads.DeviceMotion`
             simulating k-space motion on the GPU inside the training loop). Not checkpointed.
+        callbacks: More :class:`motionqc.training.callbacks.Callback` hooks, called after the
+            trainer's own: :class:`~motionqc.training.callbacks.EarlyStopping`,
+            :class:`~motionqc.training.callbacks.Checkpointing` and (with
+            ``monitor_resources``) :class:`~motionqc.training.callbacks.ResourceMonitoring`.
 
     Attributes:
         history: One dict per finished epoch (also written to ``metrics.csv``).
@@ -128,6 +134,7 @@ class Trainer:
         unpack: Callable[[Any], tuple[Any, Any]] = default_unpack,
         monitor_resources: bool = True,
         batch_transform: Callable[[Any], Any] | None = None,
+        callbacks: Sequence[Callback] = (),
     ) -> None:
         self.config = cfg = config or TrainConfig()
         if val_data is None and cfg.monitor != "train_loss":
@@ -142,9 +149,31 @@ class Trainer:
         self.train_data = train_data
         self.val_data = val_data
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.monitor_resources = monitor_resources
+        own: list[Callback] = [EarlyStopping(), Checkpointing()]
+        if monitor_resources:
+            own.append(ResourceMonitoring())
+        self.callbacks: list[Callback] = [*own, *callbacks]
 
-        # -- distributed ------------------------------------------------------------------
+        self._join_group()
+        self._place(model)
+        self._reset_state()
+        if resume and self.last_path is not None and self.last_path.exists():
+            load_checkpoint(self, self.last_path)
+
+        # -- data ---------------------------------------------------------------------------
+        self.train_sampler = DistributedSampler(
+            train_data,
+            num_replicas=self.world_size,
+            rank=self.rank,
+            shuffle=True,
+            seed=cfg.seed,
+            drop_last=cfg.drop_last,
+        )
+        self._loader_gen = torch.Generator()
+
+    def _join_group(self) -> None:
+        """Rank, world size and local batch sizes; the process group under ``torchrun``."""
+        cfg = self.config
         rank, world, local_rank = distributed_info()
         self._owns_group = False
         if world > 1 and not torch.distributed.is_initialized():
@@ -162,7 +191,10 @@ class Trainer:
         self.local_batch = cfg.batch_size // world
         self.local_eval_batch = max(1, eval_bs // world)
 
-        # -- device and precision -----------------------------------------------------------
+    def _place(self, model: nn.Module) -> None:
+        """Device, precision and memory layout; the model (DDP-wrapped), optimiser, scheduler."""
+        cfg = self.config
+        local_rank, world = self.local_rank, self.world_size
         dev = training_device(cfg.device, local_rank, self.distributed)
         self.device = dev
         if dev.type == "cuda":
@@ -195,12 +227,14 @@ class Trainer:
         self.scheduler: Any = make_scheduler(
             self.optimizer,
             cfg,
-            len(train_data),
+            len(self.train_data),
             world,
             self.local_batch,  # type: ignore[arg-type]
         )
 
-        # -- state ----------------------------------------------------------------------------
+    def _reset_state(self) -> None:
+        """The state of a run that has not started (a checkpoint may replace it)."""
+        cfg = self.config
         self.history: list[dict[str, Any]] = []
         self.best_state: dict[str, torch.Tensor] | None = None
         self.epoch = 0
@@ -211,19 +245,6 @@ class Trainer:
         self.finished = False
         self.resumed_from: int | None = None
         self.pending_rng: dict[str, Any] | None = None
-        if resume and self.last_path is not None and self.last_path.exists():
-            load_checkpoint(self, self.last_path)
-
-        # -- data ---------------------------------------------------------------------------
-        self.train_sampler = DistributedSampler(
-            train_data,
-            num_replicas=world,
-            rank=rank,
-            shuffle=True,
-            seed=cfg.seed,
-            drop_last=cfg.drop_last,
-        )
-        self._loader_gen = torch.Generator()
 
     # ---------------------------------------------------------------------------------------
     @property
@@ -378,11 +399,6 @@ class Trainer:
             outputs, targets, order = local[0], local[1], torch.argsort(local[2])
         return outputs[order], index_batch(targets, order), total / max(n, 1)
 
-    def _improved(self, value: float) -> bool:
-        if self.config.mode == "min":
-            return value < self.best_metric - self.config.min_delta
-        return value > self.best_metric + self.config.min_delta
-
     def fit(self, until_epoch: int | None = None) -> list[dict[str, Any]]:
         """Train until ``max_epochs``, early stopping, or ``until_epoch``.
 
@@ -395,31 +411,16 @@ class Trainer:
         """
         if self.finished:
             return self.history
-        monitor = None
-        if self.monitor_resources and self.is_main and self.run_dir is not None:
-            from motionqc.runtime.resources import ResourceMonitor
-
-            name = (
-                "resources.json"
-                if self.resumed_from is None
-                else f"resources_resume_{self.epoch}.json"
-            )
-            monitor = ResourceMonitor(
-                self.run_dir / name,
-                device=self.device,
-                label=self.config.label,
-                extra={"world_size": self.world_size, "start_epoch": self.epoch},
-            )
-            monitor.__enter__()
+        for callback in self.callbacks:
+            callback.on_fit_start(self)
         try:
             self._fit(until_epoch)
         except BaseException as exc:
-            if monitor is not None:
-                monitor.__exit__(type(exc), exc, exc.__traceback__)
+            for callback in self.callbacks:
+                callback.on_fit_end(self, exc)
             raise
-        if monitor is not None:
-            monitor.extra["end_epoch"] = self.epoch
-            monitor.__exit__(None, None, None)
+        for callback in self.callbacks:
+            callback.on_fit_end(self, None)
         return self.history
 
     def _fit(self, until_epoch: int | None) -> None:
@@ -449,23 +450,14 @@ class Trainer:
             value = float(row[cfg.monitor])
             if cfg.schedule == "plateau":
                 self.scheduler.step(value)
-            improved = self._improved(value)
-            if improved:
-                self.best_metric, self.best_epoch, self.bad_epochs = value, epoch + 1, 0
-                if self.run_dir is None:  # no best.pt: keep the best weights in memory
-                    self.best_state = {
-                        k: v.detach().clone() for k, v in self.module.state_dict().items()
-                    }
-            else:
-                self.bad_epochs += 1
-            row["best"] = improved
+            for callback in self.callbacks:
+                callback.on_validation(self, row, value)
             row["time_s"] = time.perf_counter() - t0
             self.history.append(row)
             self.epoch = epoch + 1
-            patience = cfg.early_stopping_patience
-            self.stopped_early = patience is not None and self.bad_epochs >= patience
             self.finished = self.stopped_early or self.epoch >= cfg.max_epochs
-            save_checkpoint(self, improved)
+            for callback in self.callbacks:
+                callback.on_epoch_end(self, row)
             if self.stopped_early:
                 break
 
