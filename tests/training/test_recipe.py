@@ -281,6 +281,7 @@ def test_release_run_writes_weights_and_provenance(tmp_path, monkeypatch):
     prov1 = release.run(SMOKE, out=other, cache_dir=tmp_path / "cache", **kwargs)
     assert not other.exists() and not other.with_suffix(".json").exists()
     assert prov1["machine"]["processes"] == 2 and "sha256" not in prov1
+    assert prov1["machine"]["device"] == written["machine"]["device"] == "cpu"
     assert prov1["unseen_heads"]["metrics"] == written["unseen_heads"]["metrics"]
 
 

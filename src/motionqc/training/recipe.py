@@ -261,7 +261,8 @@ def train(
         ``val_mae``, ``seconds``.
 
     Raises:
-        ValueError: If ``run_dir`` holds a checkpoint of another recipe.
+        ValueError: If ``run_dir`` holds a checkpoint of another recipe, ``pool`` does not match
+            ``config.motion``, or the global batch does not divide among the DDP ranks.
     """
     if isinstance(pool, MotionBatches) != (config.motion == "batch"):
         wants = "a MotionBatches" if config.motion == "batch" else "pool tensors"

@@ -67,6 +67,7 @@ def run(
     draws: int = 4,
     command: str = "",
     cache_dir: Path | None = None,
+    device: str = "cpu",
 ) -> dict[str, object]:
     """Train, calibrate, test and write the encoder and its JSON (see the module docstring).
 
@@ -79,6 +80,7 @@ def run(
         draws: Motions per test score and head.
         command: The command line recorded in the JSON.
         cache_dir: Folder of the motion pool's chunks (default ``build/cache/recipe``).
+        device: Where the encoder trains (``cuda``: under DDP each rank's own GPU).
 
     Under ``torchrun --nproc_per_node=N`` every rank trains its share of each batch
     (:func:`motionqc.training.recipe.train`) and rank 0 writes the files.
@@ -99,6 +101,7 @@ def run(
         run_dir=run_dir / "train",
         num_workers=num_workers,
         draws=draws,
+        device=device,
     )
     rank, world, _ = distributed_info()
     metrics = result.metrics.set_index("split").loc["test"].to_dict()
@@ -140,6 +143,7 @@ def run(
             "processor": platform.processor() or platform.machine(),
             "torch": str(torch.__version__),
             "processes": world,
+            "device": device,
         },
     }
     if rank != 0:  # under torchrun rank 0 writes; the others trained their share and stop here
@@ -194,6 +198,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--test-heads", nargs="+", default=["colin27"])
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--draws", type=int, default=4, help="motions per test score and head")
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="where the encoder trains (default: cuda when a GPU is available, else cpu)",
+    )
     args = parser.parse_args(argv)
     config = RECIPES[args.recipe]
     if args.steps is not None:
@@ -217,6 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         num_workers=args.num_workers,
         draws=args.draws,
         command=command.strip(),
+        device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
     )
     if "sha256" not in prov:  # a DDP rank other than 0: nothing written, nothing to say
         return 0
