@@ -46,9 +46,10 @@ data: venv
 # nbval under the fast `smoke` profile. Notebooks 01 and 02 need nothing another notebook writes;
 # the others form a chain (03's encoder feeds 04-07 and the demo, 04's QC set feeds 05, 06 reads
 # the resource logs of 03-05) and run in that order.
-# notebooks/conftest.py starts a kernel again when its start fails (a CI flake), never a cell.
+# notebooks/conftest.py starts a kernel again when its start fails (a CI flake), never a cell;
+# a loaded machine gets 180 s to start one (nbval's default: 60).
 NBVAL := MOTIONQC_PROFILE=smoke $(PY) -m pytest -p no:cacheprovider --durations=10 --nbval-lax \
-	--nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg
+	--nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg --nbval-kernel-startup-timeout 180
 NB_INDEPENDENT := notebooks/01_data_curation.ipynb notebooks/02_synthetic_generation.ipynb
 NB_CHAIN := $(filter-out $(NB_INDEPENDENT),$(NOTEBOOKS))
 UNIT_TESTS := $(PY) -m pytest --durations=20 tests
