@@ -62,7 +62,7 @@ def main(out: Path) -> None:
             "end": model.state_dict(),
             "labels": torch.stack(seen),
             "global_labels": torch.stack(full),
-            "history": history.drop(columns=["seconds"]).to_numpy(),
+            "history": torch.tensor(history.drop(columns=["seconds"]).to_numpy(dtype=float)),
         },
         out / f"rank{rank}.pt",
     )

@@ -27,7 +27,7 @@ def test_two_ranks_train_their_share_of_each_batch_and_stay_in_sync(tmp_path):
     ]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     # each rank trained on its half of the global batch, which is the single-process batch
     half = r0["global_labels"].shape[1] // 2
     assert torch.equal(r0["labels"], r0["global_labels"][:, :half])
@@ -37,6 +37,6 @@ def test_two_ranks_train_their_share_of_each_batch_and_stay_in_sync(tmp_path):
         assert torch.equal(v, r1["end"][k]), k
     assert any(not torch.equal(r0["start"][k], v) for k, v in r0["end"].items())
     # rank 0 validated and wrote the checkpoint; every rank returns its history
-    assert (r0["history"] == r1["history"]).all() and list(r0["history"][:, 0]) == [2, 4]
+    assert (r0["history"] == r1["history"]).all() and r0["history"][:, 0].tolist() == [2, 4]
     state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert state["world_size"] == 2 and state["step"] == 4
