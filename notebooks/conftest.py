@@ -29,8 +29,10 @@ class RetryingKernel(_RunningKernel):
             try:
                 super().__init__(*args, **kwargs)
                 return
-            except Exception as err:  # noqa: BLE001 - any start failure is retried, then raised
+            except BaseException as err:  # a start failure is retried, an interrupt is not
                 self._stop_half_started()
+                if not isinstance(err, Exception):
+                    raise
                 warnings.warn(
                     f"kernel start {attempt}/{ATTEMPTS} failed: {type(err).__name__}: {err}",
                     stacklevel=2,
@@ -44,11 +46,11 @@ class RetryingKernel(_RunningKernel):
         km = getattr(self, "km", None)
         if km is None:
             return
-        try:
-            self.kc.stop_channels()
-            km.shutdown_kernel(now=True)
-        except Exception:  # noqa: BLE001 - a dead kernel may refuse; nothing is left to stop
-            pass
+        for stop in (self.kc.stop_channels, lambda: km.shutdown_kernel(now=True)):
+            try:
+                stop()
+            except Exception:  # noqa: BLE001, S110 - a dead kernel may refuse; go on
+                pass
         del self.km
 
 

@@ -150,3 +150,12 @@ def test_samplers_reach_their_target_under_the_convention_they_are_given():
     drawn = next(d for d in map(sample_authors_motion, range(20)) if not d["motion_free"])
     again = score_motion(drawn["degrees"], drawn["translation"], convention=AUTHORS_CONVENTION)
     assert again == pytest.approx(drawn["score"]) and abs(again - drawn["target"]) <= 0.01
+    # the names of before: "authors" is the authors' convention, 82.5 mm and all
+    assert (
+        sample_authors_motion(3, convention="authors")["score"] == sample_authors_motion(3)["score"]
+    )
+    other = sample_authors_motion(3, radius=60.0)
+    if not other["motion_free"]:
+        assert score_motion(
+            other["degrees"], other["translation"], convention=AUTHORS_CONVENTION, radius=60.0
+        ) == pytest.approx(other["score"])

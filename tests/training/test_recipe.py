@@ -198,6 +198,11 @@ def test_train_resumes_and_refuses_other_settings(sources, tmp_path):
     drawing = half.replace(source_augment=dict(half.source_augment, p_blur=0.5))
     with pytest.raises(ValueError, match="other recipe settings"):
         recipe.train(model(), *data, drawing, tmp_path / "split", log=False)
+    # a checkpoint of another number of DDP processes is refused (each rank's draws differ)
+    state["world_size"] = 2
+    torch.save(state, tmp_path / "split" / "last.pt")
+    with pytest.raises(ValueError, match="written by 2 process"):
+        recipe.train(model(), *data, half, tmp_path / "split", log=False)
 
 
 def test_fit_temperature_widens_an_overconfident_model():

@@ -295,6 +295,8 @@ class Recorder(Callback):
 
     def on_fit_start(self, trainer):
         self.calls.append(("start", trainer.epoch))
+        if self.fail_at == 0:
+            raise RuntimeError("stop here")
 
     def on_validation(self, trainer, row, value):
         self.calls.append(("validation", row["epoch"], row["best"], value))
@@ -335,3 +337,12 @@ def test_a_failing_callback_ends_fit_with_its_error_and_the_record_of_the_run(tm
     # the checkpoint of epoch 2 was written before the failure: a new trainer resumes there
     again = make_trainer(tmp_path / "run", model_seed=0)
     assert again.epoch == 2
+
+
+def test_a_callback_failing_at_the_start_still_closes_the_resource_record(tmp_path):
+    rec = Recorder(fail_at=0)
+    trainer = make_trainer(tmp_path / "run", model_seed=0, callbacks=[rec])
+    with pytest.raises(RuntimeError, match="stop here"):
+        trainer.fit()
+    assert rec.calls == [("start", 0), ("fit_end", "RuntimeError")]
+    assert (tmp_path / "run" / "resources.json").is_file() and trainer.epoch == 0

@@ -123,8 +123,10 @@ def as_convention(
     Args:
         convention: A :class:`ScoreConvention`, or the name of its rotation parameterisation
             (``"applied"``, ``"authors"``) for :data:`SCORE_CONVENTION` with those rotations.
-        **fields: Fields that override it (``radius=``, ``pairs=``, ``rotations=``,
-            ``center=`` as ``"volume"``/``"origin"``); ``None`` leaves a field as it is.
+        **fields: Fields that override it (``radius=``, ``pairs=``, ``rotations=``, and here
+            ``center=`` as ``"volume"``/``"origin"``: the ``center`` of :func:`score_motion`
+            and :func:`motionqc.synthetic.parameters.sample_motion` is a point in world mm);
+            ``None`` leaves a field as it is.
 
     Returns:
         The convention.

@@ -170,7 +170,8 @@ def sample_authors_motion(
     tolerance: float = 0.01,
     p_motion_free: float = 0.05,
     free_range: tuple[float, float] = (0.0, 0.05),
-    convention: ScoreConvention = AUTHORS_CONVENTION,
+    convention: ScoreConvention | str = AUTHORS_CONVENTION,
+    radius: float | None = None,
     batch: int = 256,
     max_tries: int = 200_000,
 ) -> dict[str, object]:
@@ -191,8 +192,10 @@ def sample_authors_motion(
         p_motion_free: Probability of a motion-free sample.
         free_range: Label range of motion-free samples.
         convention: Score convention of the acceptance (default: the authors' own,
-            :data:`motionqc.physics.score.AUTHORS_CONVENTION`; a volume-centred one is
+            :data:`motionqc.physics.score.AUTHORS_CONVENTION`; a name, ``"authors"`` or
+            ``"applied"``, is that convention with those rotations; a volume-centred one is
             centred on the world origin here, the sampler knowing no image).
+        radius: Sphere radius overriding the convention's (mm).
         batch: Candidates scored per vectorised round.
         max_tries: Give up after this many candidates.
 
@@ -207,6 +210,9 @@ def sample_authors_motion(
         raise ValueError(f"p_motion_free must be in [0, 1], got {p_motion_free}")
     if tolerance <= 0:
         raise ValueError(f"tolerance must be positive, got {tolerance}")
+    if isinstance(convention, str):
+        convention = as_convention(AUTHORS_CONVENTION, rotations=convention)
+    convention = as_convention(convention, radius=radius)
     rng = seeded_rng(seed)
     if rng.uniform() < p_motion_free:
         label = float(rng.uniform(*free_range))

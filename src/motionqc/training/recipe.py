@@ -242,8 +242,12 @@ def train(
     samples with the same seeds and trains on its ``batch_size / N`` share (its motion simulated
     on its own device), with its own geometry and intensity draws (seeded by step and rank: the
     same seed and ``N`` give the same numbers); BatchNorm uses each rank's share. Rank 0
-    validates, logs and writes the checkpoint, and checks at every validation pass that the
-    ranks' weights are still equal.
+    validates, logs (the training loss over every rank's share) and writes the checkpoint, and
+    checks at every validation pass that the ranks' weights are still equal. Every rank reads
+    ``run_dir/last.pt`` to resume, so ``run_dir`` must be shared (one node, or a shared file
+    system), and only a run of the same number of processes resumes. Each rank draws its own
+    dropout masks. An exception on one rank leaves the others waiting in their next collective
+    until the process group's timeout (torchrun then ends them).
 
     Args:
         model: An SFCN with ``n_outputs`` bins.
@@ -296,6 +300,11 @@ def train(
         state = torch.load(last, map_location="cpu", weights_only=True)
         if state.get("config") != config.checkpoint_key():
             raise ValueError(f"{last}: a checkpoint of other recipe settings; remove {run_dir}")
+        if int(state.get("world_size", 1)) != world:
+            raise ValueError(
+                f"{last}: written by {state.get('world_size', 1)} process(es), resumed by "
+                f"{world}: the draws of each rank would change; resume with the same number"
+            )
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start, elapsed = int(state["step"]), float(state["seconds"])
@@ -304,6 +313,10 @@ def train(
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        # each rank its own dropout masks (the weights are rank 0's, broadcast by DDP)
+        torch.manual_seed(
+            int(np.random.SeedSequence([int(config.seed), 13, rank]).generate_state(1)[0])
+        )
     vx = val_inputs(val_x, config) if len(val_x) else val_x
     running: list[float] = []
     t0 = time.perf_counter() - elapsed
@@ -332,6 +345,7 @@ def train(
         if done % config.eval_every == 0 or done == config.steps:
             if world > 1:
                 _check_in_sync(model, world)
+                running = _gather_losses(running)  # the global batch's loss, not rank 0's share
                 if rank != 0:
                     running = []
                     continue
@@ -377,6 +391,13 @@ def train(
         if owns_group:
             torch.distributed.destroy_process_group()
     return pd.DataFrame(history)
+
+
+def _gather_losses(losses: list[float]) -> list[float]:
+    """Every rank's losses since the last validation pass (a collective: all ranks call it)."""
+    gathered: list[object] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, losses)
+    return [float(v) for part in gathered for v in part]  # type: ignore[union-attr]
 
 
 def _check_in_sync(model: torch.nn.Module, world: int) -> None:

@@ -86,7 +86,8 @@ def run(
     (:func:`motionqc.training.recipe.train`) and rank 0 writes the files.
 
     Returns:
-        The provenance written to the JSON (on every rank).
+        The provenance written to the JSON; on a rank other than 0, the same without the file's
+        ``sha256`` (nothing is written there).
 
     Raises:
         ValueError: If a test head is also a training head.
@@ -228,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         command=command.strip(),
         device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
     )
-    if "sha256" not in prov:  # a DDP rank other than 0: nothing written, nothing to say
+    if distributed_info()[0] != 0:  # a DDP rank other than 0: nothing written, nothing to say
         return 0
     m = prov["unseen_heads"]["metrics"]  # type: ignore[index]
     print(

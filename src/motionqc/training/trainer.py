@@ -411,9 +411,9 @@ class Trainer:
         """
         if self.finished:
             return self.history
-        for callback in self.callbacks:
-            callback.on_fit_start(self)
         try:
+            for callback in self.callbacks:
+                callback.on_fit_start(self)
             self._fit(until_epoch)
         except BaseException as exc:
             for callback in self.callbacks:
