@@ -120,13 +120,16 @@ class MotionBatches:
 
     def draw(self, step: int) -> list[tuple[np.random.Generator, str, dict[str, object]]]:
         """The draws of a step's ``batch_size`` samples (seeded by the recipe seed and the step)."""
+        return self._draws(BATCH_STREAM, int(step), range(self.config.batch_size))
+
+    def _draws(
+        self, stream: int, key: int, indices: Sequence[int]
+    ) -> list[tuple[np.random.Generator, str, dict[str, object]]]:
+        """Samples ``indices`` of one seed stream: seeds ``[seed, stream, key, index]``."""
+        seed = int(self.config.seed)
         return [
-            draw_sample(
-                np.random.SeedSequence([int(self.config.seed), BATCH_STREAM, int(step), j]),
-                self.sources,
-                self.config,
-            )
-            for j in range(self.config.batch_size)
+            draw_sample(np.random.SeedSequence([seed, stream, key, i]), self.sources, self.config)
+            for i in indices
         ]
 
     def render(
@@ -190,14 +193,7 @@ class MotionBatches:
         images, rows = [], []
         for start in range(0, n, self.config.batch_size):
             idx = range(start, min(n, start + self.config.batch_size))
-            draws = [
-                draw_sample(
-                    np.random.SeedSequence([int(self.config.seed), BATCH_STREAM + 1, stream, i]),
-                    self.sources,
-                    self.config,
-                )
-                for i in idx
-            ]
+            draws = self._draws(BATCH_STREAM + 1, int(stream), idx)
             images.append(self.render(draws))
             rows += [
                 sample_row(i, self.split, s, p) for i, (_, s, p) in zip(idx, draws, strict=True)

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from motionqc.models.soft_labels import BIN_RANGE, SoftLabelKL, decode
-from motionqc.runtime.devices import distributed_info
+from motionqc.runtime.devices import distributed_info, training_device
 from motionqc.synthetic.augment import augment_batch, geometry_batch
 from motionqc.synthetic.batch_motion import MOTION_MODES, MotionBatches
 from motionqc.synthetic.pool import source_augment_on
@@ -282,8 +282,8 @@ def train(
                 f"batch_size {config.batch_size} is the global batch and must be divisible by "
                 f"the {world} DDP processes"
             )
+        device = training_device(str(device), local_rank, distributed=True)  # cuda: LOCAL_RANK
         if device.type == "cuda":
-            device = torch.device("cuda", local_rank)
             torch.cuda.set_device(device)
         if not torch.distributed.is_initialized():
             torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
@@ -344,8 +344,8 @@ def train(
         done = step + 1
         if done % config.eval_every == 0 or done == config.steps:
             if world > 1:
-                _check_in_sync(model, world)
-                running = _gather_losses(running)  # the global batch's loss, not rank 0's share
+                _check_in_sync(model)
+                running = [v for part in _all_gathered(running) for v in part]  # every share
                 if rank != 0:
                     running = []
                     continue
@@ -393,17 +393,15 @@ def train(
     return pd.DataFrame(history)
 
 
-def _gather_losses(losses: list[float]) -> list[float]:
-    """Every rank's losses since the last validation pass (a collective: all ranks call it)."""
-    gathered: list[object] = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(gathered, losses)
-    return [float(v) for part in gathered for v in part]  # type: ignore[union-attr]
+def _all_gathered(value: object) -> list[object]:
+    """Every rank's ``value``, in rank order (a collective: all ranks call it)."""
+    out: list[object] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, value)
+    return out
 
 
-def _check_in_sync(model: torch.nn.Module, world: int) -> None:
+def _check_in_sync(model: torch.nn.Module) -> None:
     """Raise on every rank if the DDP ranks' weights differ (a collective: all ranks call it)."""
-    total = float(sum(p.detach().double().sum() for p in model.parameters()))
-    totals: list[object] = [None] * world
-    torch.distributed.all_gather_object(totals, total)
+    totals = _all_gathered(float(sum(p.detach().double().sum() for p in model.parameters())))
     if len(set(totals)) > 1:
         raise RuntimeError(f"the DDP ranks' weights differ (parameter sums {totals})")

@@ -27,7 +27,7 @@ from motionqc.data.volumes import file_sha256, sample_manifest
 from motionqc.evaluation import encoder_test
 from motionqc.models.encoder import released_encoder_path, save_encoder
 from motionqc.models.soft_labels import BIN_RANGE, N_BINS, SIGMA
-from motionqc.runtime.devices import distributed_info
+from motionqc.runtime.devices import distributed_info, resolve_device
 from motionqc.stages import pretrain as stage
 from motionqc.synthetic.batch_motion import MOTION_MODES
 from motionqc.training.recipe import (
@@ -201,8 +201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--draws", type=int, default=4, help="motions per test score and head")
     parser.add_argument(
         "--device",
-        default=None,
-        help="where the encoder trains (default: cuda when a GPU is available, else cpu)",
+        default="auto",
+        help="where the encoder trains: auto (cuda when a GPU is available, else cpu), cpu, cuda",
     )
     args = parser.parse_args(argv)
     config = RECIPES[args.recipe]
@@ -212,6 +212,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = config.replace(steps=args.steps)
     if args.motion is not None:
         config = config.replace(motion=args.motion)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        parser.error(str(exc))
     run_dir = args.run_dir or paths.checkpoints_dir() / f"recipe-{config.name}"
     out = args.out or (
         released_encoder_path() if config.name == "release" else run_dir / "motion_encoder.pt"
@@ -227,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         num_workers=args.num_workers,
         draws=args.draws,
         command=command.strip(),
-        device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+        device=str(device),
     )
     if distributed_info()[0] != 0:  # a DDP rank other than 0: nothing written, nothing to say
         return 0

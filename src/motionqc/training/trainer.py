@@ -36,8 +36,9 @@ Losses are computed in fp32 on the model output cast back to float.
 
 **Around the loop** (:mod:`motionqc.training.callbacks`): early stopping, the checkpoint after
 every epoch and the resource record are callbacks. :meth:`Trainer.fit` runs inside
-:class:`motionqc.runtime.resources.ResourceMonitor` and writes ``resources.json`` (``resources_resume_<epoch>.json`` for a resumed segment) into the run
-folder; under DDP it is rank 0's process (its GPU, its RSS and its DataLoader workers).
+:class:`motionqc.runtime.resources.ResourceMonitor` and writes ``resources.json``
+(``resources_resume_<epoch>.json`` for a resumed segment) into the run folder; under DDP it is
+rank 0's process (its GPU, its RSS and its DataLoader workers).
 
 The knobs are :class:`motionqc.training.config.TrainConfig`; checkpoints are written and read by
 :mod:`motionqc.training.checkpoint`; :mod:`motionqc.training.launch` is the command line (a task
