@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 from pathlib import Path
 
@@ -23,6 +24,20 @@ def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray | None = None) 
     """Write ``data`` as NIfTI (gzip when the name ends in .gz) and return the path."""
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(nib.Nifti1Image(np.asarray(data), np.eye(4) if affine is None else affine), str(path))
+    return path
+
+
+def forged_nifti(path: Path, shape: tuple[int, ...]) -> Path:
+    """A tiny NIfTI whose header claims ``shape`` float32 voxels (the data: a few zeros)."""
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape(shape)
+    hdr.set_data_dtype(np.float32)
+    hdr.set_sform(np.eye(4), code=1)
+    raw = hdr.binaryblock + b"\0" * 4 + b"\0" * 64  # header, extension flag, a few bytes
+    if path.name.endswith(".gz"):
+        path.write_bytes(gzip.compress(raw))
+    else:
+        path.write_bytes(raw)
     return path
 
 

@@ -481,14 +481,14 @@ def test_a_header_bomb_in_the_folder_does_not_raise_peak_memory(
     tmp_path: Path, bids: Path, encoder: Path
 ) -> None:
     """Peak RSS of `score` (loading in-process) on a folder, with and without an 89-byte bomb."""
-    from test_data import _forged
+    from conftest import forged_nifti
 
     clean, bombed = tmp_path / "clean", tmp_path / "bombed"
     for root in (clean, bombed):
         shutil.copytree(bids / "sub-mni", root / "sub-mni")
         (root / "dataset_description.json").write_text('{"Name": "t", "BIDSVersion": "1.9.0"}')
     (bombed / "sub-bomb" / "anat").mkdir(parents=True)
-    bomb = _forged(bombed / "sub-bomb/anat/sub-bomb_T1w.nii.gz", (1150, 1150, 1150))
+    bomb = forged_nifti(bombed / "sub-bomb/anat/sub-bomb_T1w.nii.gz", (1150, 1150, 1150))
     assert bomb.stat().st_size < 200  # claims 6 GB of float32
     probe = (
         "import resource, sys\n"

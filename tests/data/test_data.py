@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import head_phantom, write_nifti
+from conftest import forged_nifti, head_phantom, write_nifti
 
 from motionqc.data.volumes import (
     ManifestError,
@@ -230,25 +230,11 @@ def test_preprocess_rejects_bad_arguments(phantom_path: Path) -> None:
         preprocess(phantom_path, 0.0, (10, 10, 10))
 
 
-def _forged(path: Path, shape: tuple[int, ...]) -> Path:
-    """A tiny NIfTI whose header claims ``shape`` float32 voxels (the data: a few zeros)."""
-    hdr = nib.Nifti1Header()
-    hdr.set_data_shape(shape)
-    hdr.set_data_dtype(np.float32)
-    hdr.set_sform(np.eye(4), code=1)
-    raw = hdr.binaryblock + b"\0" * 4 + b"\0" * 64  # header, extension flag, a few bytes
-    if path.name.endswith(".gz"):
-        path.write_bytes(gzip.compress(raw))
-    else:
-        path.write_bytes(raw)
-    return path
-
-
 @pytest.mark.parametrize("name", ["bomb_T1w.nii.gz", "bomb_T1w.nii"])
 def test_header_claiming_a_huge_array_is_refused_before_allocating(tmp_path: Path, name) -> None:
     import tracemalloc
 
-    path = _forged(tmp_path / name, (1150, 1150, 1150))
+    path = forged_nifti(tmp_path / name, (1150, 1150, 1150))
     assert path.stat().st_size < 1000
     tracemalloc.start()
     with pytest.raises(VolumeError) as err:
@@ -260,7 +246,8 @@ def test_header_claiming_a_huge_array_is_refused_before_allocating(tmp_path: Pat
 
 
 def test_header_claiming_more_than_the_file_holds_is_refused(tmp_path: Path) -> None:
-    path = _forged(tmp_path / "short_T1w.nii.gz", (400, 400, 400))  # 256 MB claimed, < 1 kB file
+    # 256 MB claimed, < 1 kB file
+    path = forged_nifti(tmp_path / "short_T1w.nii.gz", (400, 400, 400))
     with pytest.raises(VolumeError) as err:
         load_volume(path)
     _assert_one_line_naming(err, path, "more than the")

@@ -19,6 +19,7 @@ arguments (an output folder inside the BIDS dataset, a missing checkpoint), 130 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -104,7 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {motionqc.__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(
+        dest="command",
+        metavar="COMMAND",
+        required=True,
+        parser_class=functools.partial(argparse.ArgumentParser, formatter_class=_Formatter),
+    )
     checkpoint_help = (
         "pretrained encoder file (motionqc.models.encoder.save_encoder, e.g. notebook 03's "
         "checkpoints/<profile>/encoder.pt); default: the released encoder shipped in the "
@@ -122,7 +128,6 @@ def build_parser() -> argparse.ArgumentParser:
             "one mosaic PNG per volume and, when not sharded, report.html. Volumes already in the "
             "table are skipped, so an interrupted run resumes where it stopped."
         ),
-        formatter_class=_Formatter,
     )
     score.add_argument("bids_dir", metavar="BIDS_DIR", type=Path, help="the BIDS dataset")
     score.add_argument(
@@ -206,7 +211,6 @@ def build_parser() -> argparse.ArgumentParser:
             "(volumes ranked by predicted motion, mosaic, score ± uncertainty, QC class, group "
             "distribution)."
         ),
-        formatter_class=_Formatter,
     )
     group.add_argument("output_dir", metavar="OUT_DIR", type=Path, help="derivatives folder")
     group.set_defaults(func=_cmd_group)
@@ -220,7 +224,6 @@ def build_parser() -> argparse.ArgumentParser:
             "Writes OUT and a JSON sidecar (OUT with .json) with the rotations, translations, "
             "times and the score."
         ),
-        formatter_class=_Formatter,
     )
     simulate.add_argument("input", metavar="IN", type=Path, help="input NIfTI volume")
     simulate.add_argument("output", metavar="OUT", type=Path, help="output NIfTI (.nii or .nii.gz)")
@@ -244,7 +247,6 @@ def build_parser() -> argparse.ArgumentParser:
             "frozen encoder; writes the per-seed and median results and qc_head.pt (for "
             "`motionqc score --qc-head`) to OUT_DIR."
         ),
-        formatter_class=_Formatter,
     )
     train.add_argument(
         "--manifest",

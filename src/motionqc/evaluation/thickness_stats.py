@@ -24,12 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = [
-    "SlopeResult",
-    "within_subject_slope",
-    "thickness_motion_model",
-    "correct_thickness",
-]
+__all__ = ["SlopeResult", "correct_thickness", "thickness_motion_model", "within_subject_slope"]
 
 
 @dataclass(frozen=True)

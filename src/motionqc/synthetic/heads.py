@@ -308,16 +308,10 @@ class MotionSourceSet(Dataset):
 
     def __getitem__(self, index: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Return ``(inputs, label)``; ``inputs`` holds ``image`` (1, X, Y, Z) and the parameters."""
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} samples")
-        cpu = self._cpu
-        row = self.table.iloc[index]
-        source = cpu.volumes[row["source"]]
-        rng = np.random.default_rng(int(row["seed"]) + 1)
-        image = tio.ScalarImage(tensor=source.data.clone().float(), affine=source.affine)
+        row, rng, image = self._cpu.row_source(index)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(row["seed"]))
-            image = cpu.pre_motion(image, rng)
+            image = self._cpu.pre_motion(image, rng)
         inputs = {
             "image": image.data.float(),
             "affine": torch.as_tensor(np.asarray(image.affine), dtype=torch.float64),

@@ -242,14 +242,22 @@ class SyntheticMotionDataset(Dataset):
         flip = bool(rng.uniform() < self.p_flip)
         return flip, bool(rng.uniform() < self.p_elastic)
 
-    def __getitem__(self, index: int) -> dict[str, object]:
-        """Return ``{"image": (1, X, Y, Z) float32, "label", "score", "source", "index"}``."""
+    def row_source(self, index: int) -> tuple[pd.Series, np.random.Generator, tio.ScalarImage]:
+        """A row, its seeded generator and a copy of its clean source (before any draw).
+
+        Raises:
+            IndexError: If ``index`` is out of range.
+        """
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
         row = self.table.iloc[index]
         source = self.volumes[row["source"]]
         rng = np.random.default_rng(int(row["seed"]) + 1)
-        image = tio.ScalarImage(tensor=source.data.clone().float(), affine=source.affine)
+        return row, rng, tio.ScalarImage(tensor=source.data.clone().float(), affine=source.affine)
+
+    def __getitem__(self, index: int) -> dict[str, object]:
+        """Return ``{"image": (1, X, Y, Z) float32, "label", "score", "source", "index"}``."""
+        row, rng, image = self.row_source(index)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(row["seed"]))
             image = self.pre_motion(image, rng)

@@ -35,7 +35,7 @@ import torchio as tio
 from motionqc.data.volumes import preprocess
 from motionqc.physics.motion import simulate_motion
 from motionqc.physics.score import SCORE_CONVENTION
-from motionqc.synthetic.augment import gaussian_blur
+from motionqc.synthetic.augment import gaussian_blur, resample_affine
 from motionqc.synthetic.heads import augment_heads, head_of
 from motionqc.synthetic.parameters import sample_scored_motion
 
@@ -277,13 +277,13 @@ def render_pool(
 
 def source_augment_on(knobs: Mapping[str, float]) -> bool:
     """Whether :func:`randomise_source` draws anything with these knobs (a probability > 0)."""
-    return float(knobs.get("p_remap", 0.0)) > 0 or float(knobs.get("p_blur", 0.0)) > 0
+    return any(float(knobs.get(k, 0.0)) > 0 for k in ("p_remap", "p_blur", "p_geometry"))
 
 
 def randomise_source(
     data: torch.Tensor, rng: np.random.Generator, knobs: Mapping[str, float], spacing_mm: float
 ) -> torch.Tensor:
-    """New contrast and sharpness for a source volume, drawn before its motion is simulated.
+    """New pose, size, contrast and sharpness for a source volume, drawn before its motion.
 
     Two training heads teach two contrasts and two sharpnesses, and an encoder trained on them
     read an unseen head's own sharpness and contrast as motion. Drawn at the simulation grid,
@@ -291,14 +291,22 @@ def randomise_source(
     contrast and resolution), in the spirit of SynthSeg's domain randomisation (Billot et al.
     2023):
 
+    - with probability ``p_geometry``: a zoom ``s = exp(u·log(1 + zoom))`` (u ~ U(±1)), a
+      rotation about each axis ~ U(±``rotate_deg``) and a shift ~ U(±``shift_mm``) per axis about
+      the grid centre (:func:`motionqc.synthetic.augment.resample_affine`): a larger, turned or
+      off-centre head that then moves as drawn, so the label (the motion's score) is unchanged and
+      the artefact keeps the sharpness of the simulation grid (the per-step geometry of
+      :func:`motionqc.synthetic.augment.geometry_batch` interpolates at the encoder grid, which
+      smooths the artefact with the anatomy);
     - with probability ``p_remap``: intensities over the 99.5th percentile are mapped through a
       piecewise-linear curve through 0 and ``remap_knots`` + 1 evenly spaced knots whose values
       ~ U(0.05, 1) (sorted, i.e. a T1-like order of tissues, with probability ``p_monotone``;
       else any order of tissues), then scaled back; the background stays dark;
     - with probability ``p_blur``: a Gaussian blur, σ ~ U(0, ``blur_mm``) mm.
 
-    The number of draws from ``rng`` is fixed whatever their outcome; with both probabilities
-    at 0 nothing is drawn and ``data`` is returned unchanged.
+    The number of draws from ``rng`` is fixed whatever their outcome (the geometry's eight only
+    when ``p_geometry`` > 0, after the others); with every probability at 0 nothing is drawn and
+    ``data`` is returned unchanged.
 
     Args:
         data: One volume ``(X, Y, Z)`` at the simulation grid.
@@ -315,6 +323,14 @@ def randomise_source(
     k = int(knobs["remap_knots"])
     u = rng.uniform(size=4)
     ys = rng.uniform(0.05, 1.0, size=k + 1)
+    p_geometry = float(knobs.get("p_geometry", 0.0))
+    if p_geometry > 0:
+        g = rng.uniform(-1.0, 1.0, size=8)
+        if (g[7] + 1) / 2 < p_geometry:
+            zoom = float(np.exp(g[0] * np.log1p(float(knobs["zoom"]))))
+            angles = [float(a) * float(knobs["rotate_deg"]) for a in g[1:4]]
+            shift = [float(d) * float(knobs["shift_mm"]) for d in g[4:7]]
+            data = resample_affine(data[None, None], zoom, angles, shift, spacing_mm)[0, 0]
     if u[0] < p_remap:
         top = float(torch.quantile(data.flatten()[::7], 0.995).clamp_min(1e-6))
         if u[1] < float(knobs["p_monotone"]):

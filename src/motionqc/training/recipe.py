@@ -118,15 +118,14 @@ class RecipeConfig:
             "shift_mm": 10.0,
         }
     )
+    # fmt: off
     source_augment: dict = field(
-        default_factory=lambda: {
-            "p_remap": 0.0,
-            "remap_knots": 6,
-            "p_monotone": 0.5,
-            "p_blur": 0.0,
-            "blur_mm": 1.2,
+        default_factory=lambda: {  # every probability 0: no source draw
+            "p_remap": 0.0, "remap_knots": 6, "p_monotone": 0.5, "p_blur": 0.0, "blur_mm": 1.2,
+            "p_geometry": 0.0, "zoom": 0.2, "rotate_deg": 10.0, "shift_mm": 10.0,
         }
     )
+    # fmt: on
     motion: str = "pool"
 
     def __post_init__(self) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -183,15 +183,27 @@ transfer head and the scratch SFCN (the authors used 15; 10 keeps five scratch s
 convergence within the sample profile's budget on 2 CPU cores)."""
 
 
-def _qc_config(**overrides: Any) -> TrainConfig:
-    base: dict[str, Any] = {
-        "monitor": "val_balanced_accuracy",
-        "mode": "max",
-        "precision": "fp32",
-        "progress": False,
-    }
-    base.update(overrides)
-    return TrainConfig(**base)
+def _qc_config(
+    label: str, seed: int, defaults: Mapping[str, Any], config: Mapping[str, Any]
+) -> TrainConfig:
+    """A QC training's config: balanced accuracy monitored, the setting's defaults, ``config``."""
+    return TrainConfig(
+        **{
+            "monitor": "val_balanced_accuracy",
+            "mode": "max",
+            "precision": "fp32",
+            "progress": False,
+            "early_stopping_patience": EARLY_STOPPING_PATIENCE,
+            **defaults,
+            "seed": seed,
+            "label": label,
+            **config,
+        }
+    )
+
+
+def _class_labels(y: Sequence[int]) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(y), dtype=torch.long)
 
 
 def train_transfer(
@@ -230,20 +242,9 @@ def train_transfer(
         Standardise(mean, std), QCHead(z_train.shape[1], hidden=hidden, dropout=dropout)
     )
     kaiming_init(head)
-    cfg = _qc_config(
-        **{
-            "lr": 1e-3,
-            "weight_decay": 0.04,
-            "batch_size": 16,
-            "max_epochs": 60,
-            "early_stopping_patience": EARLY_STOPPING_PATIENCE,
-            "seed": seed,
-            "label": "transfer",
-            **config,
-        }
-    )
-    ytr = torch.as_tensor(np.asarray(y_train), dtype=torch.long)
-    yva = torch.as_tensor(np.asarray(y_val), dtype=torch.long)
+    defaults = {"lr": 1e-3, "weight_decay": 0.04, "batch_size": 16, "max_epochs": 60}
+    cfg = _qc_config("transfer", seed, defaults, config)
+    ytr, yva = _class_labels(y_train), _class_labels(y_val)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a 10-unit MLP: thread start-up costs more than the maths
     try:
@@ -293,20 +294,9 @@ def train_scratch(
     model = kaiming_init(
         SFCN(n_outputs=N_QC_CLASSES, channels=channels, dropout=dropout, log_softmax=False)
     )
-    cfg = _qc_config(
-        **{
-            "lr": 1e-3,
-            "weight_decay": 0.05,
-            "batch_size": 8,
-            "max_epochs": 40,
-            "early_stopping_patience": EARLY_STOPPING_PATIENCE,
-            "seed": seed,
-            "label": "scratch",
-            **config,
-        }
-    )
-    ytr = torch.as_tensor(np.asarray(y_train), dtype=torch.long)
-    yva = torch.as_tensor(np.asarray(y_val), dtype=torch.long)
+    defaults = {"lr": 1e-3, "weight_decay": 0.05, "batch_size": 8, "max_epochs": 40}
+    cfg = _qc_config("scratch", seed, defaults, config)
+    ytr, yva = _class_labels(y_train), _class_labels(y_val)
     return _fit(
         model,
         TensorDataset(x_train.float(), ytr),

@@ -1,0 +1,87 @@
+"""The draws applied to a pool sample's source before its motion (``randomise_source``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from motionqc.synthetic.pool import randomise_source, source_augment_on
+from motionqc.training.recipe import RECIPES
+
+KNOBS = RECIPES["sample"].source_augment
+
+
+def _cube(shape=(40, 44, 36), lo=(14, 16, 12), size=10) -> torch.Tensor:
+    v = torch.zeros(shape)
+    v[lo[0] : lo[0] + size, lo[1] : lo[1] + size, lo[2] : lo[2] + size] = 1.0
+    return v
+
+
+def test_knobs_that_draw_nothing_leave_the_volume_and_the_generator_alone():
+    assert not source_augment_on(KNOBS)
+    v = _cube()
+    rng = np.random.default_rng(3)
+    before = rng.bit_generator.state
+    assert randomise_source(v, rng, KNOBS, 1.0) is v
+    assert rng.bit_generator.state == before
+    assert source_augment_on(dict(KNOBS, p_geometry=0.1))
+
+
+def test_geometry_draws_the_same_number_of_values_whatever_their_outcome():
+    v = _cube()
+    states = []
+    for p in (1e-12, 1.0):  # never applied / always applied
+        rng = np.random.default_rng(5)
+        randomise_source(v, rng, dict(KNOBS, p_geometry=p), 1.0)
+        states.append(rng.bit_generator.state)
+    assert states[0] == states[1]
+
+
+def test_geometry_comes_after_the_contrast_draws():
+    """An identity geometry leaves the remapped contrast of the same seed exactly as it was."""
+    v = _cube() * 0.5 + torch.linspace(0, 0.5, 36)  # a ramp so the remap has something to map
+    remap = dict(KNOBS, p_remap=1.0)
+    identity = dict(remap, p_geometry=1.0, zoom=0.0, rotate_deg=0.0, shift_mm=0.0)
+    a = randomise_source(v, np.random.default_rng(9), remap, 1.0)
+    b = randomise_source(v, np.random.default_rng(9), identity, 1.0)
+    assert not torch.equal(a, v)
+    torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+
+
+def test_geometry_shifts_and_zooms_the_head_within_its_ranges():
+    v = _cube()
+    com = np.array(ndimage.center_of_mass(v.numpy()))
+    shifts, volumes = [], []
+    for seed in range(12):
+        rng = np.random.default_rng(seed)
+        moved = randomise_source(v, rng, dict(KNOBS, p_geometry=1.0, zoom=0.0, rotate_deg=0.0), 2.0)
+        shifts.append((np.array(ndimage.center_of_mass(moved.numpy())) - com) * 2.0)  # mm
+        zoomed = randomise_source(
+            v, np.random.default_rng(seed), dict(KNOBS, p_geometry=1.0, shift_mm=0.0), 2.0
+        )
+        volumes.append(float(zoomed.sum()) / float(v.sum()))
+        # a rotation and zoom about the grid centre keep the cube's centre where it was
+        offset = np.array(ndimage.center_of_mass(zoomed.numpy())) - (np.array(v.shape) - 1) / 2
+        np.testing.assert_allclose(offset, com - (np.array(v.shape) - 1) / 2, atol=1.5)
+    shifts = np.abs(np.array(shifts))
+    assert shifts.max() <= KNOBS["shift_mm"] + 0.1 and shifts.max() > 0.5 * KNOBS["shift_mm"]
+    # a zoom s ∈ [1/1.2, 1.2] scales a volume by s³ ∈ [0.58, 1.73]; twelve draws spread over it
+    assert 0.55 < min(volumes) < 0.9 and 1.15 < max(volumes) < 1.8
+
+
+def test_a_geometry_that_is_never_drawn_changes_nothing():
+    v = _cube()
+    knobs = dict(KNOBS, p_remap=1.0)
+    a = randomise_source(v, np.random.default_rng(1), knobs, 1.0)
+    b = randomise_source(v, np.random.default_rng(1), dict(knobs, p_geometry=1e-12), 1.0)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("knob", ["p_remap", "p_blur", "p_geometry"])
+def test_each_drawing_knob_enters_the_pool_and_checkpoint_keys(knob):
+    base = RECIPES["smoke"]
+    drawing = base.replace(source_augment=dict(base.source_augment, **{knob: 0.5}))
+    assert drawing.checkpoint_key() != base.checkpoint_key()
+    assert "source_augment" not in base.checkpoint_key()
