@@ -29,7 +29,7 @@ from sklearn.isotonic import IsotonicRegression
 from motionqc.data.volumes import preprocess, sample_manifest
 from motionqc.evaluation.encoder_test import corrupt_with_torchio, load_native
 from motionqc.models.encoder import load_encoder, predict_motion, released_encoder_path
-from motionqc.synthetic.augment import resample_affine
+from motionqc.synthetic.augment import affine_of_uniforms, resample_affine
 from motionqc.training.recipe import RECIPES
 
 ENCODER = [released_encoder_path()]  # --encoder replaces it
@@ -79,12 +79,9 @@ def identifiability(path: str, n: int = 40) -> None:
         for g, s in GRIDS.items():
             x = preprocess(moved, g, s).data[0].double()
             change[g].append(float(((x - clean[g]) ** 2).mean()))
-        u = geometry.uniform(-1.0, 1.0, size=7)
-        zoom = float(np.exp(u[0] * np.log1p(knobs["zoom"])))
+        zoom, angles, shift = affine_of_uniforms(geometry.uniform(-1.0, 1.0, size=7), knobs)
         pair = torch.stack([x, clean[4.0]])[:, None].float()
-        turned = resample_affine(
-            pair, zoom, u[1:4] * knobs["rotate_deg"], u[4:7] * knobs["shift_mm"], 4.0
-        )[:, 0]
+        turned = resample_affine(pair, zoom, angles, shift, 4.0)[:, 0]
         for key, (a, b) in (("as rendered", pair[:, 0]), ("after the per-step geometry", turned)):
             relative[key].append(float((a - b).norm() / b.norm()))
     y = np.asarray(truth)

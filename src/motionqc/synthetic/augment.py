@@ -19,7 +19,13 @@ import torch
 from motionqc.models.encoder import scale_input
 from motionqc.synthetic.heads import bias_field
 
-__all__ = ["augment_batch", "gaussian_blur", "geometry_batch", "resample_affine"]
+__all__ = [
+    "affine_of_uniforms",
+    "augment_batch",
+    "gaussian_blur",
+    "geometry_batch",
+    "resample_affine",
+]
 
 
 def _monotone_curve(v: torch.Tensor, knots: int, gen: torch.Generator) -> torch.Tensor:
@@ -106,6 +112,20 @@ def resample_affine(
     )
 
 
+def affine_of_uniforms(
+    u: Sequence[float], knobs: Mapping[str, float]
+) -> tuple[float, list[float], list[float]]:
+    """The zoom, rotations and shift that seven uniforms in (−1, 1) stand for.
+
+    ``s = exp(u[0]·log(1 + zoom))``, the rotation about X, Y, Z ``u[1:4]·rotate_deg`` (degrees) and
+    the shift ``u[4:7]·shift_mm`` (mm): the arguments of :func:`resample_affine`.
+    """
+    zoom = math.exp(float(u[0]) * math.log1p(float(knobs["zoom"])))
+    angles = [float(a) * float(knobs["rotate_deg"]) for a in u[1:4]]
+    shift = [float(d) * float(knobs["shift_mm"]) for d in u[4:7]]
+    return zoom, angles, shift
+
+
 def geometry_batch(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -144,9 +164,7 @@ def geometry_batch(
             out.append(v)
             labels.append(label)
             continue
-        zoom = math.exp(u[0] * math.log1p(float(augment["zoom"])))
-        angles = [a * float(augment["rotate_deg"]) for a in u[1:4]]
-        shift = [d * float(augment["shift_mm"]) for d in u[4:7]]
+        zoom, angles, shift = affine_of_uniforms(u, augment)
         out.append(resample_affine(v[None], zoom, angles, shift, spacing_mm)[0])
         labels.append(label * zoom)
     return torch.stack(out), torch.stack(labels)

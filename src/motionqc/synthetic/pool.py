@@ -35,7 +35,7 @@ import torchio as tio
 from motionqc.data.volumes import preprocess
 from motionqc.physics.motion import simulate_motion
 from motionqc.physics.score import SCORE_CONVENTION
-from motionqc.synthetic.augment import gaussian_blur, resample_affine
+from motionqc.synthetic.augment import affine_of_uniforms, gaussian_blur, resample_affine
 from motionqc.synthetic.heads import augment_heads, head_of
 from motionqc.synthetic.parameters import sample_scored_motion
 
@@ -293,7 +293,7 @@ def randomise_source(
 
     - with probability ``p_geometry``: a zoom ``s = exp(u·log(1 + zoom))`` (u ~ U(±1)), a
       rotation about each axis ~ U(±``rotate_deg``) and a shift ~ U(±``shift_mm``) per axis about
-      the grid centre (:func:`motionqc.synthetic.augment.resample_affine`): a larger, turned or
+      the grid centre (:func:`motionqc.synthetic.augment.affine_of_uniforms`, ``resample_affine``): a larger, turned or
       off-centre head that then moves as drawn, so the label (the motion's score) is unchanged and
       the artefact keeps the sharpness of the simulation grid (the per-step geometry of
       :func:`motionqc.synthetic.augment.geometry_batch` interpolates at the encoder grid, which
@@ -327,9 +327,7 @@ def randomise_source(
     if p_geometry > 0:
         g = rng.uniform(-1.0, 1.0, size=8)
         if (g[7] + 1) / 2 < p_geometry:
-            zoom = float(np.exp(g[0] * np.log1p(float(knobs["zoom"]))))
-            angles = [float(a) * float(knobs["rotate_deg"]) for a in g[1:4]]
-            shift = [float(d) * float(knobs["shift_mm"]) for d in g[4:7]]
+            zoom, angles, shift = affine_of_uniforms(g, knobs)
             data = resample_affine(data[None, None], zoom, angles, shift, spacing_mm)[0, 0]
     if u[0] < p_remap:
         top = float(torch.quantile(data.flatten()[::7], 0.995).clamp_min(1e-6))
