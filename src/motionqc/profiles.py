@@ -60,18 +60,21 @@ class Profile:
         return dataclasses.asdict(self)
 
 
-_SMOKE = Profile("smoke", 4.0, (40, 48, 40), 2, "cpu", batch_size=4, num_workers=0)
-
 # fmt: off
+_SMOKE = Profile(
+    name="smoke", spacing_mm=4.0, shape=(40, 48, 40), n_augmented_heads=2, device="cpu",
+    batch_size=4, num_workers=0,
+)
+
 PROFILES: dict[str, Profile] = {
     "smoke": _SMOKE,
     "sample": _SMOKE.replace(
         name="sample", spacing_mm=2.0, shape=(80, 96, 80), n_augmented_heads=8, batch_size=8,
         num_workers=2,
     ),
-    "paper": Profile(
-        "paper", 1.0, (160, 192, 160), 0, "cuda", batch_size=16, num_workers=8,
-        encoder_spacing_mm=1.0, encoder_shape=(160, 192, 160),
+    "paper": _SMOKE.replace(
+        name="paper", spacing_mm=1.0, shape=(160, 192, 160), n_augmented_heads=0, device="cuda",
+        batch_size=16, num_workers=8, encoder_spacing_mm=1.0, encoder_shape=(160, 192, 160),
     ),
 }
 # fmt: on
