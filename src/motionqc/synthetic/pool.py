@@ -293,9 +293,10 @@ def randomise_source(
 
     - with probability ``p_geometry``: a zoom ``s = exp(u·log(1 + zoom))`` (u ~ U(±1)), a
       rotation about each axis ~ U(±``rotate_deg``) and a shift ~ U(±``shift_mm``) per axis about
-      the grid centre (:func:`motionqc.synthetic.augment.affine_of_uniforms`, ``resample_affine``): a larger, turned or
-      off-centre head that then moves as drawn, so the label (the motion's score) is unchanged and
-      the artefact keeps the sharpness of the simulation grid (the per-step geometry of
+      the grid centre (:func:`motionqc.synthetic.augment.affine_of_uniforms`, then
+      ``resample_affine``): a larger, turned or off-centre head that then moves as drawn, so the
+      label (the motion's score) is unchanged and the artefact keeps the sharpness of the
+      simulation grid (the per-step geometry of
       :func:`motionqc.synthetic.augment.geometry_batch` interpolates at the encoder grid, which
       smooths the artefact with the anatomy);
     - with probability ``p_remap``: intensities over the 99.5th percentile are mapped through a

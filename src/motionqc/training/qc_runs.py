@@ -128,27 +128,49 @@ def run_seeds(
 
 
 def run_transfer_seeds(
-    z: torch.Tensor, *args: Any, **head: Any
+    z: torch.Tensor,
+    y: Sequence[int] | np.ndarray,
+    split: Sequence[str] | np.ndarray,
+    volume_ids: Sequence[str],
+    seeds: Sequence[int],
+    *,
+    run_root: str | Path | None = None,
+    **head: Any,
 ) -> tuple[pd.DataFrame, list[QCRun]]:
-    """:func:`run_seeds` with ``setting="transfer"``: a transfer head per seed on embeddings ``z``.
+    """Train one transfer head per seed on fixed embeddings ``z`` ``(N, D)``: :func:`run_seeds`.
 
-    ``run_transfer_seeds(z, y, split, volume_ids, seeds, run_root=None, **head)``, ``z`` of shape
-    ``(N, D)``; ``**head`` goes to :func:`motionqc.training.transfer.train_transfer`
-    (``dropout``, ``lr``, ...).
+    The arguments and the result are those of :func:`run_seeds` (``setting="transfer"``);
+    ``**head`` goes to :func:`motionqc.training.transfer.train_transfer` (``dropout``, ``lr``, ...).
     """
-    return run_seeds("transfer", z, *args, **head)
+    return run_seeds("transfer", z, y, split, volume_ids, seeds, run_root=run_root, **head)
 
 
 def run_scratch_seeds(
-    images: torch.Tensor, *args: Any, **kwargs: Any
+    images: torch.Tensor,
+    y: Sequence[int] | np.ndarray,
+    split: Sequence[str] | np.ndarray,
+    volume_ids: Sequence[str],
+    seeds: Sequence[int],
+    *,
+    run_root: str | Path | None = None,
+    **kwargs: Any,
 ) -> tuple[pd.DataFrame, list[QCRun]]:
-    """:func:`run_seeds` with ``setting="scratch"``: SFCN from scratch per seed on ``images``.
+    """Train SFCN from scratch once per seed on ``images`` ``(N, 1, X, Y, Z)``: :func:`run_seeds`.
 
-    ``run_scratch_seeds(images, y, split, volume_ids, seeds, run_root=None, **kwargs)``,
-    ``images`` of shape ``(N, 1, X, Y, Z)`` (predicted 8 at a time); ``**kwargs`` goes to
-    :func:`motionqc.training.transfer.train_scratch` (``dropout``, ``lr``, ...).
+    The arguments and the result are those of :func:`run_seeds` (``setting="scratch"``);
+    ``**kwargs`` goes to :func:`motionqc.training.transfer.train_scratch` (``dropout``, ``lr``, ...).
     """
-    return run_seeds("scratch", images, *args, **{"predict_batch_size": 8, **kwargs})
+    return run_seeds(
+        "scratch",
+        images,
+        y,
+        split,
+        volume_ids,
+        seeds,
+        run_root=run_root,
+        predict_batch_size=8,
+        **kwargs,
+    )
 
 
 def best_run(runs: Sequence[QCRun], monitor: str = "val_balanced_accuracy") -> int:
