@@ -26,7 +26,15 @@ from motionqc.models.encoder import save_encoder
 from motionqc.models.qc_head import file_digest, load_qc_head
 from motionqc.models.sfcn import SFCN
 from motionqc.training.qc_runs import best_run, run_scratch_seeds, run_seeds, run_transfer_seeds
-from motionqc.training.transfer import QCRun, WeightedCE, class_weights, embed
+from motionqc.training.transfer import (
+    QCRun,
+    WeightedCE,
+    class_weights,
+    embed,
+    train_qc,
+    train_scratch,
+    train_transfer,
+)
 
 SMOKE = {"spacing_mm": 4.0, "shape": (40, 48, 40)}
 
@@ -105,6 +113,24 @@ def test_scratch_seeds_share_the_protocol() -> None:
     )
     with pytest.raises(ValueError, match="setting must be"):
         run_seeds("finetune", images, y, split, ids, [0])
+
+
+def test_a_settings_model_arguments_reach_the_model_and_the_rest_the_training() -> None:
+    z, y = _separable(n=40, d=6)
+    run = train_transfer(z, y, z, y, 0, hidden=4, dropout=0.25, max_epochs=3, batch_size=8)
+    linears = [m for m in run.model.modules() if isinstance(m, torch.nn.Linear)]
+    assert [m.out_features for m in linears] == [4, 4, 3]
+    assert [m.p for m in run.model.modules() if isinstance(m, torch.nn.Dropout)] == [0.25]
+    assert len(run.history) == 3  # max_epochs went to the trainer
+    x = torch.rand(6, 1, 32, 32, 32, generator=torch.Generator().manual_seed(0))
+    yx = np.array([0, 1, 2] * 2)
+    scratch = train_scratch(x, yx, x, yx, 0, channels=(2, 3, 2, 2, 2, 2), max_epochs=1)
+    convs = [m for m in scratch.model.modules() if isinstance(m, torch.nn.Conv3d)]
+    assert [m.out_channels for m in convs][:2] == [2, 3]
+    with pytest.raises(TypeError, match="hidden"):  # the scratch SFCN has no hidden layer
+        train_scratch(x, yx, x, yx, 0, hidden=4, max_epochs=1)
+    with pytest.raises(ValueError, match="setting must be one of"):
+        train_qc("finetune", z, y, z, y, 0)
 
 
 def test_best_run_uses_validation_only() -> None:

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import argparse
 import functools
+import inspect
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import motionqc
@@ -96,6 +97,21 @@ def _non_negative(text: str) -> int:
     return value
 
 
+def _add_command(
+    sub: argparse._SubParsersAction, name: str, func: Callable[[argparse.Namespace], int]
+) -> argparse.ArgumentParser:
+    """Add subcommand ``name`` running ``func``, described by ``func``'s docstring.
+
+    The docstring's first line, lower-cased and without its full stop, is the subcommand's help
+    in ``motionqc --help``; its other paragraphs are the description in ``motionqc NAME --help``.
+    """
+    summary, _, description = inspect.cleandoc(func.__doc__ or "").partition("\n\n")
+    summary = summary[:1].lower() + summary[1:].rstrip(".")
+    parser = sub.add_parser(name, help=summary, description=description)
+    parser.set_defaults(func=func)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``motionqc`` command."""
     parser = argparse.ArgumentParser(
@@ -117,18 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"package, {_default_checkpoint_text()} (its provenance: motion_encoder.json beside it)"
     )
 
-    score = sub.add_parser(
-        "score",
-        help="score every T1w of a BIDS dataset (participant step)",
-        description=(
-            "Score every sub-*/[ses-*/]anat/*_T1w.nii[.gz] of BIDS_DIR: predicted motion (mm, "
-            "Jenkinson RMS deviation) with its uncertainty and, with --qc-head, QC class "
-            "probabilities. Writes a BIDS derivative dataset in OUT_DIR: dataset_description.json, "
-            "motion_T1w.tsv (motion_T1w_shard-IIIIofNNNN.tsv with --shard) keyed by bids_name, "
-            "one mosaic PNG per volume and, when not sharded, report.html. Volumes already in the "
-            "table are skipped, so an interrupted run resumes where it stopped."
-        ),
-    )
+    score = _add_command(sub, "score", _cmd_score)
     score.add_argument("bids_dir", metavar="BIDS_DIR", type=Path, help="the BIDS dataset")
     score.add_argument(
         "output_dir", metavar="OUT_DIR", type=Path, help="derivatives folder (not inside BIDS_DIR)"
@@ -201,30 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument(
         "--no-progress", dest="progress", action="store_false", help="no progress bar"
     )
-    score.set_defaults(func=_cmd_score)
 
-    group = sub.add_parser(
-        "group",
-        help="merge the shard tables and write report.html (group step)",
-        description=(
-            "Merge OUT_DIR/motion_T1w*.tsv into OUT_DIR/group_T1w.tsv and write OUT_DIR/report.html "
-            "(volumes ranked by predicted motion, mosaic, score ± uncertainty, QC class, group "
-            "distribution)."
-        ),
-    )
+    group = _add_command(sub, "group", _cmd_group)
     group.add_argument("output_dir", metavar="OUT_DIR", type=Path, help="derivatives folder")
-    group.set_defaults(func=_cmd_group)
 
-    simulate = sub.add_parser(
-        "simulate",
-        help="corrupt a volume with k-space motion of a chosen severity",
-        description=(
-            "Add synthetic k-space motion (TorchIO's Motion model) whose motion score (Jenkinson "
-            "RMS deviation, mm) equals --score, at the input's own resolution and orientation. "
-            "Writes OUT and a JSON sidecar (OUT with .json) with the rotations, translations, "
-            "times and the score."
-        ),
-    )
+    simulate = _add_command(sub, "simulate", _cmd_simulate)
     simulate.add_argument("input", metavar="IN", type=Path, help="input NIfTI volume")
     simulate.add_argument("output", metavar="OUT", type=Path, help="output NIfTI (.nii or .nii.gz)")
     simulate.add_argument("--score", type=float, default=1.5, help="target motion score, mm")
@@ -235,19 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="number of motion transforms; default: drawn in 2..7 from the seed",
     )
-    simulate.set_defaults(func=_cmd_simulate)
 
-    train = sub.add_parser(
-        "train-qc",
-        help="train a QC head on your own ratings (frozen encoder, 5 seeds)",
-        description=(
-            "Train the QC head on a lab's own ratings (a manifest TSV with the columns "
-            "volume_id, dataset, site, subject, path, qc_score (1-4) and optionally split) on "
-            "top of the "
-            "frozen encoder; writes the per-seed and median results and qc_head.pt (for "
-            "`motionqc score --qc-head`) to OUT_DIR."
-        ),
-    )
+    train = _add_command(sub, "train-qc", _cmd_train_qc)
     train.add_argument(
         "--manifest",
         type=Path,
@@ -265,7 +240,6 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoint", type=Path, default=None, help=checkpoint_help)
     train.add_argument("output_dir", metavar="OUT_DIR", type=Path, help="output folder")
     train.add_argument("--seeds", type=_positive, default=5, help="number of seeds")
-    train.set_defaults(func=_cmd_train_qc)
     return parser
 
 
@@ -275,6 +249,15 @@ def _checkpoint(args: argparse.Namespace) -> Path:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
+    """Score every T1w of a BIDS dataset (participant step).
+
+    Score every sub-*/[ses-*/]anat/*_T1w.nii[.gz] of BIDS_DIR: predicted motion (mm, Jenkinson
+    RMS deviation) with its uncertainty and, with --qc-head, QC class probabilities. Writes a
+    BIDS derivative dataset in OUT_DIR: dataset_description.json, motion_T1w.tsv
+    (motion_T1w_shard-IIIIofNNNN.tsv with --shard) keyed by bids_name, one mosaic PNG per volume
+    and, when not sharded, report.html. Volumes already in the table are skipped, so an
+    interrupted run resumes where it stopped.
+    """
     from motionqc.app.scoring import run_participant
     from motionqc.data.volumes import ManifestError
     from motionqc.models.encoder import EncoderError
@@ -339,6 +322,12 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 
 def _cmd_group(args: argparse.Namespace) -> int:
+    """Merge the shard tables and write report.html (group step).
+
+    Merge OUT_DIR/motion_T1w*.tsv into OUT_DIR/group_T1w.tsv and write OUT_DIR/report.html
+    (volumes ranked by predicted motion, mosaic, score ± uncertainty, QC class, group
+    distribution).
+    """
     from motionqc.app.scoring import group_table, run_group
 
     try:
@@ -354,6 +343,12 @@ def _cmd_group(args: argparse.Namespace) -> int:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
+    """Corrupt a volume with k-space motion of a chosen severity.
+
+    Add synthetic k-space motion (TorchIO's Motion model) whose motion score (Jenkinson RMS
+    deviation, mm) equals --score, at the input's own resolution and orientation. Writes OUT
+    and a JSON sidecar (OUT with .json) with the rotations, translations, times and the score.
+    """
     from motionqc.data.volumes import VolumeError
 
     try:
@@ -371,6 +366,13 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_qc(args: argparse.Namespace) -> int:
+    """Train a QC head on your own ratings (frozen encoder, 5 seeds).
+
+    Train the QC head on a lab's own ratings (a manifest TSV with the columns volume_id,
+    dataset, site, subject, path, qc_score (1-4) and optionally split) on top of the frozen
+    encoder; writes the per-seed and median results and qc_head.pt (for
+    `motionqc score --qc-head`) to OUT_DIR.
+    """
     try:
         from motionqc.app.train_qc import train_qc_cli
     except ImportError as exc:

@@ -8,6 +8,7 @@ saved head comes from.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Sequence
@@ -18,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from motionqc.training.transfer import QCRun, predict_classes, train_scratch, train_transfer
+from motionqc.training.transfer import QC_SETTINGS, QCRun, predict_classes, train_qc
 
 __all__ = ["best_run", "run_scratch_seeds", "run_seeds", "run_transfer_seeds"]
 
@@ -83,9 +84,8 @@ def run_seeds(
     Raises:
         ValueError: For an unknown setting or an empty split.
     """
-    trainers = {"transfer": train_transfer, "scratch": train_scratch}
-    if setting not in trainers:
-        raise ValueError(f"setting must be 'transfer' or 'scratch', not {setting!r}")
+    if setting not in QC_SETTINGS:
+        raise ValueError(f"setting must be one of {sorted(QC_SETTINGS)}, not {setting!r}")
     y = np.asarray(y)
     split = np.asarray(split)
     ids = np.asarray(volume_ids)
@@ -102,7 +102,8 @@ def run_seeds(
         else Path(run_root) / _runs_key(setting, inputs, y, split, ids, train_kwargs)
     )
     for seed in seeds:
-        run = trainers[setting](
+        run = train_qc(
+            setting,
             inputs[m["train"]],
             y[m["train"]],
             inputs[m["val"]],
@@ -127,50 +128,21 @@ def run_seeds(
     return pd.concat(preds, ignore_index=True), runs
 
 
-def run_transfer_seeds(
-    z: torch.Tensor,
-    y: Sequence[int] | np.ndarray,
-    split: Sequence[str] | np.ndarray,
-    volume_ids: Sequence[str],
-    seeds: Sequence[int],
-    *,
-    run_root: str | Path | None = None,
-    **head: Any,
-) -> tuple[pd.DataFrame, list[QCRun]]:
-    """Train one transfer head per seed on fixed embeddings ``z`` ``(N, D)``: :func:`run_seeds`.
+run_transfer_seeds = functools.partial(run_seeds, "transfer")
+run_transfer_seeds.__doc__ = """Train one transfer head per seed on fixed embeddings ``z`` ``(N, D)``.
 
-    The arguments and the result are those of :func:`run_seeds` (``setting="transfer"``);
-    ``**head`` goes to :func:`motionqc.training.transfer.train_transfer` (``dropout``, ``lr``, ...).
-    """
-    return run_seeds("transfer", z, y, split, volume_ids, seeds, run_root=run_root, **head)
+``run_transfer_seeds(z, y, split, volume_ids, seeds, *, run_root=None, **head)`` is
+:func:`run_seeds` with ``setting="transfer"``; ``**head`` goes to
+:func:`motionqc.training.transfer.train_transfer` (``dropout``, ``lr``, ...).
+"""
 
+run_scratch_seeds = functools.partial(run_seeds, "scratch", predict_batch_size=8)
+run_scratch_seeds.__doc__ = """Train SFCN from scratch once per seed on ``images`` ``(N, 1, X, Y, Z)``.
 
-def run_scratch_seeds(
-    images: torch.Tensor,
-    y: Sequence[int] | np.ndarray,
-    split: Sequence[str] | np.ndarray,
-    volume_ids: Sequence[str],
-    seeds: Sequence[int],
-    *,
-    run_root: str | Path | None = None,
-    **kwargs: Any,
-) -> tuple[pd.DataFrame, list[QCRun]]:
-    """Train SFCN from scratch once per seed on ``images`` ``(N, 1, X, Y, Z)``: :func:`run_seeds`.
-
-    The arguments and the result are those of :func:`run_seeds` (``setting="scratch"``);
-    ``**kwargs`` goes to :func:`motionqc.training.transfer.train_scratch` (``dropout``, ``lr``, ...).
-    """
-    return run_seeds(
-        "scratch",
-        images,
-        y,
-        split,
-        volume_ids,
-        seeds,
-        run_root=run_root,
-        predict_batch_size=8,
-        **kwargs,
-    )
+``run_scratch_seeds(images, y, split, volume_ids, seeds, *, run_root=None, **kwargs)`` is
+:func:`run_seeds` with ``setting="scratch"`` and 8 test volumes per forward pass; ``**kwargs``
+goes to :func:`motionqc.training.transfer.train_scratch` (``dropout``, ``lr``, ...).
+"""
 
 
 def best_run(runs: Sequence[QCRun], monitor: str = "val_balanced_accuracy") -> int:

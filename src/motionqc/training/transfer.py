@@ -8,8 +8,10 @@ the imbalance, early stopping on validation balanced accuracy, and are evaluated
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,11 +31,14 @@ from motionqc.training.trainer import Trainer
 
 __all__ = [
     "EARLY_STOPPING_PATIENCE",
+    "QC_SETTINGS",
     "QCRun",
+    "QCSetting",
     "WeightedCE",
     "class_weights",
     "embed",
     "predict_classes",
+    "train_qc",
     "train_scratch",
     "train_transfer",
 ]
@@ -183,84 +188,55 @@ transfer head and the scratch SFCN (the authors used 15; 10 keeps five scratch s
 convergence within the sample profile's budget on 2 CPU cores)."""
 
 
-def _qc_config(
-    label: str, seed: int, defaults: Mapping[str, Any], config: Mapping[str, Any]
-) -> TrainConfig:
-    """A QC training's config: balanced accuracy monitored, the setting's defaults, ``config``."""
-    return TrainConfig(
-        **{
-            "monitor": "val_balanced_accuracy",
-            "mode": "max",
-            "precision": "fp32",
-            "progress": False,
-            "early_stopping_patience": EARLY_STOPPING_PATIENCE,
-            **defaults,
-            "seed": seed,
-            "label": label,
-            **config,
-        }
-    )
-
-
-def _class_labels(y: Sequence[int]) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(y), dtype=torch.long)
-
-
-def train_transfer(
-    z_train: torch.Tensor,
-    y_train: Sequence[int],
-    z_val: torch.Tensor,
-    y_val: Sequence[int],
-    seed: int,
-    *,
-    run_dir: str | Path | None = None,
-    hidden: int = 10,
-    dropout: float = 0.5,
-    **config: Any,
-) -> QCRun:
-    """Train the authors' MLP head on frozen embeddings (class-weighted cross-entropy).
-
-    Args:
-        z_train: Training embeddings ``(N, D)``.
-        y_train: Their QC classes 0/1/2.
-        z_val: Validation embeddings.
-        y_val: Their QC classes.
-        seed: Seed of the initialisation, shuffling and dropout.
-        run_dir: Trainer folder (metrics, checkpoints, resources).
-        hidden: Hidden units (authors: 10).
-        dropout: Input dropout (authors' best: 0.77).
-        **config: :class:`TrainConfig` overrides (defaults: lr 1e-3, wd 0.04, batch 16,
-            60 epochs, early stopping after :data:`EARLY_STOPPING_PATIENCE` epochs without a
-            better validation balanced accuracy).
-
-    Returns:
-        The :class:`QCRun`.
-    """
-    seed_everything(seed)
+def _transfer_model(z_train: torch.Tensor, *, hidden: int = 10, dropout: float = 0.5) -> nn.Module:
+    """The authors' MLP head on standardised embeddings (statistics of ``z_train``)."""
     mean, std = z_train.mean(0), z_train.std(0).clamp_min(1e-6)
     head = nn.Sequential(
         Standardise(mean, std), QCHead(z_train.shape[1], hidden=hidden, dropout=dropout)
     )
-    kaiming_init(head)
-    defaults = {"lr": 1e-3, "weight_decay": 0.04, "batch_size": 16, "max_epochs": 60}
-    cfg = _qc_config("transfer", seed, defaults, config)
-    ytr, yva = _class_labels(y_train), _class_labels(y_val)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a 10-unit MLP: thread start-up costs more than the maths
-    try:
-        return _fit(
-            head,
-            TensorDataset(z_train.float(), ytr),
-            TensorDataset(z_val.float(), yva),
-            class_weights(ytr.numpy()),
-            cfg,
-            run_dir,
-        )
-    finally:
-        torch.set_num_threads(threads)
+    return kaiming_init(head)
 
 
-def train_scratch(
+def _scratch_model(
+    x_train: torch.Tensor, *, dropout: float = 0.5, channels: Sequence[int] = SFCN_CHANNELS
+) -> nn.Module:
+    """SFCN with a 3-class head (logits), Kaiming-initialised."""
+    return kaiming_init(
+        SFCN(n_outputs=N_QC_CLASSES, channels=channels, dropout=dropout, log_softmax=False)
+    )
+
+
+@dataclass(frozen=True)
+class QCSetting:
+    """What distinguishes the two settings the poster compares; the training is the same.
+
+    Attributes:
+        model: Builds the model from the training inputs and its keyword arguments.
+        defaults: :class:`TrainConfig` values of the setting.
+        one_thread: Train on one torch thread (a 10-unit MLP: thread start-up costs more than
+            the maths).
+    """
+
+    model: Callable[..., nn.Module]
+    defaults: Mapping[str, Any]
+    one_thread: bool = False
+
+
+QC_SETTINGS: dict[str, QCSetting] = {
+    "transfer": QCSetting(
+        _transfer_model,
+        {"lr": 1e-3, "weight_decay": 0.04, "batch_size": 16, "max_epochs": 60},
+        one_thread=True,
+    ),
+    "scratch": QCSetting(
+        _scratch_model, {"lr": 1e-3, "weight_decay": 0.05, "batch_size": 8, "max_epochs": 40}
+    ),
+}
+"""The QC settings by name: the transfer head on frozen embeddings, SFCN from scratch."""
+
+
+def train_qc(
+    setting: str,
     x_train: torch.Tensor,
     y_train: Sequence[int],
     x_val: torch.Tensor,
@@ -268,43 +244,84 @@ def train_scratch(
     seed: int,
     *,
     run_dir: str | Path | None = None,
-    dropout: float = 0.5,
-    channels: Sequence[int] = SFCN_CHANNELS,
-    **config: Any,
+    **kwargs: Any,
 ) -> QCRun:
-    """Train SFCN with a 3-class head from random (Kaiming) initialisation on the volumes.
+    """Train one QC model of a setting (class-weighted cross-entropy, balanced-accuracy stopping).
 
     Args:
-        x_train: Training volumes ``(N, 1, X, Y, Z)``.
+        setting: A key of :data:`QC_SETTINGS`: ``"transfer"`` (the MLP head on embeddings
+            ``(N, D)``) or ``"scratch"`` (SFCN on volumes ``(N, 1, X, Y, Z)``).
+        x_train: Training inputs.
         y_train: Their QC classes 0/1/2.
-        x_val: Validation volumes.
+        x_val: Validation inputs.
         y_val: Their QC classes.
         seed: Seed of the initialisation, shuffling and dropout.
         run_dir: Trainer folder (metrics, checkpoints, resources).
-        dropout: SFCN head dropout.
-        channels: SFCN widths (default: the paper's; use the pretrained encoder's to compare
-            the same architecture).
-        **config: :class:`TrainConfig` overrides (defaults: lr 1e-3, wd 0.05, batch 8,
-            40 epochs, early stopping as :func:`train_transfer`'s).
+        **kwargs: The model's arguments (transfer: ``hidden`` units, authors 10, and input
+            ``dropout``, 0.5, authors' best 0.77; scratch: head ``dropout``, 0.5, and SFCN
+            ``channels``, the paper's by default) and :class:`TrainConfig` overrides (transfer:
+            lr 1e-3, wd 0.04, batch 16, 60 epochs; scratch: lr 1e-3, wd 0.05, batch 8,
+            40 epochs; both stop after :data:`EARLY_STOPPING_PATIENCE` epochs without a better
+            validation balanced accuracy).
 
     Returns:
         The :class:`QCRun`.
+
+    Raises:
+        ValueError: For an unknown setting.
     """
+    if setting not in QC_SETTINGS:
+        raise ValueError(f"setting must be one of {sorted(QC_SETTINGS)}, not {setting!r}")
+    spec = QC_SETTINGS[setting]
+    model_args = set(inspect.signature(spec.model).parameters) - {"x_train", "z_train"}
+    model_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in model_args}
     seed_everything(seed)
-    model = kaiming_init(
-        SFCN(n_outputs=N_QC_CLASSES, channels=channels, dropout=dropout, log_softmax=False)
+    model = spec.model(x_train, **model_kwargs)
+    config = TrainConfig(
+        **{
+            "monitor": "val_balanced_accuracy",
+            "mode": "max",
+            "precision": "fp32",
+            "progress": False,
+            "early_stopping_patience": EARLY_STOPPING_PATIENCE,
+            **spec.defaults,
+            "seed": seed,
+            "label": setting,
+            **kwargs,
+        }
     )
-    defaults = {"lr": 1e-3, "weight_decay": 0.05, "batch_size": 8, "max_epochs": 40}
-    cfg = _qc_config("scratch", seed, defaults, config)
-    ytr, yva = _class_labels(y_train), _class_labels(y_val)
-    return _fit(
-        model,
-        TensorDataset(x_train.float(), ytr),
-        TensorDataset(x_val.float(), yva),
-        class_weights(ytr.numpy()),
-        cfg,
-        run_dir,
-    )
+    ytr = torch.as_tensor(np.asarray(y_train), dtype=torch.long)
+    yva = torch.as_tensor(np.asarray(y_val), dtype=torch.long)
+    threads = torch.get_num_threads()
+    if spec.one_thread:
+        torch.set_num_threads(1)
+    try:
+        return _fit(
+            model,
+            TensorDataset(x_train.float(), ytr),
+            TensorDataset(x_val.float(), yva),
+            class_weights(ytr.numpy()),
+            config,
+            run_dir,
+        )
+    finally:
+        torch.set_num_threads(threads)
+
+
+train_transfer = functools.partial(train_qc, "transfer")
+train_transfer.__doc__ = """Train the authors' MLP head on frozen embeddings: :func:`train_qc`.
+
+``train_transfer(z_train, y_train, z_val, y_val, seed, *, run_dir=None, hidden=10, dropout=0.5,
+**config)`` is :func:`train_qc` with ``setting="transfer"``.
+"""
+
+train_scratch = functools.partial(train_qc, "scratch")
+train_scratch.__doc__ = """Train SFCN with a 3-class head from Kaiming initialisation: :func:`train_qc`.
+
+``train_scratch(x_train, y_train, x_val, y_val, seed, *, run_dir=None, dropout=0.5,
+channels=SFCN_CHANNELS, **config)`` is :func:`train_qc` with ``setting="scratch"`` (pass the
+pretrained encoder's ``channels`` to compare the same architecture).
+"""
 
 
 @torch.inference_mode()
