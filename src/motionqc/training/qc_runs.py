@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from motionqc.training.transfer import QC_SETTINGS, QCRun, predict_classes, train_qc
+from motionqc.training.transfer import QCRun, predict_classes, train_qc
 
 __all__ = ["best_run", "run_scratch_seeds", "run_seeds", "run_transfer_seeds"]
 
@@ -84,8 +84,6 @@ def run_seeds(
     Raises:
         ValueError: For an unknown setting or an empty split.
     """
-    if setting not in QC_SETTINGS:
-        raise ValueError(f"setting must be one of {sorted(QC_SETTINGS)}, not {setting!r}")
     y = np.asarray(y)
     split = np.asarray(split)
     ids = np.asarray(volume_ids)

@@ -211,7 +211,7 @@ class QCSetting:
     """What distinguishes the two settings the poster compares; the training is the same.
 
     Attributes:
-        model: Builds the model from the training inputs and its keyword arguments.
+        model: Builds the model from the training inputs and its keyword-only arguments.
         defaults: :class:`TrainConfig` values of the setting.
         one_thread: Train on one torch thread (a 10-unit MLP: thread start-up costs more than
             the maths).
@@ -273,7 +273,8 @@ def train_qc(
     if setting not in QC_SETTINGS:
         raise ValueError(f"setting must be one of {sorted(QC_SETTINGS)}, not {setting!r}")
     spec = QC_SETTINGS[setting]
-    model_args = set(inspect.signature(spec.model).parameters) - {"x_train", "z_train"}
+    params = inspect.signature(spec.model).parameters.values()
+    model_args = {p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
     model_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in model_args}
     seed_everything(seed)
     model = spec.model(x_train, **model_kwargs)
