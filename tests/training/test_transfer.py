@@ -113,6 +113,8 @@ def test_scratch_seeds_share_the_protocol() -> None:
     )
     with pytest.raises(ValueError, match="setting must be"):
         run_seeds("finetune", images, y, split, ids, [0])
+    with pytest.raises(ValueError, match="setting must be"):  # before any work, seeds or not
+        run_seeds("finetune", images, y, split, ids, [])
 
 
 def test_a_settings_model_arguments_reach_the_model_and_the_rest_the_training() -> None:

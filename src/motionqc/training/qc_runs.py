@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from motionqc.training.transfer import QCRun, predict_classes, train_qc
+from motionqc.training.transfer import QCRun, predict_classes, qc_setting, train_qc
 
 __all__ = ["best_run", "run_scratch_seeds", "run_seeds", "run_transfer_seeds"]
 
@@ -84,6 +84,7 @@ def run_seeds(
     Raises:
         ValueError: For an unknown setting or an empty split.
     """
+    qc_setting(setting)  # an unknown setting fails before any work
     y = np.asarray(y)
     split = np.asarray(split)
     ids = np.asarray(volume_ids)

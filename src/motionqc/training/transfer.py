@@ -38,6 +38,7 @@ __all__ = [
     "class_weights",
     "embed",
     "predict_classes",
+    "qc_setting",
     "train_qc",
     "train_scratch",
     "train_transfer",
@@ -235,6 +236,17 @@ QC_SETTINGS: dict[str, QCSetting] = {
 """The QC settings by name: the transfer head on frozen embeddings, SFCN from scratch."""
 
 
+def qc_setting(name: str) -> QCSetting:
+    """The :class:`QCSetting` called ``name`` in :data:`QC_SETTINGS`.
+
+    Raises:
+        ValueError: For an unknown name.
+    """
+    if name not in QC_SETTINGS:
+        raise ValueError(f"setting must be one of {sorted(QC_SETTINGS)}, not {name!r}")
+    return QC_SETTINGS[name]
+
+
 def train_qc(
     setting: str,
     x_train: torch.Tensor,
@@ -270,9 +282,7 @@ def train_qc(
     Raises:
         ValueError: For an unknown setting.
     """
-    if setting not in QC_SETTINGS:
-        raise ValueError(f"setting must be one of {sorted(QC_SETTINGS)}, not {setting!r}")
-    spec = QC_SETTINGS[setting]
+    spec = qc_setting(setting)
     params = inspect.signature(spec.model).parameters.values()
     model_args = {p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
     model_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in model_args}
