@@ -189,20 +189,64 @@ def test_train_resumes_and_refuses_other_settings(sources, tmp_path):
     # neither) resumes while they draw nothing and motion is "pool"; with them drawing, it is
     # another recipe
     old = json.loads(state["config"])
-    assert "source_augment" not in old and "motion" not in old
+    assert "source_augment" not in old and "motion" not in old and "crop" not in old
     assert old == {
         k: v
         for k, v in json.loads(json.dumps(half.as_dict())).items()
-        if k not in ("source_augment", "motion")
+        if k not in ("source_augment", "motion", "crop")
     }
     drawing = half.replace(source_augment=dict(half.source_augment, p_blur=0.5))
     with pytest.raises(ValueError, match="other recipe settings"):
         recipe.train(model(), *data, drawing, tmp_path / "split", log=False)
+    with pytest.raises(ValueError, match="other recipe settings"):  # crops: another recipe
+        recipe.train(model(), *data, half.replace(crop=(32, 32, 32)), tmp_path / "split", log=False)
     # a checkpoint of another number of DDP processes is refused (each rank's draws differ)
     state["world_size"] = 2
     torch.save(state, tmp_path / "split" / "last.pt")
     with pytest.raises(ValueError, match="written by 2 process"):
         recipe.train(model(), *data, half, tmp_path / "split", log=False)
+
+
+def test_crop_batch_cuts_a_seeded_block_at_every_corner():
+    x = torch.arange(2 * 10 * 12 * 8, dtype=torch.float32).reshape(2, 1, 10, 12, 8)
+    corners = set()
+    for seed in range(100):
+        out = augmentation.crop_batch(x, (6, 12, 3), torch.Generator().manual_seed(seed))
+        assert out.shape == (2, 1, 6, 12, 3)
+        for v, c in zip(x, out, strict=True):
+            i, j, k = np.unravel_index(int(c[0, 0, 0, 0] - v[0, 0, 0, 0]), (10, 12, 8))
+            assert torch.equal(c, v[:, i : i + 6, j : j + 12, k : k + 3])  # a block of the volume
+            corners.add((int(i), int(j), int(k)))
+    # every corner that fits is drawn: x 0..4, y 0 only, z 0..5
+    assert {c[0] for c in corners} == set(range(5))
+    assert {c[1] for c in corners} == {0}
+    assert {c[2] for c in corners} == set(range(6))
+    first = augmentation.crop_batch(x, (6, 12, 3), torch.Generator().manual_seed(3))
+    assert torch.equal(
+        first, augmentation.crop_batch(x, (6, 12, 3), torch.Generator().manual_seed(3))
+    )
+    with pytest.raises(ValueError, match="does not fit"):
+        augmentation.crop_batch(x, (11, 12, 8), torch.Generator())
+
+
+def test_train_on_crops_validates_on_the_whole_grid(sources):
+    pool = motion_pool.render_pool(sources, SMOKE, "train", 8, progress=False)
+    val = motion_pool.render_pool(sources, SMOKE, "val", 2, progress=False)
+    labels = torch.tensor(pool[1]["label"].to_numpy()), torch.tensor(val[1]["label"].to_numpy())
+    cropped = SMOKE.replace(crop=[32, 32, 32])
+    assert cropped.crop == (32, 32, 32)
+    torch.manual_seed(0)
+    model = SFCN(n_outputs=50, channels=SMOKE.channels, dropout=SMOKE.dropout)
+    seen = []
+    model.register_forward_pre_hook(lambda m, a: seen.append((m.training, tuple(a[0].shape[1:]))))
+    history = recipe.train(model, (pool[0], labels[0]), (val[0], labels[1]), cropped, log=False)
+    assert {shape for training, shape in seen if training} == {(1, 32, 32, 32)}
+    assert {shape for training, shape in seen if not training} == {(1, 40, 48, 40)}
+    assert list(history["step"]) == [2, 4] and np.isfinite(history["val_r2"]).all()
+    with pytest.raises(ValueError, match="does not fit"):
+        SMOKE.replace(crop=(48, 48, 40))
+    with pytest.raises(ValueError, match="too small for SFCN"):
+        SMOKE.replace(crop=(16, 48, 40))
 
 
 def test_fit_temperature_widens_an_overconfident_model():

@@ -22,6 +22,7 @@ from motionqc.synthetic.heads import bias_field
 __all__ = [
     "affine_of_uniforms",
     "augment_batch",
+    "crop_batch",
     "gaussian_blur",
     "geometry_batch",
     "resample_affine",
@@ -233,3 +234,42 @@ def augment_batch(
             v = torch.sqrt((v + n1) ** 2 + n2**2)
         out.append(v)
     return scale_input(torch.stack(out)[:, None], method)
+
+
+def crop_batch(x: torch.Tensor, shape: Sequence[int], gen: torch.Generator) -> torch.Tensor:
+    """One crop of ``shape`` per volume, its corner drawn uniformly from ``gen``.
+
+    The encoder is fully convolutional (its head averages the whole final feature map), so a
+    network trained on crops scores the whole grid at inference; each crop shows the artefact
+    at the grid's resolution for a fraction of the compute, and no crop shows the whole head.
+
+    Args:
+        x: ``(B, C, X, Y, Z)`` batch.
+        shape: Crop size per axis (at most the batch's).
+        gen: The generator of the corners (three integers per volume).
+
+    Returns:
+        ``(B, C, *shape)``.
+
+    Raises:
+        ValueError: If the crop is larger than the grid along an axis.
+    """
+    grid = tuple(int(s) for s in x.shape[2:])
+    size = tuple(int(s) for s in shape)
+    if len(size) != 3 or any(c > g for c, g in zip(size, grid, strict=True)):
+        raise ValueError(f"crop {size} does not fit in the grid {grid}")
+    out = []
+    for v in x:
+        corner = [
+            int(torch.randint(g - c + 1, (), generator=gen))
+            for c, g in zip(size, grid, strict=True)
+        ]
+        out.append(
+            v[
+                :,
+                corner[0] : corner[0] + size[0],
+                corner[1] : corner[1] + size[1],
+                corner[2] : corner[2] + size[2],
+            ]
+        )
+    return torch.stack(out)

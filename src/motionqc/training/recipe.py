@@ -21,9 +21,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from motionqc.models.sfcn import encoder_shape
 from motionqc.models.soft_labels import BIN_RANGE, SoftLabelKL, decode
 from motionqc.runtime.devices import distributed_info, training_device
-from motionqc.synthetic.augment import augment_batch, geometry_batch
+from motionqc.synthetic.augment import augment_batch, crop_batch, geometry_batch
 from motionqc.synthetic.batch_motion import MOTION_MODES, MotionBatches
 from motionqc.synthetic.pool import source_augment_on
 
@@ -52,6 +53,9 @@ class RecipeConfig:
         sim_shape: Grid of the sources at that voxel size.
         spacing_mm: The encoder's voxel size.
         shape: The encoder's grid.
+        crop: Training crops of the grid (:func:`motionqc.synthetic.augment.crop_batch`, drawn
+            after the augmentation); validation, the test and inference score the whole grid.
+            ``None``: the whole grid trains.
         channels: SFCN widths.
         dropout: SFCN dropout.
         pool_size: Motion-corrupted training samples rendered.
@@ -84,6 +88,7 @@ class RecipeConfig:
     sim_shape: tuple[int, int, int] = (160, 192, 160)
     spacing_mm: float = 4.0
     shape: tuple[int, int, int] = (40, 48, 40)
+    crop: tuple[int, int, int] | None = None
     channels: tuple[int, ...] = (32, 64, 128, 256, 256, 64)
     dropout: float = 0.3
     pool_size: int = 3000
@@ -133,6 +138,14 @@ class RecipeConfig:
             raise ValueError(
                 f"motion must be one of {', '.join(MOTION_MODES)}, not {self.motion!r}"
             )
+        if self.crop is not None:
+            crop = tuple(int(c) for c in self.crop)
+            if len(crop) != 3 or any(c > s for c, s in zip(crop, self.shape, strict=True)):
+                raise ValueError(
+                    f"crop {crop} does not fit in the encoder grid {tuple(self.shape)}"
+                )
+            encoder_shape(crop)  # every side must survive SFCN's five poolings
+            object.__setattr__(self, "crop", crop)
 
     def replace(self, **changes: object) -> RecipeConfig:
         """Return a copy with some knobs changed."""
@@ -152,14 +165,16 @@ class RecipeConfig:
 
         The source knobs enter only when they draw anything
         (:func:`motionqc.synthetic.pool.source_augment_on`), as in the pool's key, and
-        ``motion`` only when it is not ``"pool"``: a run checkpointed before they existed
-        resumes.
+        ``motion`` only when it is not ``"pool"``, ``crop`` only when set: a run checkpointed
+        before they existed resumes.
         """
         knobs = self.as_dict()
         if not source_augment_on(self.source_augment):
             knobs.pop("source_augment")
         if self.motion == "pool":  # as before the knob existed
             knobs.pop("motion")
+        if self.crop is None:  # as before the knob existed
+            knobs.pop("crop")
         return json.dumps(knobs, sort_keys=True)
 
 
@@ -232,7 +247,8 @@ def train(
 
     Each step draws ``batch_size`` pool samples (seeded by the step), or new samples from a
     :class:`MotionBatches`, then new geometry and intensities for them (:func:`geometry_batch`,
-    :func:`augment_batch`); the loss is the soft-label KL divergence; every ``eval_every`` steps
+    :func:`augment_batch`) and, with ``config.crop``, one random crop each (:func:`crop_batch`;
+    validation scores the whole grid); the loss is the soft-label KL divergence; every ``eval_every`` steps
     the validation samples are scored and a checkpoint is written. A checkpoint holds plain types
     only and is read back with ``weights_only=True``; one written with other settings is refused.
 
@@ -330,6 +346,8 @@ def train(
             xb, yb = pool[0][idx[share]], pool[1][idx[share]]
         x, y = geometry_batch(xb, yb, gen, config.augment, spacing_mm=config.spacing_mm)
         x = augment_batch(x, gen, config.augment, spacing_mm=config.spacing_mm)
+        if config.crop is not None:
+            x = crop_batch(x, config.crop, gen)
         x = x.to(device).contiguous(memory_format=torch.channels_last_3d)
         y = y.to(device)
         for group in opt.param_groups:
