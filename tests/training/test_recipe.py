@@ -76,6 +76,9 @@ def test_gaussian_blur_matches_scipy():
         ref = gaussian_filter(v.double().numpy(), sigma, mode="nearest", truncate=3.0)
         assert np.allclose(augmentation.gaussian_blur(v, sigma).numpy(), ref, atol=1e-5), sigma
     assert torch.equal(augmentation.gaussian_blur(v, 0.0), v)
+    for sigmas in ((0.0, 1.3, 0.0), (0.7, 0.0, 2.1), (1.0, 0.5, 1.5)):  # one per axis
+        ref = gaussian_filter(v.double().numpy(), sigmas, mode="nearest", truncate=3.0)
+        assert np.allclose(augmentation.gaussian_blur(v, sigmas).numpy(), ref, atol=1e-5), sigmas
 
 
 def test_blur_and_sharpen_draws_change_nothing_while_off():
@@ -88,6 +91,14 @@ def test_blur_and_sharpen_draws_change_nothing_while_off():
     on = dict(off, p_blur=1.0)
     c = augmentation.augment_batch(x, torch.Generator().manual_seed(5), on, spacing_mm=4.0)
     assert not torch.allclose(a, c)
+    axes_off = augmentation.augment_batch(
+        x, torch.Generator().manual_seed(5), dict(off, p_blur_axes=0.0), spacing_mm=4.0
+    )
+    assert torch.equal(a, axes_off)
+    axes_on = augmentation.augment_batch(
+        x, torch.Generator().manual_seed(5), dict(off, p_blur_axes=1.0), spacing_mm=4.0
+    )
+    assert not torch.allclose(a, axes_on)
 
 
 def test_monotone_contrast_curve_keeps_order_and_ends():

@@ -49,16 +49,28 @@ def _smooth_field(shape: Sequence[int], coefficients: torch.Tensor) -> torch.Ten
     return torch.nn.functional.interpolate(field, size=tuple(shape), mode="trilinear")[0, 0]
 
 
-def gaussian_blur(v: torch.Tensor, sigma_vox: float) -> torch.Tensor:
-    """Isotropic Gaussian blur of one volume (separable, ``sigma_vox`` voxels, edges replicated)."""
-    if sigma_vox <= 0:
-        return v
-    radius = max(1, int(3 * sigma_vox + 0.5))  # scipy.ndimage.gaussian_filter(truncate=3)
-    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    k = torch.exp(-0.5 * (t / sigma_vox) ** 2)
-    k = k / k.sum()
+def gaussian_blur(v: torch.Tensor, sigma_vox: float | Sequence[float]) -> torch.Tensor:
+    """Gaussian blur of one volume (separable, edges replicated).
+
+    Args:
+        v: ``(X, Y, Z)`` volume.
+        sigma_vox: Standard deviation in voxels: one for every axis (isotropic), or one per
+            axis (an axis at 0 is left alone).
+
+    Returns:
+        The blurred volume.
+    """
+    sigmas = [float(sigma_vox)] * 3 if isinstance(sigma_vox, int | float) else list(sigma_vox)
+    if len(sigmas) != 3:
+        raise ValueError(f"sigma_vox must be one value or three, got {sigma_vox!r}")
     out = v[None, None]
-    for axis in range(3):
+    for axis, sigma in enumerate(sigmas):
+        if sigma <= 0:
+            continue
+        radius = max(1, int(3 * sigma + 0.5))  # scipy.ndimage.gaussian_filter(truncate=3)
+        t = torch.arange(-radius, radius + 1, dtype=torch.float32)
+        k = torch.exp(-0.5 * (t / sigma) ** 2)
+        k = k / k.sum()
         shape = [1, 1, 1, 1, 1]
         shape[2 + axis] = len(k)
         pad = [0, 0, 0, 0, 0, 0]
@@ -66,7 +78,7 @@ def gaussian_blur(v: torch.Tensor, sigma_vox: float) -> torch.Tensor:
         out = torch.nn.functional.conv3d(
             torch.nn.functional.pad(out, pad, mode="replicate"), k.view(shape)
         )
-    return out[0, 0]
+    return out[0, 0] if any(sg > 0 for sg in sigmas) else v
 
 
 def resample_affine(
@@ -183,7 +195,10 @@ def augment_batch(
     Per volume: left-right flip; a Gaussian blur (σ ~ U(0, ``blur_mm``) mm) or an unsharp mask
     (``v + a·(v − blur_σ=1 voxel(v))``, a ~ U(0, ``sharpen``)), so that sharpness alone is not
     read as motion (both act on k-space as a multiplication, so they commute with the k-space
-    motion model); gamma ``sign(v)·|v|^γ`` (log γ ~ U(±``log_gamma``)) on the volume
+    motion model); with probability ``p_blur_axes`` a blur with its own σ ~ U(0, ``blur_mm``)
+    per axis, the resolution of an acquisition that is coarser along some axes (a blur after
+    the motion is a lower resolution of the corrupted acquisition); gamma ``sign(v)·|v|^γ``
+    (log γ ~ U(±``log_gamma``)) on the volume
     scaled by its 99.5th percentile, a random monotone contrast curve blended with the identity
     (weight ~ U(0, ``contrast_strength``): the faint ghosts in the background stay visible), a
     polynomial bias field
@@ -216,6 +231,9 @@ def augment_batch(
                 v = gaussian_blur(v, draw() * augment["blur_mm"] / spacing_mm)
             elif draw() < p_sharpen:
                 v = v + draw() * augment["sharpen"] * (v - gaussian_blur(v, 1.0))
+        p_axes = augment.get("p_blur_axes", 0.0)
+        if p_axes > 0 and draw() < p_axes:  # off: no draw, as before the knob existed
+            v = gaussian_blur(v, [draw() * augment["blur_mm"] / spacing_mm for _ in range(3)])
         top = torch.quantile(v.flatten()[::7], 0.995).clamp_min(1e-6)
         v = v / top
         log_gamma = (2 * draw() - 1) * augment["log_gamma"]
