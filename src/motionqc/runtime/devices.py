@@ -11,6 +11,7 @@ here. The measurements behind the CPU defaults are in ``figures/tables/bench_sco
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -107,6 +108,16 @@ def cpu_has_native_bf16() -> bool:
     """
     import torch
 
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():  # oneDNN's own check also says yes where AVX-512 only emulates bf16
+        flags = {
+            f
+            for line in cpuinfo.read_text().splitlines()
+            if line.startswith("flags")
+            for f in line.split(":", 1)[1].split()
+        }
+        if not flags & {"avx512_bf16", "amx_bf16"}:
+            return False
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except Exception:  # noqa: BLE001 - an old or unusual build: assume no fast bf16
