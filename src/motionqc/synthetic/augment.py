@@ -78,7 +78,7 @@ def gaussian_blur(v: torch.Tensor, sigma_vox: float | Sequence[float]) -> torch.
         out = torch.nn.functional.conv3d(
             torch.nn.functional.pad(out, pad, mode="replicate"), k.view(shape)
         )
-    return out[0, 0] if any(sg > 0 for sg in sigmas) else v
+    return out[0, 0]  # v itself (a view) when every sigma is 0
 
 
 def resample_affine(
