@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from motionqc.models.sfcn import SFCN, QCHead, encoder_shape
+from motionqc.models.sfcn import SFCN, QCHead, encoder_shape, space_to_depth
 from motionqc.profiles import PROFILES
 
 
@@ -118,6 +118,48 @@ def test_bad_arguments_and_inputs():
         model(torch.zeros(1, 2, 40, 48, 40))
     with pytest.raises(ValueError, match="too small"):
         model(torch.zeros(1, 1, 24, 24, 24))
+
+
+def test_space_to_depth_folds_every_voxel_into_channels():
+    x = torch.randn(2, 3, 4, 6, 8)
+    out = space_to_depth(x, 2)
+    assert out.shape == (2, 24, 2, 3, 4)
+    # channel c*8 + (i*2 + j)*2 + k holds the voxels at offset (i, j, k) of each 2x2x2 block
+    for c in range(3):
+        for i in range(2):
+            for j in range(2):
+                for k in range(2):
+                    want = x[:, c, i::2, j::2, k::2]
+                    assert torch.equal(out[:, c * 8 + (i * 2 + j) * 2 + k], want)
+    assert space_to_depth(x, 1) is x
+    with pytest.raises(ValueError, match="multiple"):
+        space_to_depth(x, 3)
+    with pytest.raises(ValueError, match="at least 1"):
+        space_to_depth(x, 0)
+
+
+def test_unshuffled_sfcn_runs_the_coarse_network_on_the_fine_grid():
+    torch.manual_seed(0)
+    folded = SFCN(unshuffle=2).eval()
+    assert folded.feature_extractor[0][0].in_channels == 8
+    assert folded.embedding_size((80, 96, 80)) == 64  # 40x48x40 after folding: a 1x1x1 map
+    x = torch.randn(2, 1, 80, 96, 80)
+    plain = SFCN(in_channels=8).eval()
+    plain.load_state_dict(folded.state_dict())
+    blocks = torch.stack(
+        [x[:, 0, i::2, j::2, k::2] for i in range(2) for j in range(2) for k in range(2)], 1
+    )
+    with torch.no_grad():
+        assert torch.allclose(folded(x), plain(blocks), atol=1e-5)
+        last = x.contiguous(memory_format=torch.channels_last_3d)
+        assert torch.allclose(folded(last), plain(blocks), atol=1e-5)
+    assert folded.features(x).shape == (2, 64)
+    with pytest.raises(ValueError, match="multiples of 2"):
+        folded(torch.zeros(1, 1, 81, 96, 80))
+    with pytest.raises(ValueError, match="too small"):
+        folded(torch.zeros(1, 1, 40, 48, 40))  # 20x24x20 after folding
+    with pytest.raises(ValueError, match="unshuffle"):
+        SFCN(unshuffle=0)
 
 
 def test_qchead_architecture_and_output():

@@ -91,6 +91,15 @@ def test_encoder_file_round_trip_and_errors(tmp_path):
     s1, d1 = predict_motion(model, x)
     s2, d2 = predict_motion(loaded, x, batch_size=2, channels_last=True)
     assert np.allclose(s1, s2, atol=1e-4) and np.allclose(d1, d2, atol=1e-4)
+    # a space-to-depth encoder comes back with its factor (without it the weights would not fit)
+    folded = SFCN(unshuffle=2).eval()
+    big = tuple(2 * s for s in SHAPE)
+    loaded, meta = load_encoder(
+        save_encoder(tmp_path / "s2d.pt", folded, spacing_mm=2.0, shape=big)
+    )
+    assert loaded.unshuffle == 2 and meta["shape"] == big
+    x = torch.rand(2, 1, *big)
+    assert np.allclose(predict_motion(folded, x)[0], predict_motion(loaded, x)[0], atol=1e-4)
     with pytest.raises(EncoderError, match="no encoder file"):
         load_encoder(tmp_path / "missing.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")

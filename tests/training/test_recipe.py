@@ -200,17 +200,19 @@ def test_train_resumes_and_refuses_other_settings(sources, tmp_path):
     # neither) resumes while they draw nothing and motion is "pool"; with them drawing, it is
     # another recipe
     old = json.loads(state["config"])
-    assert "source_augment" not in old and "motion" not in old and "crop" not in old
+    later = ("source_augment", "motion", "crop", "unshuffle")
+    assert not set(later) & set(old)
     assert old == {
-        k: v
-        for k, v in json.loads(json.dumps(half.as_dict())).items()
-        if k not in ("source_augment", "motion", "crop")
+        k: v for k, v in json.loads(json.dumps(half.as_dict())).items() if k not in later
     }
     drawing = half.replace(source_augment=dict(half.source_augment, p_blur=0.5))
     with pytest.raises(ValueError, match="other recipe settings"):
         recipe.train(model(), *data, drawing, tmp_path / "split", log=False)
     with pytest.raises(ValueError, match="other recipe settings"):  # crops: another recipe
         recipe.train(model(), *data, half.replace(crop=(32, 32, 32)), tmp_path / "split", log=False)
+    folded = SFCN(n_outputs=50, channels=SMOKE.channels, unshuffle=2)
+    with pytest.raises(ValueError, match="other recipe settings"):  # space-to-depth: another
+        recipe.train(folded, *data, half.replace(unshuffle=2), tmp_path / "split", log=False)
     # a checkpoint of another number of DDP processes is refused (each rank's draws differ)
     state["world_size"] = 2
     torch.save(state, tmp_path / "split" / "last.pt")

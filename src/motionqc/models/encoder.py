@@ -124,6 +124,7 @@ def save_encoder(
         },
         "n_outputs": int(model.n_outputs),
         "channels": list(model.channels),
+        "unshuffle": int(getattr(model, "unshuffle", 1)),
         "dropout": float(getattr(model.dropout, "p", 0.0)),
         "spacing_mm": float(spacing_mm),
         "shape": [int(s) for s in shape],
@@ -176,7 +177,10 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> tuple[
         raise EncoderError(f"{path}: not a motionqc encoder file (format {ENCODER_FORMAT})")
     try:
         model = SFCN(
-            n_outputs=state["n_outputs"], channels=state["channels"], dropout=state["dropout"]
+            n_outputs=state["n_outputs"],
+            channels=state["channels"],
+            dropout=state["dropout"],
+            unshuffle=state.get("unshuffle", 1),  # files written before the knob: none
         )
         model.load_state_dict(
             {k: v.float() if v.is_floating_point() else v for k, v in state["model"].items()}

@@ -27,7 +27,7 @@ from torch.nn import functional as F
 
 from motionqc.qc_task import N_QC_CLASSES
 
-__all__ = ["SFCN", "QCHead", "SFCN_CHANNELS", "encoder_shape"]
+__all__ = ["SFCN", "QCHead", "SFCN_CHANNELS", "encoder_shape", "space_to_depth"]
 
 SFCN_CHANNELS: tuple[int, ...] = (32, 64, 128, 256, 256, 64)
 """Channel widths of the six SFCN encoder blocks (Peng et al. 2021)."""
@@ -66,6 +66,36 @@ def encoder_shape(input_shape: Sequence[int], n_pool: int = _N_POOL) -> tuple[in
     return out[0], out[1], out[2]
 
 
+def space_to_depth(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """Fold each ``factor``³ block of voxels into channels (a 3-D pixel unshuffle).
+
+    ``(B, C, X, Y, Z)`` becomes ``(B, C·factor³, X/factor, Y/factor, Z/factor)``: nothing is
+    averaged away, so a network on the coarser grid still sees every voxel of the finer one. The
+    channel of voxel ``(i, j, k)`` inside its block is ``c·factor³ + (i·factor + j)·factor + k``.
+
+    Args:
+        x: A 5-D batch.
+        factor: Block side (1: ``x`` itself).
+
+    Returns:
+        The folded batch.
+
+    Raises:
+        ValueError: If ``factor`` is below 1 or a spatial size is not a multiple of it.
+    """
+    r = int(factor)
+    if r < 1:
+        raise ValueError(f"the space-to-depth factor must be at least 1, got {factor}")
+    if r == 1:
+        return x
+    b, c, *size = x.shape
+    if any(s % r for s in size):
+        raise ValueError(f"grid {tuple(size)} is not a multiple of the space-to-depth factor {r}")
+    gx, gy, gz = (s // r for s in size)
+    x = x.reshape(b, c, gx, r, gy, r, gz, r).permute(0, 1, 3, 5, 7, 2, 4, 6)
+    return x.reshape(b, c * r**3, gx, gy, gz)
+
+
 def _conv_block(c_in: int, c_out: int, pool: bool) -> nn.Sequential:
     if pool:
         return nn.Sequential(
@@ -95,10 +125,13 @@ class SFCN(nn.Module):
             0 disables it.
         log_softmax: If ``True`` (default, as the paper) the forward pass returns
             log-probabilities; if ``False`` it returns raw logits.
+        unshuffle: Fold each ``unshuffle``³ block of input voxels into channels before the first
+            block (:func:`space_to_depth`; 1, the paper: none). With 2, a 2 mm 80×96×80 input
+            runs through the network of a 4 mm 40×48×40 one, with 8 input channels.
 
     Raises:
-        ValueError: If ``n_outputs`` or ``in_channels`` is below 1, ``channels`` does not hold
-            six positive widths, or ``dropout`` is outside [0, 1).
+        ValueError: If ``n_outputs``, ``in_channels`` or ``unshuffle`` is below 1, ``channels``
+            does not hold six positive widths, or ``dropout`` is outside [0, 1).
 
     Example:
         >>> model = SFCN(n_outputs=50)
@@ -113,6 +146,7 @@ class SFCN(nn.Module):
         channels: Sequence[int] = SFCN_CHANNELS,
         dropout: float = 0.5,
         log_softmax: bool = True,
+        unshuffle: int = 1,
     ) -> None:
         super().__init__()
         channels = tuple(int(c) for c in channels)
@@ -124,13 +158,16 @@ class SFCN(nn.Module):
             raise ValueError(f"channels must hold six positive widths, got {channels}")
         if not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if int(unshuffle) < 1:
+            raise ValueError(f"unshuffle must be at least 1, got {unshuffle}")
         self.n_outputs = int(n_outputs)
         self.in_channels = int(in_channels)
+        self.unshuffle = int(unshuffle)
         self.channels = channels
         self.use_log_softmax = bool(log_softmax)
 
         blocks: list[nn.Module] = []
-        c_in = self.in_channels
+        c_in = self.in_channels * self.unshuffle**3
         for i, c_out in enumerate(channels):
             blocks.append(_conv_block(c_in, c_out, pool=i < len(channels) - 1))
             c_in = c_out
@@ -152,10 +189,11 @@ class SFCN(nn.Module):
             input_shape: Spatial input shape (X, Y, Z).
 
         Returns:
-            ``channels[-1] × prod(encoder_shape(input_shape))``: 9600 for 160×192×160 (64×5×6×5),
-            768 for 80×96×80 (64×2×3×2), 64 for 40×48×40.
+            ``channels[-1] × prod(encoder_shape(input_shape / unshuffle))``: 9600 for 160×192×160
+            (64×5×6×5), 768 for 80×96×80 (64×2×3×2), 64 for 40×48×40 or for 80×96×80 with
+            ``unshuffle=2``.
         """
-        x, y, z = encoder_shape(input_shape)
+        x, y, z = encoder_shape([int(s) // self.unshuffle for s in input_shape])
         return self.embedding_channels * x * y * z
 
     def _check_input(self, x: torch.Tensor) -> None:
@@ -167,11 +205,21 @@ class SFCN(nn.Module):
             raise ValueError(
                 f"SFCN was built for {self.in_channels} input channel(s), got {x.shape[1]}"
             )
-        encoder_shape(x.shape[2:])  # raises on grids too small for five poolings
+        r = self.unshuffle
+        if any(s % r for s in x.shape[2:]):
+            raise ValueError(
+                f"SFCN with unshuffle={r} needs a grid of multiples of {r}, got {tuple(x.shape[2:])}"
+            )
+        encoder_shape([s // r for s in x.shape[2:]])  # raises on grids too small for 5 poolings
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Run the encoder and return the final feature map, shape ``(B, 64, x, y, z)``."""
         self._check_input(x)
+        if self.unshuffle > 1:
+            last = x.is_contiguous(memory_format=torch.channels_last_3d)
+            x = space_to_depth(x, self.unshuffle)
+            if last:  # keep the caller's memory format (channels-last for oneDNN / cuDNN)
+                x = x.contiguous(memory_format=torch.channels_last_3d)
         return self.feature_extractor(x)
 
     def features(self, x: torch.Tensor, pooled: bool = False) -> torch.Tensor:

@@ -229,7 +229,14 @@ def run(
         feed = (pool[0], torch.tensor(pool[1]["label"].to_numpy(), dtype=torch.float32))
     pool_s = time.perf_counter() - t0
     y_val = torch.tensor(val[1]["label"].to_numpy(), dtype=torch.float32)
-    model = kaiming_init(SFCN(n_outputs=N_BINS, channels=config.channels, dropout=config.dropout))
+    model = kaiming_init(
+        SFCN(
+            n_outputs=N_BINS,
+            channels=config.channels,
+            dropout=config.dropout,
+            unshuffle=config.unshuffle,
+        )
+    )
     t1 = time.perf_counter()
     history = train(
         model,

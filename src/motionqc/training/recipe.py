@@ -57,6 +57,8 @@ class RecipeConfig:
             after the augmentation); validation, the test and inference score the whole grid.
             ``None``: the whole grid trains.
         channels: SFCN widths.
+        unshuffle: SFCN's space-to-depth factor (:func:`motionqc.models.sfcn.space_to_depth`):
+            2 on a 2 mm grid runs the 4 mm network on every 2 mm voxel; 1: none.
         dropout: SFCN dropout.
         pool_size: Motion-corrupted training samples rendered.
         val_size: Validation samples rendered (from the held-out pseudo-subjects).
@@ -90,6 +92,7 @@ class RecipeConfig:
     shape: tuple[int, int, int] = (40, 48, 40)
     crop: tuple[int, int, int] | None = None
     channels: tuple[int, ...] = (32, 64, 128, 256, 256, 64)
+    unshuffle: int = 1
     dropout: float = 0.3
     pool_size: int = 3000
     val_size: int = 96
@@ -144,7 +147,7 @@ class RecipeConfig:
                 raise ValueError(
                     f"crop {crop} does not fit in the encoder grid {tuple(self.shape)}"
                 )
-            encoder_shape(crop)  # every side must survive SFCN's five poolings
+            encoder_shape([c // self.unshuffle for c in crop])  # must survive five poolings
             object.__setattr__(self, "crop", crop)
 
     def replace(self, **changes: object) -> RecipeConfig:
@@ -175,6 +178,8 @@ class RecipeConfig:
             knobs.pop("motion")
         if self.crop is None:  # as before the knob existed
             knobs.pop("crop")
+        if self.unshuffle == 1:  # as before the knob existed
+            knobs.pop("unshuffle")
         return json.dumps(knobs, sort_keys=True)
 
 
