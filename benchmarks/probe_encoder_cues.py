@@ -1,4 +1,4 @@
-"""Two probes behind the encoder experiments (``benchmarks/pretrain_experiments.csv``).
+"""Probes behind the encoder experiments (``benchmarks/pretrain_experiments.csv``).
 
 1. **Sharpness**: the released encoder's prediction for each clean sample head blurred by a
    Gaussian of σ = 0, 0.5, 1, 1.5, 2 mm, or sharpened (unsharp mask, amount 0.5 and 1): an encoder
@@ -14,8 +14,14 @@
    their masks), with the background zeroed, with Rician noise, with the tissue outside the brain
    scaled, and zoomed ×0.8–1.2 in the field of view (the affine scaled): an encoder that reads a
    head filling the field of view as motion predicts more for the zoomed-in head.
+4. **What the change's spectrum tells**: Colin27 corrupted as in 2 (``--n`` random scores), with
+   the clean image known: the log energy of ``moved − clean`` in 8 radial k-space shells and in 4
+   shells of each axis's frequency, on the 1 and 4 mm grids, regressed on the true score with
+   5-fold cross-validation (ridge on the 20 features; a random forest, seed 0): the out-of-fold R²
+   is what a predictor that sees the artefact itself, separated from the anatomy, reaches — a
+   reference for the unseen-head R² of an encoder, which must also tell the artefact from the head.
 
-    .venv/bin/python benchmarks/probe_encoder_cues.py [--parts 1 2 3] [--encoder FILE]
+    .venv/bin/python benchmarks/probe_encoder_cues.py [--parts 1 2 3 4] [--encoder FILE] [--n 120]
 """
 
 from __future__ import annotations
@@ -95,6 +101,66 @@ def identifiability(path: str, n: int = 40) -> None:
         print(f"4 mm, change relative to the image {key}: mean {np.mean(values):.4f}, n {n}")
 
 
+def spectrum_features(change: torch.Tensor, shells: int = 8, axis_shells: int = 4) -> np.ndarray:
+    """Log energy of a 3-D change image in radial k-space shells and in shells of each axis.
+
+    Args:
+        change: ``(X, Y, Z)`` difference image.
+        shells: Radial shells of the normalised frequency ``|k| / sqrt(3)`` (each axis in [0, 1]).
+        axis_shells: Shells of each axis's own ``|k_axis|``.
+
+    Returns:
+        ``shells + 3 * axis_shells`` values, ``log(energy + 1e-12)``.
+    """
+    power = torch.fft.fftn(change.double()).abs() ** 2
+    freqs = [torch.fft.fftfreq(n, d=0.5).abs().double() for n in change.shape]  # in [0, 1]
+    kx, ky, kz = torch.meshgrid(*freqs, indexing="ij")
+    radius = torch.sqrt(kx**2 + ky**2 + kz**2) / np.sqrt(3.0)
+    out = []
+    for edges, k in [(shells, radius)] + [(axis_shells, a) for a in (kx, ky, kz)]:
+        idx = torch.clamp((k * edges).long(), max=edges - 1)
+        energy = torch.zeros(edges, dtype=torch.float64).index_add_(
+            0, idx.flatten(), power.flatten()
+        )
+        out.extend(energy.tolist())
+    return np.log(np.asarray(out) + 1e-12)
+
+
+def spectrum_ceiling(path: str, n: int) -> None:
+    """Print how well the change's spectrum (the clean image known) predicts the true score."""
+    from sklearn.ensemble import RandomForestRegressor
+    from sklearn.linear_model import RidgeCV
+    from sklearn.metrics import r2_score
+    from sklearn.model_selection import KFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    image = load_native(path)
+    grids = {g: GRIDS[g] for g in (1.0, 4.0)}
+    clean = {g: preprocess(image, g, s).data[0].double() for g, s in grids.items()}
+    rng = np.random.default_rng(4)
+    truth, feats = [], {g: [] for g in grids}
+    for i in range(n):
+        moved, p = corrupt_with_torchio(image, float(rng.uniform(0.1, 4.0)), 5000 + i)
+        truth.append(p["score"])
+        for g, s in grids.items():
+            feats[g].append(spectrum_features(preprocess(moved, g, s).data[0].double() - clean[g]))
+    y = np.asarray(truth)
+    folds = KFold(5, shuffle=True, random_state=0)
+    models = {
+        "ridge": make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 13))),
+        "random forest": RandomForestRegressor(n_estimators=300, random_state=0, n_jobs=2),
+    }
+    for g in grids:
+        x = np.asarray(feats[g])
+        for name, model in models.items():
+            pred = cross_val_predict(model, x, y, cv=folds)
+            print(
+                f"{g:g} mm, {name}: out-of-fold R² {r2_score(y, pred):.3f}, Spearman "
+                f"{spearmanr(pred, y).statistic:.3f}, MAE {np.abs(pred - y).mean():.3f} mm, n {n}"
+            )
+
+
 def field_of_view(files: dict[str, str], masks: dict[str, str]) -> None:
     """Print the released encoder's predictions for clean heads changed outside the brain or zoomed."""
     model, meta = load_encoder(ENCODER[0])
@@ -147,6 +213,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--parts", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--encoder", default=None, help="encoder file (default: the released one)")
+    parser.add_argument("--n", type=int, default=120, help="corrupted volumes of part 4")
     args = parser.parse_args()
     parts = args.parts
     if args.encoder:
@@ -164,6 +231,9 @@ def main() -> None:
     if 3 in parts:
         print("3. the released encoder on clean heads changed outside the brain or zoomed (mm):")
         field_of_view(files, masks)
+    if 4 in parts:
+        print("4. the change's spectrum (clean Colin27 known) against the true score:")
+        spectrum_ceiling(files["colin27"], args.n)
 
 
 if __name__ == "__main__":
