@@ -27,7 +27,8 @@ METRICS = ("r2", "spearman", "mae")
 def metrics(true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     """R², Spearman's rho and MAE as notebook 03 computes them (:func:`split_metrics`)."""
     table = pd.DataFrame({"true": true, "pred": pred, "std": np.ones_like(pred)})
-    return {m: split_metrics(table)[m] for m in METRICS}
+    found = split_metrics(table)
+    return {m: found[m] for m in METRICS}
 
 
 def load_test(run: Path) -> pd.DataFrame:
@@ -57,21 +58,22 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     draws = rng.integers(0, len(true), size=(args.resamples, len(true)))
     boot = {
-        name: np.array([[metrics(true[i], p[i])[m] for m in METRICS] for i in draws])
+        name: np.array([list(metrics(true[i], p[i]).values()) for i in draws])
         for name, p in preds.items()
     }
+    point = {name: metrics(true, p) for name, p in preds.items()}
     rows = []
     first = next(iter(preds))
-    for name, p in preds.items():
+    for name in preds:
         row = {"run": name, "n": len(true)}
         for j, m in enumerate(METRICS):
             lo, hi = np.percentile(boot[name][:, j], [2.5, 97.5])
-            row[m] = metrics(true, p)[m]
+            row[m] = point[name][m]
             row[f"{m}_ci"] = f"{lo:.2f}-{hi:.2f}"
             if name != first:
                 diff = boot[name][:, j] - boot[first][:, j]
                 dlo, dhi = np.percentile(diff, [2.5, 97.5])
-                row[f"{m}_minus_first"] = metrics(true, p)[m] - metrics(true, preds[first])[m]
+                row[f"{m}_minus_first"] = point[name][m] - point[first][m]
                 row[f"{m}_diff_ci"] = f"{dlo:.2f}-{dhi:.2f}"
         rows.append(row)
     table = pd.DataFrame(rows)
