@@ -124,7 +124,7 @@ def save_encoder(
         },
         "n_outputs": int(model.n_outputs),
         "channels": list(model.channels),
-        "unshuffle": int(getattr(model, "unshuffle", 1)),
+        "unshuffle": int(model.unshuffle),
         "dropout": float(getattr(model.dropout, "p", 0.0)),
         "spacing_mm": float(spacing_mm),
         "shape": [int(s) for s in shape],
