@@ -21,7 +21,15 @@
    is what a predictor that sees the artefact itself, separated from the anatomy, reaches — a
    reference for the unseen-head R² of an encoder, which must also tell the artefact from the head.
 
-    .venv/bin/python benchmarks/probe_encoder_cues.py [--parts 1 2 3 4] [--encoder FILE] [--n 120]
+5. **What the change's profile along the segment axis tells**: as 4, with features that follow
+   the motion model's own structure: ``Motion`` fills k-space in segments along the image's last
+   array axis, so the log energy of ``moved − clean`` in 16 bins of ``|k|`` along that axis, each
+   split into 4 shells of the perpendicular frequency (64 features), on the 1, 2 and 4 mm grids,
+   regressed on the true score with the same 5-fold cross-validation: if this reaches well above
+   part 4, the segments' energies carry the score and a grid that keeps them matters; if not, the
+   score itself (RMS between consecutive poses, blind to when each pose was held) is the limit.
+
+    .venv/bin/python benchmarks/probe_encoder_cues.py [--parts 1 2 3 4 5] [--encoder FILE] [--n 120]
 """
 
 from __future__ import annotations
@@ -126,8 +134,31 @@ def spectrum_features(change: torch.Tensor, shells: int = 8, axis_shells: int = 
     return np.log(np.asarray(out) + 1e-12)
 
 
-def spectrum_ceiling(path: str, n: int) -> None:
-    """Print how well the change's spectrum (the clean image known) predicts the true score."""
+def segment_profile(change: torch.Tensor, last_bins: int = 16, perp_bins: int = 4) -> np.ndarray:
+    """Log energy of a 3-D change image by frequency along its last axis and across it.
+
+    Args:
+        change: ``(X, Y, Z)`` difference image; ``Z`` is the axis ``Motion`` segments k-space along.
+        last_bins: Bins of ``|k_z|`` (normalised to [0, 1] at Nyquist).
+        perp_bins: Shells of ``sqrt(k_x² + k_y²) / sqrt(2)`` within each of them.
+
+    Returns:
+        ``last_bins * perp_bins`` values (``|k_z|`` bin major), ``log(energy + 1e-12)``.
+    """
+    power = torch.fft.fftn(change.double()).abs() ** 2
+    freqs = [torch.fft.fftfreq(n, d=0.5).abs().double() for n in change.shape]  # in [0, 1]
+    kx, ky, kz = torch.meshgrid(*freqs, indexing="ij")
+    perp = torch.sqrt(kx**2 + ky**2) / np.sqrt(2.0)
+    iz = torch.clamp((kz * last_bins).long(), max=last_bins - 1)
+    ip = torch.clamp((perp * perp_bins).long(), max=perp_bins - 1)
+    energy = torch.zeros(last_bins * perp_bins, dtype=torch.float64).index_add_(
+        0, (iz * perp_bins + ip).flatten(), power.flatten()
+    )
+    return np.log(energy.numpy() + 1e-12)
+
+
+def _cross_validated(feats: dict[float, list[np.ndarray]], y: np.ndarray, label: str) -> None:
+    """Print the 5-fold out-of-fold fit of the true score on each grid's features."""
     from sklearn.ensemble import RandomForestRegressor
     from sklearn.linear_model import RidgeCV
     from sklearn.metrics import r2_score
@@ -135,6 +166,38 @@ def spectrum_ceiling(path: str, n: int) -> None:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    folds = KFold(5, shuffle=True, random_state=0)
+    models = {
+        "ridge": make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 13))),
+        "random forest": RandomForestRegressor(n_estimators=300, random_state=0, n_jobs=2),
+    }
+    for g, rows in feats.items():
+        x = np.asarray(rows)
+        for name, model in models.items():
+            pred = cross_val_predict(model, x, y, cv=folds)
+            print(
+                f"{g:g} mm, {label}, {name}: out-of-fold R² {r2_score(y, pred):.3f}, Spearman "
+                f"{spearmanr(pred, y).statistic:.3f}, MAE {np.abs(pred - y).mean():.3f} mm, "
+                f"n {len(y)}"
+            )
+
+
+def segment_ceiling(path: str, n: int) -> None:
+    """Print how well the change's profile along the segment axis predicts the true score."""
+    image = load_native(path)
+    clean = {g: preprocess(image, g, s).data[0].double() for g, s in GRIDS.items()}
+    rng = np.random.default_rng(5)
+    truth, feats = [], {g: [] for g in GRIDS}
+    for i in range(n):
+        moved, p = corrupt_with_torchio(image, float(rng.uniform(0.1, 4.0)), 7000 + i)
+        truth.append(p["score"])
+        for g, s in GRIDS.items():
+            feats[g].append(segment_profile(preprocess(moved, g, s).data[0].double() - clean[g]))
+    _cross_validated(feats, np.asarray(truth), "segment-axis profile")
+
+
+def spectrum_ceiling(path: str, n: int) -> None:
+    """Print how well the change's spectrum (the clean image known) predicts the true score."""
     image = load_native(path)
     grids = {g: GRIDS[g] for g in (1.0, 4.0)}
     clean = {g: preprocess(image, g, s).data[0].double() for g, s in grids.items()}
@@ -145,20 +208,7 @@ def spectrum_ceiling(path: str, n: int) -> None:
         truth.append(p["score"])
         for g, s in grids.items():
             feats[g].append(spectrum_features(preprocess(moved, g, s).data[0].double() - clean[g]))
-    y = np.asarray(truth)
-    folds = KFold(5, shuffle=True, random_state=0)
-    models = {
-        "ridge": make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 13))),
-        "random forest": RandomForestRegressor(n_estimators=300, random_state=0, n_jobs=2),
-    }
-    for g in grids:
-        x = np.asarray(feats[g])
-        for name, model in models.items():
-            pred = cross_val_predict(model, x, y, cv=folds)
-            print(
-                f"{g:g} mm, {name}: out-of-fold R² {r2_score(y, pred):.3f}, Spearman "
-                f"{spearmanr(pred, y).statistic:.3f}, MAE {np.abs(pred - y).mean():.3f} mm, n {n}"
-            )
+    _cross_validated(feats, np.asarray(truth), "spectrum shells")
 
 
 def field_of_view(files: dict[str, str], masks: dict[str, str]) -> None:
@@ -213,7 +263,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--parts", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--encoder", default=None, help="encoder file (default: the released one)")
-    parser.add_argument("--n", type=int, default=120, help="corrupted volumes of part 4")
+    parser.add_argument("--n", type=int, default=120, help="corrupted volumes of parts 4 and 5")
     args = parser.parse_args()
     parts = args.parts
     if args.encoder:
@@ -234,6 +284,11 @@ def main() -> None:
     if 4 in parts:
         print("4. the change's spectrum (clean Colin27 known) against the true score:")
         spectrum_ceiling(files["colin27"], args.n)
+    if 5 in parts:
+        print(
+            "5. the change's profile along the segment axis (clean Colin27 known) against the score:"
+        )
+        segment_ceiling(files["colin27"], args.n)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
 
-from probe_encoder_cues import spectrum_features  # noqa: E402
+from probe_encoder_cues import segment_profile, spectrum_features  # noqa: E402
 
 
 def test_a_plane_wave_fills_one_radial_and_one_axis_shell():
@@ -27,3 +27,22 @@ def test_a_plane_wave_fills_one_radial_and_one_axis_shell():
     # Parseval: the shells of one kind add up to the image's energy
     n = wave.numel()
     assert np.isclose(np.exp(radial).sum() / n, float((wave**2).sum()))
+
+
+def test_the_segment_profile_puts_a_wave_along_the_last_axis_in_its_bin():
+    # cos at 0.125 cycles/voxel along the last axis: |k_z| = 0.25 of Nyquist -> bin 4 of 16,
+    # constant across it -> perpendicular shell 0
+    z = torch.arange(32, dtype=torch.float64)
+    wave = torch.cos(2 * np.pi * 0.125 * z)[None, None, :].expand(16, 8, 32)
+    f = segment_profile(wave).reshape(16, 4)
+    total = np.log(float((torch.fft.fftn(wave).abs() ** 2).sum()))
+    assert np.unravel_index(np.argmax(f), f.shape) == (4, 0) and np.isclose(f[4, 0], total)
+    assert (np.delete(f.ravel(), 4 * 4) < total - 20).all()
+    # a wave at 0.25 cycles/voxel along the first axis is constant along z: |k_z| bin 0, and
+    # sqrt(k_x² + k_y²) / sqrt(2) = 0.5 / sqrt(2) = 0.35 -> perpendicular shell 1
+    x = torch.arange(32, dtype=torch.float64)
+    across = torch.cos(2 * np.pi * 0.25 * x)[:, None, None].expand(32, 8, 16)
+    g = segment_profile(across).reshape(16, 4)
+    assert np.unravel_index(np.argmax(g), g.shape) == (0, 1)
+    # Parseval: the bins add up to the image's energy
+    assert np.isclose(np.exp(f).sum() / wave.numel(), float((wave**2).sum()))
