@@ -29,7 +29,18 @@
    part 4, the segments' energies carry the score and a grid that keeps them matters; if not, the
    score itself (RMS between consecutive poses, blind to when each pose was held) is the limit.
 
-    .venv/bin/python benchmarks/probe_encoder_cues.py [--parts 1 2 3 4 5] [--encoder FILE] [--n 120]
+6. **How much of the score the image records** (motion parameters only, no image simulated):
+   3,000 draws of the recipe's sampler on Colin27's grid. Each k-space plane along the last axis
+   holds one pose (TorchIO's segments and its swap of the motion-free pose into the centre); the
+   image records how far each pose lies from that centre pose, weighted by the clean head's energy
+   in the planes it fills. The displacement ``sqrt(Σ_planes w · RMS(pose, centre pose)²)``, with
+   ``w`` the planes' energy or their gradient energy (``|k|²``-weighted: what a small motion
+   changes; also that within the band an ideal low-pass to the 2 or 4 mm grid keeps), against
+   the true score (out-of-fold isotonic fit, 5 folds), beside the plain mean
+   displacement of the poses (no k-space weighting): a scalar the image carries and how much of
+   the score it explains.
+
+    .venv/bin/python benchmarks/probe_encoder_cues.py [--parts 1 2 3 4 5 6] [--encoder FILE] [--n 120]
 """
 
 from __future__ import annotations
@@ -196,6 +207,77 @@ def segment_ceiling(path: str, n: int) -> None:
     _cross_validated(feats, np.asarray(truth), "segment-axis profile")
 
 
+def pose_of_each_plane(times: np.ndarray, planes: int) -> np.ndarray:
+    """Which pose of ``[I, T1, …, Tn]`` fills each k-space plane along the last axis in ``Motion``.
+
+    TorchIO 1.x swaps the motion-free spectrum into the segment that holds the k-space centre
+    (``Motion.sort_spectra``), then fills the planes ``[int(K t_(i-1)), int(K t_i))`` of the
+    shifted spectrum with segment ``i``.
+
+    Args:
+        times: The motion's ``n`` times in (0, 1).
+        planes: Planes along the last axis (``K``).
+
+    Returns:
+        ``(K,)`` pose indices.
+    """
+    times = np.asarray(times, dtype=np.float64)
+    order = list(range(len(times) + 1))
+    later = np.where(times > 0.5)[0]
+    centre = int(later.min()) if later.size else len(order) - 1
+    order[0], order[centre] = order[centre], order[0]
+    bounds = [0, *(planes * times).astype(int).tolist(), planes]
+    out = np.empty(planes, dtype=int)
+    for pose, lo, hi in zip(order, bounds[:-1], bounds[1:], strict=True):
+        out[lo:hi] = pose
+    return out
+
+
+def displacement_ceiling(path: str, n: int = 3000) -> None:
+    """Print how well the displacement the image records (k-space weighted) explains the score."""
+    from sklearn.model_selection import KFold
+
+    from motionqc.physics.motion import rigid_matrices
+    from motionqc.physics.score import rms_deviation, volume_center
+    from motionqc.synthetic.parameters import sample_scored_motion
+
+    image = load_native(path)
+    affine, shape = image.affine, image.shape[1:]
+    power = torch.fft.fftshift(torch.fft.fftn(image.data[0].double())).abs() ** 2
+    freqs = [torch.fft.fftshift(torch.fft.fftfreq(k)).double() for k in power.shape]
+    kx, ky, kz = torch.meshgrid(*freqs, indexing="ij")
+    gradient = power * (kx**2 + ky**2 + kz**2)
+    weights = {"energy": power, "gradient energy": gradient}
+    for mm in (2.0, 4.0):  # what an ideal low-pass to a coarser grid keeps (cycles/mm < 1/(2 mm))
+        band = (kx.abs() < 0.5 / mm) & (ky.abs() < 0.5 / mm) & (kz.abs() < 0.5 / mm)
+        weights[f"{mm:g} mm band's gradient energy"] = gradient * band
+    profiles = {k: (w.sum(dim=(0, 1)) / w.sum()).numpy() for k, w in weights.items()}
+    center = volume_center(affine, shape)
+    rng = np.random.default_rng(6)
+    truth, feats = [], {f"{k}-weighted displacement": [] for k in weights}
+    feats["mean displacement of the poses"] = []
+    for i in range(n):
+        p = sample_scored_motion(float(rng.uniform(0.1, 4.0)), 9000 + i, affine=affine, shape=shape)
+        poses = rigid_matrices(p["degrees"], p["translation"])
+        rms = np.array([rms_deviation(m, None, 80.0, center) for m in poses])
+        planes = pose_of_each_plane(p["times"], len(profiles["energy"]))
+        truth.append(p["score"])
+        for k, prof in profiles.items():
+            feats[f"{k}-weighted displacement"].append(np.sqrt((prof * rms[planes] ** 2).sum()))
+        feats["mean displacement of the poses"].append(rms[1:].mean())
+    y = np.asarray(truth)
+    for name, values in feats.items():
+        x, pred = np.asarray(values), np.zeros_like(y)
+        for fit, held in KFold(5, shuffle=True, random_state=0).split(x):
+            iso = IsotonicRegression(out_of_bounds="clip").fit(x[fit], y[fit])
+            pred[held] = iso.predict(x[held])
+        r2 = 1 - ((pred - y) ** 2).sum() / ((y - y.mean()) ** 2).sum()
+        print(
+            f"{name}: out-of-fold isotonic R² {r2:.3f}, Spearman {spearmanr(x, y).statistic:.3f}, "
+            f"MAE {np.abs(pred - y).mean():.3f} mm, n {n}"
+        )
+
+
 def spectrum_ceiling(path: str, n: int) -> None:
     """Print how well the change's spectrum (the clean image known) predicts the true score."""
     image = load_native(path)
@@ -289,6 +371,9 @@ def main() -> None:
             "5. the change's profile along the segment axis (clean Colin27 known) against the score:"
         )
         segment_ceiling(files["colin27"], args.n)
+    if 6 in parts:
+        print("6. the displacement the image records (k-space weighted) against the score:")
+        displacement_ceiling(files["colin27"])
 
 
 if __name__ == "__main__":

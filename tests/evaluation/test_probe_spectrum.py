@@ -10,7 +10,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
 
-from probe_encoder_cues import segment_profile, spectrum_features  # noqa: E402
+from probe_encoder_cues import pose_of_each_plane, segment_profile, spectrum_features  # noqa: E402
 
 
 def test_a_plane_wave_fills_one_radial_and_one_axis_shell():
@@ -46,3 +46,32 @@ def test_the_segment_profile_puts_a_wave_along_the_last_axis_in_its_bin():
     assert np.unravel_index(np.argmax(g), g.shape) == (0, 1)
     # Parseval: the bins add up to the image's energy
     assert np.isclose(np.exp(f).sum() / wave.numel(), float((wave**2).sum()))
+
+
+def test_pose_of_each_plane_matches_what_torchio_motion_writes():
+    # TorchIO's output keeps the clean spectrum exactly on the planes whose mirror the
+    # motion-free pose fills too (it keeps the real part), and changes every other plane
+    import torchio as tio
+
+    rng = np.random.default_rng(0)
+    data = torch.from_numpy(rng.normal(size=(1, 24, 20, 32))).float()
+    image = tio.ScalarImage(tensor=data, affine=np.eye(4))
+    clean = torch.fft.fftshift(torch.fft.fftn(data[0].double()))
+    for times in ([0.3, 0.7], [0.2, 0.4, 0.8], [0.1, 0.3, 0.45], [0.2, 0.43]):
+        n = len(times)
+        motion = tio.Motion(
+            degrees=np.zeros((n, 3)),
+            translation=np.asarray([[2.0 + i, -1.5 * i, 3.0] for i in range(n)]),
+            times=np.asarray(times),
+            image_interpolation="linear",
+        )
+        moved = torch.fft.fftshift(torch.fft.fftn(motion(image).data[0].double()))
+        poses = pose_of_each_plane(np.asarray(times), 32)
+        assert set(poses.tolist()) == set(range(n + 1))
+        for z in range(1, 32):  # plane 0 has no mirror in the shifted spectrum
+            mirror = 32 - z
+            error = float((moved[..., z] - clean[..., z]).abs().max() / clean[..., z].abs().max())
+            if poses[z] == 0 and poses[mirror] == 0:
+                assert error < 1e-4, (times, z)
+            else:  # the real part mixes each plane with its mirror
+                assert error > 1e-2, (times, z)
