@@ -77,7 +77,7 @@ def test_matches_torchio_on_sample_heads(heads, affine_kind, seed, n):
         affine = head.affine if AFFINES[affine_kind] is None else AFFINES[affine_kind]
         deg, tra, times = draw(1000 * seed + k, n)
         expected = torchio_motion(head.data[0], affine, deg, tra, times)[0]
-        for backend in ("sitk", "torch"):
+        for backend in ("numba", "sitk", "torch"):
             out = simulate_motion(head.data[0], deg, tra, times, affine, backend=backend)
             assert out.shape == expected.shape and out.dtype == torch.float32
             assert rel_l2(out, expected) <= 1e-4, (name, affine_kind, backend)
@@ -107,7 +107,7 @@ def test_segment_edge_cases_match_torchio(heads, times):
     times = np.asarray(times, dtype=np.float32)
     deg, tra, _ = draw(11, len(times))
     expected = torchio_motion(head.data[0], head.affine, deg, tra, times)[0]
-    for backend in ("sitk", "torch"):
+    for backend in ("numba", "sitk", "torch"):
         out = simulate_motion(head.data[0], deg, tra, times, head.affine, backend=backend)
         assert rel_l2(out, expected) <= 1e-4
 
@@ -117,7 +117,7 @@ def test_batch_with_per_item_parameters(heads):
     vols = torch.stack([head.data[0], head.data[0] * 2 + 1, head.data[0].flip(0)])
     params = [draw(20 + i, 3) for i in range(3)]
     deg, tra, times = (np.stack([p[j] for p in params]) for j in range(3))
-    for backend in ("sitk", "torch"):
+    for backend in ("numba", "sitk", "torch"):
         batch = simulate_motion(vols, deg, tra, times, head.affine, backend=backend)
         for i in range(3):
             single = simulate_motion(vols[i], deg[i], tra[i], times[i], head.affine)
@@ -127,7 +127,7 @@ def test_batch_with_per_item_parameters(heads):
 def test_zero_motion_leaves_image_unchanged(heads):
     head = heads["mni152_2009"]
     zeros = np.zeros((3, 3))
-    for backend in ("sitk", "torch"):
+    for backend in ("numba", "sitk", "torch"):
         out = simulate_motion(
             head.data[0], zeros, zeros, [0.2, 0.5, 0.8], head.affine, backend=backend
         )

@@ -21,9 +21,11 @@ output point through the transform into the input, so the head moves by the inve
 Points up to half a voxel outside the grid take the nearest edge value; points further out take
 the fill value. Both backends here follow that exactly.
 
-Backends: ``"sitk"`` resamples with SimpleITK (faster than ``grid_sample`` on a CPU) and does the
-Fourier side in torch; ``"torch"`` is pure torch (``grid_sample``) and runs on any device (CUDA).
-``backend="auto"`` picks ``"sitk"`` for CPU tensors and ``"torch"`` otherwise.
+Backends: ``"numba"`` resamples with a compiled trilinear kernel
+(:func:`motionqc.physics.resample.resample_linear`, the same voxels as SimpleITK's) and does the
+Fourier side in torch; ``"sitk"`` resamples with SimpleITK instead; ``"torch"`` is pure torch
+(``grid_sample``) and runs on any device (CUDA). ``backend="auto"`` picks ``"numba"`` for CPU
+tensors and ``"torch"`` otherwise.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ __all__ = [
 ]
 
 _FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS <-> LPS (its own inverse)
-BACKENDS = ("auto", "sitk", "torch")
+BACKENDS = ("auto", "numba", "sitk", "torch")
 """The backends of :func:`simulate_motion`."""
 
 
@@ -313,18 +315,21 @@ def _dft_columns(size: int, weights: np.ndarray, lo: int, hi: int) -> torch.Tens
     )
 
 
-def _simulate_sitk(
-    volumes: torch.Tensor, index_mats: list[np.ndarray], weights: list[np.ndarray]
+def _simulate_cpu(
+    volumes: torch.Tensor,
+    index_mats: list[np.ndarray],
+    weights: list[np.ndarray],
+    resampler: str = "numba",
 ) -> torch.Tensor:
-    """CPU path: SimpleITK resampling + partial real DFTs (matmuls) along the last axis.
+    """CPU path: resampling (Numba or SimpleITK) + partial real DFTs (matmuls) along the last axis.
 
-    Each spectrum is only needed on the frequencies where its weight is non-zero (its k-space
+    The moved copies are resampled by :func:`motionqc.physics.resample.resample_linear`
+    (``resampler="numba"``) or SimpleITK's ``ResampleImageFilter`` (``"sitk"``); the two give the
+    same voxels. Each spectrum is only needed on the frequencies where its weight is non-zero (its k-space
     segment), so it is computed there directly as a matrix product, which is cheaper than a
     full FFT; the weighted sum is accumulated in one reused buffer and inverted with one real
     FFT per volume, written straight into the output.
     """
-    import SimpleITK as sitk  # here: the torch backend runs where SimpleITK is not installed
-
     b, *shape = volumes.shape
     size = shape[-1]
     lines = int(np.prod(shape[:-1]))
@@ -333,6 +338,7 @@ def _simulate_sitk(
     acc_r = torch.view_as_real(acc)
     work = torch.empty(lines * 2 * (size // 2 + 1), dtype=torch.float32)
     threads = max(1, torch.get_num_threads())
+    buffer = np.empty(shape, dtype=np.float32) if resampler == "numba" else None
     for i in range(b):
         array = np.ascontiguousarray(volumes[i].numpy(), dtype=np.float32)
         fill = float(array.min())
@@ -344,7 +350,16 @@ def _simulate_sitk(
                 continue  # this transform's k-space segment is empty: nothing to resample
             if s == 0:
                 moved, keep = array, None
+            elif resampler == "numba":
+                from motionqc.physics.resample import resample_linear
+
+                moved = resample_linear(
+                    array, index_mats[i][s - 1], fill, threads=threads, out=buffer
+                )
+                keep = None
             else:
+                import SimpleITK as sitk  # only here: the torch backend runs without SimpleITK
+
                 if image is None:
                     image = sitk.GetImageFromArray(array)  # sitk index (a, b, c) = array[c, b, a]
                 matrix = _REVERSE @ index_mats[i][s - 1] @ _REVERSE
@@ -424,8 +439,8 @@ def simulate_motion(
         times: Times in [0, 1] (sorted), shape (n,) or (B, n).
         affine: The 4x4 voxel-to-RAS matrix (nibabel/TorchIO convention), or (B, 4, 4);
             identity when omitted (TorchIO's default for a bare tensor).
-        backend: ``"auto"`` (SimpleITK resampling on CPU, pure torch elsewhere), ``"sitk"`` or
-            ``"torch"``.
+        backend: ``"auto"`` (the Numba resampler on CPU, pure torch elsewhere), ``"numba"``,
+            ``"sitk"`` (SimpleITK's resampler) or ``"torch"``.
 
     Returns:
         The corrupted image(s), float32, same shape and device as ``volume``.
@@ -472,11 +487,13 @@ def simulate_motion(
         index_mats.append(_index_transforms(deg, tra, affines[i]))
         weights.append(kspace_weights(tim, x.shape[-1]))
     if backend == "auto":
-        backend = "sitk" if x.device.type == "cpu" else "torch"
-    if backend == "sitk":
+        backend = "numba" if x.device.type == "cpu" else "torch"
+    if backend in ("numba", "sitk"):
         if x.device.type != "cpu":
-            raise ValueError("backend 'sitk' needs a CPU tensor; use backend='torch' on a GPU")
-        out = _simulate_sitk(x, index_mats, weights)
+            raise ValueError(
+                f"backend {backend!r} needs a CPU tensor; use backend='torch' on a GPU"
+            )
+        out = _simulate_cpu(x, index_mats, weights, resampler=backend)
     else:
         n = {len(m) for m in index_mats}
         if len(n) != 1:
