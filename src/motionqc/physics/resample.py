@@ -38,17 +38,40 @@ def _kernel(
                 x = bx + m[0, 2] * k
                 y = by + m[1, 2] * k
                 z = bz + m[2, 2] * k
-                if not (-0.5 <= x < nx - 0.5 and -0.5 <= y < ny - 0.5 and -0.5 <= z < nz - 0.5):
+                if (
+                    x < -0.5
+                    or x >= nx - 0.5
+                    or y < -0.5
+                    or y >= ny - 0.5
+                    or z < -0.5
+                    or z >= nz - 0.5
+                ):
                     out[i, j, k] = fill
                     continue
-                x0, y0, z0 = math.floor(x), math.floor(y), math.floor(z)
-                fx, fy, fz = x - x0, y - y0, z - z0
-                i0, j0, k0 = max(int(x0), 0), max(int(y0), 0), max(int(z0), 0)
-                i1, j1, k1 = (
-                    min(int(x0) + 1, nx - 1),
-                    min(int(y0) + 1, ny - 1),
-                    min(int(z0) + 1, nz - 1),
-                )
+                x0 = math.floor(x)
+                y0 = math.floor(y)
+                z0 = math.floor(z)
+                fx = x - x0
+                fy = y - y0
+                fz = z - z0
+                i0 = int(x0)
+                j0 = int(y0)
+                k0 = int(z0)
+                i1 = i0 + 1
+                j1 = j0 + 1
+                k1 = k0 + 1
+                if i0 < 0:  # only from [-0.5, 0): the edge value, as ITK
+                    i0 = 0
+                if j0 < 0:
+                    j0 = 0
+                if k0 < 0:
+                    k0 = 0
+                if i1 > nx - 1:
+                    i1 = nx - 1
+                if j1 > ny - 1:
+                    j1 = ny - 1
+                if k1 > nz - 1:
+                    k1 = nz - 1
                 c00 = src[i0, j0, k0] * (1 - fz) + src[i0, j0, k1] * fz
                 c01 = src[i0, j1, k0] * (1 - fz) + src[i0, j1, k1] * fz
                 c10 = src[i1, j0, k0] * (1 - fz) + src[i1, j0, k1] * fz

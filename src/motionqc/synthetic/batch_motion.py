@@ -5,8 +5,8 @@ samples and must fit in memory: at the poster's scale (1 mm, 300 samples per vol
 volumes) it does not. :class:`MotionBatches` keeps only the clean sources and, for every step,
 draws new samples exactly as a pool sample is drawn (:func:`motionqc.synthetic.pool.draw_sample`:
 source, target score, parameters), simulates their k-space motion at the simulation grid on the
-training device (:class:`motionqc.physics.device.DeviceMotion`: SimpleITK on a CPU, pure torch on
-a GPU), then applies the inference preprocessing there (:func:`downsample`, which equals
+training device (:class:`motionqc.physics.device.DeviceMotion`: the Numba resampler on a CPU, pure
+torch on a GPU), then applies the inference preprocessing there (:func:`downsample`, which equals
 TorchIO's ``Resample`` on these grids, and the mean scaling of
 :func:`motionqc.data.volumes.preprocess`). The recipe's per-step geometry and intensity draws
 follow as for pool samples (:func:`motionqc.training.recipe.train`).
@@ -93,7 +93,7 @@ class MotionBatches:
         split: Which pseudo-subjects the samples come from (``train``).
         device: Where the motion is simulated (the training device).
         backend: Motion backend (:func:`motionqc.physics.motion.simulate_motion`; ``"auto"``:
-            SimpleITK on a CPU, pure torch on a GPU).
+            the Numba resampler on a CPU, pure torch on a GPU).
 
     Raises:
         ValueError: If the split holds no pseudo-subject or the grids do not nest
