@@ -323,9 +323,8 @@ def _simulate_cpu(
 ) -> torch.Tensor:
     """CPU path: resampling (Numba or SimpleITK) + partial real DFTs (matmuls) along the last axis.
 
-    The moved copies are resampled by :func:`motionqc.physics.resample.resample_linear`
-    (``resampler="numba"``) or SimpleITK's ``ResampleImageFilter`` (``"sitk"``); the two give the
-    same voxels. Each spectrum is only needed on the frequencies where its weight is non-zero (its k-space
+    Moved copies: :func:`motionqc.physics.resample.resample_linear` (``"numba"``) or SimpleITK's
+    resampler (``"sitk"``), the same voxels. Each spectrum is only needed on the frequencies where its weight is non-zero (its k-space
     segment), so it is computed there directly as a matrix product, which is cheaper than a
     full FFT; the weighted sum is accumulated in one reused buffer and inverted with one real
     FFT per volume, written straight into the output.
@@ -339,6 +338,8 @@ def _simulate_cpu(
     work = torch.empty(lines * 2 * (size // 2 + 1), dtype=torch.float32)
     threads = max(1, torch.get_num_threads())
     buffer = np.empty(shape, dtype=np.float32) if resampler == "numba" else None
+    if resampler == "numba":  # here: the GPU path runs where Numba is not installed
+        from motionqc.physics.resample import resample_linear
     for i in range(b):
         array = np.ascontiguousarray(volumes[i].numpy(), dtype=np.float32)
         fill = float(array.min())
@@ -351,12 +352,10 @@ def _simulate_cpu(
             if s == 0:
                 moved, keep = array, None
             elif resampler == "numba":
-                from motionqc.physics.resample import resample_linear
-
+                keep = None
                 moved = resample_linear(
                     array, index_mats[i][s - 1], fill, threads=threads, out=buffer
                 )
-                keep = None
             else:
                 import SimpleITK as sitk  # only here: the torch backend runs without SimpleITK
 
@@ -490,9 +489,7 @@ def simulate_motion(
         backend = "numba" if x.device.type == "cpu" else "torch"
     if backend in ("numba", "sitk"):
         if x.device.type != "cpu":
-            raise ValueError(
-                f"backend {backend!r} needs a CPU tensor; use backend='torch' on a GPU"
-            )
+            raise ValueError(f"backend {backend!r} needs a CPU tensor; use 'torch' on a GPU")
         out = _simulate_cpu(x, index_mats, weights, resampler=backend)
     else:
         n = {len(m) for m in index_mats}
