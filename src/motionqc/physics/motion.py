@@ -19,7 +19,7 @@ image centre, but only its rotation matrix and ``GetTranslation()`` are kept and
 rebuilt *without* a centre, so the rotation is about the world (LPS) origin. SimpleITK maps every
 output point through the transform into the input, so the head moves by the inverse transform.
 Points up to half a voxel outside the grid take the nearest edge value; points further out take
-the fill value. Both backends here follow that exactly.
+the fill value. Every backend here follows that exactly.
 
 Backends: ``"numba"`` resamples with a compiled trilinear kernel
 (:func:`motionqc.physics.resample.resample_linear`, the same voxels as SimpleITK's) and does the
@@ -324,8 +324,8 @@ def _simulate_cpu(
     """CPU path: resampling (Numba or SimpleITK) + partial real DFTs (matmuls) along the last axis.
 
     Moved copies: :func:`motionqc.physics.resample.resample_linear` (``"numba"``) or SimpleITK's
-    resampler (``"sitk"``), the same voxels. Each spectrum is only needed on the frequencies where its weight is non-zero (its k-space
-    segment), so it is computed there directly as a matrix product, which is cheaper than a
+    resampler (``"sitk"``), the same voxels. A spectrum is needed only where its weight is
+    non-zero (its k-space segment), so it is computed there as a matrix product, cheaper than a
     full FFT; the weighted sum is accumulated in one reused buffer and inverted with one real
     FFT per volume, written straight into the output.
     """
