@@ -193,18 +193,23 @@ def _cross_validated(feats: dict[float, list[np.ndarray]], y: np.ndarray, label:
             )
 
 
+def _change_ceiling(path, n, grids, features, seeds: tuple[int, int], label: str) -> None:
+    """Corrupt a head ``n`` times; fit the true score on ``features`` of each grid's change."""
+    image = load_native(path)
+    clean = {g: preprocess(image, g, GRIDS[g]).data[0].double() for g in grids}
+    rng = np.random.default_rng(seeds[0])
+    truth, feats = [], {g: [] for g in grids}
+    for i in range(n):
+        moved, p = corrupt_with_torchio(image, float(rng.uniform(0.1, 4.0)), seeds[1] + i)
+        truth.append(p["score"])
+        for g in grids:
+            feats[g].append(features(preprocess(moved, g, GRIDS[g]).data[0].double() - clean[g]))
+    _cross_validated(feats, np.asarray(truth), label)
+
+
 def segment_ceiling(path: str, n: int) -> None:
     """Print how well the change's profile along the segment axis predicts the true score."""
-    image = load_native(path)
-    clean = {g: preprocess(image, g, s).data[0].double() for g, s in GRIDS.items()}
-    rng = np.random.default_rng(5)
-    truth, feats = [], {g: [] for g in GRIDS}
-    for i in range(n):
-        moved, p = corrupt_with_torchio(image, float(rng.uniform(0.1, 4.0)), 7000 + i)
-        truth.append(p["score"])
-        for g, s in GRIDS.items():
-            feats[g].append(segment_profile(preprocess(moved, g, s).data[0].double() - clean[g]))
-    _cross_validated(feats, np.asarray(truth), "segment-axis profile")
+    _change_ceiling(path, n, tuple(GRIDS), segment_profile, (5, 7000), "segment-axis profile")
 
 
 def pose_of_each_plane(times: np.ndarray, planes: int) -> np.ndarray:
@@ -280,17 +285,7 @@ def displacement_ceiling(path: str, n: int = 3000) -> None:
 
 def spectrum_ceiling(path: str, n: int) -> None:
     """Print how well the change's spectrum (the clean image known) predicts the true score."""
-    image = load_native(path)
-    grids = {g: GRIDS[g] for g in (1.0, 4.0)}
-    clean = {g: preprocess(image, g, s).data[0].double() for g, s in grids.items()}
-    rng = np.random.default_rng(4)
-    truth, feats = [], {g: [] for g in grids}
-    for i in range(n):
-        moved, p = corrupt_with_torchio(image, float(rng.uniform(0.1, 4.0)), 5000 + i)
-        truth.append(p["score"])
-        for g, s in grids.items():
-            feats[g].append(spectrum_features(preprocess(moved, g, s).data[0].double() - clean[g]))
-    _cross_validated(feats, np.asarray(truth), "spectrum shells")
+    _change_ceiling(path, n, (1.0, 4.0), spectrum_features, (4, 5000), "spectrum shells")
 
 
 def field_of_view(files: dict[str, str], masks: dict[str, str]) -> None:
