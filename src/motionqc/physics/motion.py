@@ -337,9 +337,10 @@ def _simulate_cpu(
     acc_r = torch.view_as_real(acc)
     work = torch.empty(lines * 2 * (size // 2 + 1), dtype=torch.float32)
     threads = max(1, torch.get_num_threads())
-    buffer = np.empty(shape, dtype=np.float32) if resampler == "numba" else None
     if resampler == "numba":  # here: the GPU path runs where Numba is not installed
         from motionqc.physics.resample import resample_linear
+
+        buffer = np.empty(shape, dtype=np.float32)  # every moved copy, in turn
     for i in range(b):
         array = np.ascontiguousarray(volumes[i].numpy(), dtype=np.float32)
         fill = float(array.min())
