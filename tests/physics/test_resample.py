@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -73,3 +77,39 @@ def test_bad_inputs_are_refused():
         resample_linear(volume, np.full((4, 4), np.nan), 0.0)
     with pytest.raises(ValueError, match="out must be"):
         resample_linear(volume, np.eye(4), 0.0, out=np.zeros((4, 5, 5), np.float32))
+
+
+_WARM = """
+import numpy as np
+from motionqc.physics.resample import resample_linear
+v = np.zeros((8, 8, 8), np.float32)
+resample_linear(v, np.eye(4), 0.0, threads=2)  # the threaded kernel first, then the serial one
+resample_linear(v, np.eye(4), 0.0)
+"""
+
+_FORKED = """
+import multiprocessing as mp, sys
+import numpy as np, torch
+torch.set_num_threads(2)
+a = torch.randn(96, 96, 96)
+float((a @ a).sum())  # the parent's OpenMP threads have run, as the pool's parent's have
+from motionqc.physics.resample import resample_linear
+def job():
+    resample_linear(np.zeros((8, 8, 8), np.float32), np.eye(4), 0.0)  # a worker: one thread
+p = mp.get_context("fork").Process(target=job, daemon=True)
+p.start()
+p.join(60)
+sys.exit(0 if p.exitcode == 0 else 3)
+"""
+
+
+def test_a_forked_worker_reads_the_serial_kernel_from_the_cache(tmp_path):
+    """A process that used both kernels leaves a cache a forked worker runs from (no hang).
+
+    Cached under one key, the threaded code was what the next process loaded for the serial
+    kernel, and a worker forked after torch's OpenMP threads hung in Numba's threading layer.
+    """
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    subprocess.run([sys.executable, "-c", _WARM], env=env, check=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", _FORKED], env=env, timeout=300)
+    assert done.returncode == 0, "the forked worker did not finish its serial resampling"

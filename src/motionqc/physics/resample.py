@@ -81,8 +81,12 @@ def _kernel(
                 out[i, j, k] = c0 * (1 - fx) + c1 * fx
 
 
+# Numba's on-disk cache keys a compiled kernel by the Python function and the signature, not by
+# ``parallel``: had both been cached, a process could load the threaded code for the serial
+# kernel, and a forked worker whose parent had used OpenMP threads (torch) hung in it. Only the
+# serial kernel (the pool's workers') is cached; the threaded one compiles once per process.
 _SERIAL = numba.njit(cache=True, nogil=True)(_kernel)
-_THREADED = numba.njit(cache=True, nogil=True, parallel=True)(_kernel)
+_THREADED = numba.njit(cache=False, nogil=True, parallel=True)(_kernel)
 
 
 def resample_linear(
