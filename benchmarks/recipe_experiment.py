@@ -73,6 +73,7 @@ def main() -> None:
         input_intensity=meta["input_intensity"],
         temperature=meta["temperature"],
         score_convention=meta["score_convention"],
+        detail_mm=meta["detail_mm"],
         info={"recipe": config.as_dict()},
     )
 

@@ -200,7 +200,7 @@ def test_train_resumes_and_refuses_other_settings(sources, tmp_path):
     # neither) resumes while they draw nothing and motion is "pool"; with them drawing, it is
     # another recipe
     old = json.loads(state["config"])
-    later = ("source_augment", "motion", "crop", "unshuffle")
+    later = ("source_augment", "motion", "crop", "unshuffle", "detail")
     assert not set(later) & set(old)
     assert old == {
         k: v for k, v in json.loads(json.dumps(half.as_dict())).items() if k not in later

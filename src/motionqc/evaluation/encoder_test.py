@@ -19,7 +19,8 @@ import torch
 import torchio as tio
 from scipy.stats import spearmanr
 
-from motionqc.data.volumes import load_volume, preprocess
+from motionqc.data.detail import encoder_input
+from motionqc.data.volumes import load_volume
 from motionqc.models.encoder import predict_motion
 from motionqc.models.sfcn import SFCN
 from motionqc.models.soft_labels import BIN_RANGE, decode, predictive_std
@@ -197,7 +198,7 @@ def unseen_head_inputs(
     preprocessed to the encoder's grid exactly as ``motionqc score`` does.
 
     Args:
-        meta: The encoder's metadata (``spacing_mm``, ``shape``).
+        meta: The encoder's metadata (``spacing_mm``, ``shape``, ``detail_mm``).
         heads: Head id → NIfTI file; none may have been used in training.
         scores: True scores (mm).
         draws: Motions per score.
@@ -205,11 +206,13 @@ def unseen_head_inputs(
 
     Returns:
         ``(rows, inputs)``: one row per volume (``head``, ``draw``, ``true``, ``n``) and its
-        preprocessed ``(1, X, Y, Z)`` tensor.
+        preprocessed ``(C, X, Y, Z)`` tensor (:func:`motionqc.data.detail.encoder_input`).
     """
     rows, images = [], []
     for head, _, d, moved, p in torchio_corruptions(heads, scores=scores, draws=draws, seed=seed):
-        images.append(preprocess(moved, float(meta["spacing_mm"]), meta["shape"]).data.float())
+        images.append(
+            encoder_input(moved, float(meta["spacing_mm"]), meta["shape"], meta.get("detail_mm"))
+        )
         rows.append({"head": head, "draw": d, "true": float(p["score"]), "n": int(p["n"])})
     return pd.DataFrame(rows), images
 

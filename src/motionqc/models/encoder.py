@@ -91,6 +91,7 @@ def save_encoder(
     temperature: float = 1.0,
     score_convention: Mapping[str, Any] | None = None,
     half: bool = False,
+    detail_mm: float | None = None,
 ) -> Path:
     """Write a trained SFCN and its preprocessing geometry to ``path`` (atomically).
 
@@ -108,6 +109,8 @@ def save_encoder(
         temperature: Softmax temperature fitted on validation (1: none).
         score_convention: The score convention of its labels (``SCORE_CONVENTION.as_dict()``).
         half: Store the weights in float16 (loaded back as float32).
+        detail_mm: The fine grid of its detail channels
+            (:func:`motionqc.data.detail.encoder_input`; ``None``: none).
 
     Returns:
         The path written.
@@ -125,6 +128,8 @@ def save_encoder(
         "n_outputs": int(model.n_outputs),
         "channels": list(model.channels),
         "unshuffle": int(model.unshuffle),
+        "in_channels": int(model.in_channels),
+        "detail_mm": None if detail_mm is None else float(detail_mm),
         "dropout": float(getattr(model.dropout, "p", 0.0)),
         "spacing_mm": float(spacing_mm),
         "shape": [int(s) for s in shape],
@@ -152,7 +157,8 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> tuple[
 
     Returns:
         ``(model, meta)``; ``meta`` holds ``spacing_mm``, ``shape``, ``bin_range``, ``n_bins``,
-        ``sigma`` and ``info``.
+        ``sigma``, ``info``, ``input_intensity``, ``temperature``, ``score_convention`` and
+        ``detail_mm``.
 
     Raises:
         EncoderError: If the file is missing, unreadable or not an encoder file.
@@ -181,6 +187,7 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> tuple[
             channels=state["channels"],
             dropout=state["dropout"],
             unshuffle=state.get("unshuffle", 1),  # files written before the knob: none
+            in_channels=state.get("in_channels", 1),
         )
         model.load_state_dict(
             {k: v.float() if v.is_floating_point() else v for k, v in state["model"].items()}
@@ -196,12 +203,17 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> tuple[
     meta["input_intensity"] = state.get("input_intensity", "unit_range")
     meta["temperature"] = float(state.get("temperature", 1.0))
     meta["score_convention"] = dict(state.get("score_convention") or {})
+    detail = state.get("detail_mm")
+    meta["detail_mm"] = None if detail is None else float(detail)
     meta["path"] = str(path)
     return model, meta
 
 
 def scale_input(x: torch.Tensor, method: str = INPUT_INTENSITY) -> torch.Tensor:
     """Scale each volume of a batch as its encoder was trained (``meta["input_intensity"]``).
+
+    Only channel 0 (the head) is scaled; further channels (:mod:`motionqc.data.detail`) are
+    ratios already on their scale and pass through.
 
     Args:
         x: ``(B, C, X, Y, Z)`` batch.
@@ -215,6 +227,8 @@ def scale_input(x: torch.Tensor, method: str = INPUT_INTENSITY) -> torch.Tensor:
     Raises:
         ValueError: For an unknown method.
     """
+    if x.dim() == 5 and x.shape[1] > 1:
+        return torch.cat([scale_input(x[:, :1], method), x[:, 1:].float()], dim=1)
     if method == "unit_range":
         return unit_range(x)
     if method != "percentile":

@@ -235,6 +235,7 @@ def run(
             channels=config.channels,
             dropout=config.dropout,
             unshuffle=config.unshuffle,
+            in_channels=config.in_channels,
         )
     )
     t1 = time.perf_counter()
@@ -273,6 +274,7 @@ def run(
         "input_intensity": "percentile",
         "temperature": temperature,
         "score_convention": SCORE_CONVENTION.as_dict(),
+        "detail_mm": config.detail_mm,
     }
     tested = {h: files[h] for h in test_heads}
     rows, test_inputs = unseen_head_inputs(meta, tested, draws=draws, seed=config.seed + 12345)

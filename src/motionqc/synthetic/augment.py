@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from motionqc.data.detail import zoom_offset
 from motionqc.models.encoder import scale_input
 from motionqc.synthetic.heads import bias_field
 
@@ -156,8 +157,11 @@ def geometry_batch(
     every displacement is ``s`` times larger, so its label — an RMS displacement in mm — is ``s``
     times the sample's.
 
+    Channels after the first (:mod:`motionqc.data.detail`) move with the head and get
+    :func:`motionqc.data.detail.zoom_offset` of the zoom.
+
     Args:
-        x: ``(B, 1, X, Y, Z)`` batch on an isotropic grid.
+        x: ``(B, C, X, Y, Z)`` batch on an isotropic grid.
         y: ``(B,)`` labels (mm).
         gen: The generator of every draw.
         augment: ``p_geometry``, ``zoom``, ``rotate_deg``, ``shift_mm``
@@ -178,7 +182,10 @@ def geometry_batch(
             labels.append(label)
             continue
         zoom, angles, shift = affine_of_uniforms(u, augment)
-        out.append(resample_affine(v[None], zoom, angles, shift, spacing_mm)[0])
+        moved = resample_affine(v[None], zoom, angles, shift, spacing_mm)[0]
+        if len(moved) > 1:  # detail channels: the zoomed head's finer differences
+            moved[1:] += zoom_offset(zoom)
+        out.append(moved)
         labels.append(label * zoom)
     return torch.stack(out), torch.stack(labels)
 
@@ -206,8 +213,11 @@ def augment_batch(
     (σ ~ U(0, ``noise_std``) of that percentile), each with its probability; then
     :func:`motionqc.models.encoder.scale_input`.
 
+    Channels after the first (:mod:`motionqc.data.detail`) are flipped with it and otherwise
+    left as they are (they are local ratios, already scaled).
+
     Args:
-        x: ``(B, 1, X, Y, Z)`` batch.
+        x: ``(B, C, X, Y, Z)`` batch.
         gen: The generator of every draw (seeded per step by :func:`motionqc.training.recipe.train`).
         augment: Probabilities and ranges (:attr:`motionqc.training.recipe.RecipeConfig.augment`).
         method: The input scaling the encoder records.
@@ -216,15 +226,16 @@ def augment_batch(
     Returns:
         The augmented, scaled batch (float32).
     """
-    out = []
+    out, rest = [], []
     shape = tuple(x.shape[2:])
-    for v in x[:, 0].float():
+    for v, extra in zip(x[:, 0].float(), x[:, 1:].float(), strict=True):
 
         def draw() -> float:
             return float(torch.rand((), generator=gen))
 
         if draw() < augment["p_flip"]:
-            v = v.flip(0)
+            v, extra = v.flip(0), extra.flip(1)
+        rest.append(extra)
         p_blur, p_sharpen = augment.get("p_blur", 0.0), augment.get("p_sharpen", 0.0)
         if p_blur > 0 or p_sharpen > 0:  # off: the draws of a recipe without them are unchanged
             if draw() < p_blur:
@@ -251,7 +262,7 @@ def augment_batch(
             n2 = torch.randn(v.shape, generator=gen) * sigma
             v = torch.sqrt((v + n1) ** 2 + n2**2)
         out.append(v)
-    return scale_input(torch.stack(out)[:, None], method)
+    return torch.cat([scale_input(torch.stack(out)[:, None], method), torch.stack(rest)], dim=1)
 
 
 def crop_batch(x: torch.Tensor, shape: Sequence[int], gen: torch.Generator) -> torch.Tensor:

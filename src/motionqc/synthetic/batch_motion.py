@@ -96,8 +96,8 @@ class MotionBatches:
             the Numba resampler on a CPU, pure torch on a GPU).
 
     Raises:
-        ValueError: If the split holds no pseudo-subject or the grids do not nest
-            (:func:`grid_factor`).
+        ValueError: If the split holds no pseudo-subject, the grids do not nest
+            (:func:`grid_factor`) or the recipe has detail channels.
     """
 
     def __init__(
@@ -109,6 +109,8 @@ class MotionBatches:
         device: str | torch.device = "cpu",
         backend: str = "auto",
     ) -> None:
+        if config.detail:
+            raise ValueError("motion='batch' has no detail channels: use motion='pool'")
         splits = source_splits(sources, config)
         self.sources = {s: v for s, v in sources.items() if splits[s] == split}
         if not self.sources:

@@ -13,7 +13,7 @@ then resamples it to the encoder's grid. The pool is built the same way:
    (:func:`motionqc.synthetic.parameters.sample_scored_motion`), optionally a new contrast and
    sharpness of the source (:func:`randomise_source`), k-space motion simulated **at 1 mm**
    (:func:`motionqc.physics.motion.simulate_motion`, TorchIO's ``Motion``), then the inference
-   preprocessing (:func:`motionqc.data.volumes.preprocess`) to the encoder grid. Rendered once,
+   preprocessing (:func:`motionqc.data.detail.encoder_input`) to the encoder grid. Rendered once,
    in worker processes, into chunk files keyed by everything that determines them (resumable).
 """
 
@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 import torchio as tio
 
+from motionqc.data.detail import encoder_input
 from motionqc.data.volumes import preprocess
 from motionqc.physics.motion import simulate_motion
 from motionqc.physics.score import SCORE_CONVENTION
@@ -158,7 +159,7 @@ def _sample(
             data, p["degrees"], p["translation"], p["times"], image.affine, backend="auto"
         )
     moved = tio.ScalarImage(tensor=data[None], affine=image.affine)
-    out = preprocess(moved, config.spacing_mm, config.shape).data[0].numpy()
+    out = encoder_input(moved, config.spacing_mm, config.shape, config.detail_mm).numpy()
     return out.astype(np.float16), sample_row(index, split, source, p)
 
 
@@ -197,6 +198,8 @@ def pool_key(sources: Mapping[str, tio.ScalarImage], config: RecipeConfig) -> st
     }
     if source_augment_on(config.source_augment):
         knobs["source_augment"] = config.source_augment
+    if config.detail:  # as before the knob existed when off
+        knobs["detail"] = True
     knobs["convention"] = SCORE_CONVENTION.as_dict()
     h.update(json.dumps(knobs, sort_keys=True).encode())
     for name in sorted(sources):
@@ -229,7 +232,8 @@ def render_pool(
         progress: Show a progress bar.
 
     Returns:
-        ``(images (n, 1, X, Y, Z) float16, table)`` with one row per sample (label, parameters).
+        ``(images (n, C, X, Y, Z) float16, table)`` with one row per sample (label,
+        parameters); ``C`` is the recipe's ``in_channels``.
     """
     from tqdm.auto import tqdm
 
@@ -260,7 +264,7 @@ def render_pool(
                     done = [_sample(i, s, members, config) for i, s in jobs]
             else:
                 done = pool.map(_render, jobs)
-            block = torch.from_numpy(np.stack([d[0] for d in done]))[:, None]
+            block = torch.from_numpy(np.stack([d[0] for d in done]))
             block_rows = [d[1] for d in done]
             if file is not None:
                 tmp = file.with_name(f"{file.name}.{os.getpid()}.tmp")  # DDP ranks render too

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from motionqc.data.detail import N_DETAIL
 from motionqc.models.sfcn import encoder_shape
 from motionqc.models.soft_labels import BIN_RANGE, SoftLabelKL, decode
 from motionqc.runtime.devices import distributed_info, training_device
@@ -57,6 +58,9 @@ class RecipeConfig:
             after the augmentation); validation, the test and inference score the whole grid.
             ``None``: the whole grid trains.
         channels: SFCN widths.
+        detail: Give the encoder the detail channels (:mod:`motionqc.data.detail`): the
+            simulation grid's gradient energy per axis, pooled onto the encoder grid, beside the
+            head (SFCN with four input channels).
         unshuffle: SFCN's space-to-depth factor (:func:`motionqc.models.sfcn.space_to_depth`):
             2 on a 2 mm grid runs the 4 mm network on every 2 mm voxel; 1: none.
         dropout: SFCN dropout.
@@ -93,6 +97,7 @@ class RecipeConfig:
     crop: tuple[int, int, int] | None = None
     channels: tuple[int, ...] = (32, 64, 128, 256, 256, 64)
     unshuffle: int = 1
+    detail: bool = False
     dropout: float = 0.3
     pool_size: int = 3000
     val_size: int = 96
@@ -150,6 +155,16 @@ class RecipeConfig:
             encoder_shape([c // self.unshuffle for c in crop])  # must survive five poolings
             object.__setattr__(self, "crop", crop)
 
+    @property
+    def detail_mm(self) -> float | None:
+        """The fine grid of the detail channels (the simulation grid), or ``None`` without them."""
+        return float(self.sim_spacing_mm) if self.detail else None
+
+    @property
+    def in_channels(self) -> int:
+        """The encoder's input channels: the head, and the detail channels when on."""
+        return 1 + (N_DETAIL if self.detail else 0)
+
     def replace(self, **changes: object) -> RecipeConfig:
         """Return a copy with some knobs changed."""
         data = asdict(self) | changes
@@ -168,7 +183,8 @@ class RecipeConfig:
 
         The source knobs enter only when they draw anything
         (:func:`motionqc.synthetic.pool.source_augment_on`), as in the pool's key, and
-        ``motion`` only when it is not ``"pool"``, ``crop`` only when set: a run checkpointed
+        ``motion`` only when it is not ``"pool"``, ``crop`` only when set, ``detail`` only when
+        on: a run checkpointed
         before they existed resumes.
         """
         knobs = self.as_dict()
@@ -180,6 +196,8 @@ class RecipeConfig:
             knobs.pop("crop")
         if self.unshuffle == 1:  # as before the knob existed
             knobs.pop("unshuffle")
+        if not self.detail:  # as before the knob existed
+            knobs.pop("detail")
         return json.dumps(knobs, sort_keys=True)
 
 
