@@ -347,3 +347,31 @@ def test_sigint_ends_score_quietly_and_loses_nothing(tmp_path, encoder):
     final = pd.read_csv(table, sep="\t")
     assert sorted(final["bids_name"]) == [f"sub-{i:03d}_T1w" for i in range(n)]  # once each
     assert final["bids_name"].tolist()[: len(first)] == first["bids_name"].tolist()
+
+
+def test_an_encoder_with_detail_channels_scores_what_encoder_input_makes(tmp_path, volumes):
+    from motionqc.data.detail import encoder_input
+    from motionqc.models.encoder import scale_input
+    from motionqc.models.soft_labels import decode
+
+    torch.manual_seed(2)
+    model = SFCN(channels=(8, 8, 8, 8, 8, 8), in_channels=4)
+    path = save_encoder(
+        tmp_path / "detail.pt",
+        model,
+        spacing_mm=SPACING,
+        shape=SHAPE,
+        input_intensity="percentile",
+        detail_mm=1.0,
+    )
+    scorer = Scorer(path, device="cpu", precision="fp32", channels_last=False)
+    assert scorer.describe()["detail_mm"] == 1.0
+    paths = [volumes["at_3mm"], volumes["empty"]]
+    rows = list(score_volumes(scorer, paths, num_workers=0, inputs=True))
+    assert [r["status"] for r in rows] == ["ok", "error"]  # a bad file is still one error row
+    x = encoder_input(volumes["at_3mm"], SPACING, SHAPE, 1.0)
+    assert rows[0]["image"].shape == (4, *SHAPE) and torch.allclose(rows[0]["image"], x)
+    model.eval()
+    with torch.no_grad():
+        want = float(decode(model(scale_input(x[None], "percentile")))[0])
+    assert rows[0]["motion_mm"] == pytest.approx(want, abs=1e-5)

@@ -148,3 +148,15 @@ def test_the_detail_knob_enters_the_keys_only_when_on():
     assert "detail" not in base.checkpoint_key() and on.checkpoint_key() != base.checkpoint_key()
     assert (base.in_channels, base.detail_mm) == (1, None)
     assert (on.in_channels, on.detail_mm) == (4, base.sim_spacing_mm)
+
+
+def test_preprocess_rows_give_an_encoder_with_detail_its_four_channels(sample):
+    import pandas as pd
+
+    from motionqc.data.volumes import preprocess_rows
+
+    table = pd.DataFrame({"volume_id": ["a", "gone"], "path": [sample["path"].iloc[0], "none.nii"]})
+    meta = {"spacing_mm": 4.0, "shape": (40, 48, 40), "detail_mm": 1.0}
+    images, kept, errors = preprocess_rows(table, meta)
+    assert list(kept["volume_id"]) == ["a"] and [e["volume_id"] for e in errors] == ["gone"]
+    assert torch.equal(images[0], encoder_input(sample["path"].iloc[0], 4.0, (40, 48, 40), 1.0))

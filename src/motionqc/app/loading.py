@@ -21,6 +21,7 @@ import torchio as tio
 from torch.utils.data import Dataset
 
 from motionqc.data.bids import bids_name
+from motionqc.data.detail import encoder_image
 from motionqc.data.volumes import VolumeError, load_volume, preprocess
 
 __all__ = [
@@ -54,10 +55,17 @@ def load_preprocessed(path: str | Path, spacing_mm: float, shape: Sequence[int])
 
 
 def _load_and_preprocess(
-    path: str | Path, spacing_mm: float, shape: Sequence[int]
+    path: str | Path, spacing_mm: float, shape: Sequence[int], detail_mm: float | None = None
 ) -> tuple[torch.Tensor, np.ndarray, Any]:
-    """:func:`load_preprocessed`, also returning the result's affine and the loaded image."""
+    """:func:`load_preprocessed`, also returning the result's affine and the loaded image.
+
+    With ``detail_mm`` the input is :func:`motionqc.data.detail.encoder_input`'s (the head and
+    its detail channels); the affine is then the encoder grid's.
+    """
     image = load_volume(path)
+    if detail_mm is not None:
+        out = encoder_image(image, spacing_mm, shape, detail_mm)
+        return out.data.float(), np.asarray(out.affine), image
     linear = np.asarray(image.affine, dtype=float)[:3, :3]
     target = np.diag([float(spacing_mm)] * 3)
     if not np.allclose(linear, target, rtol=0.0, atol=1e-6 * float(spacing_mm)):
@@ -99,8 +107,11 @@ class VolumeDataset(Dataset):
         names: One name per path (default: the BIDS name of each file).
         mosaics: Also render the preprocessed volume's strip and the original's views (PNG bytes,
             :func:`motionqc.app.pictures.mosaic_png`, :func:`motionqc.app.pictures.views_png`).
+        detail_mm: The encoder's detail grid (``meta["detail_mm"]``; ``None``: none): the
+            items then hold the head and its detail channels
+            (:func:`motionqc.data.detail.encoder_image`).
 
-    Each item is a dict with ``index``, ``bids_name``, ``path``, ``image`` (``(1, X, Y, Z)``
+    Each item is a dict with ``index``, ``bids_name``, ``path``, ``image`` (``(C, X, Y, Z)``
     float32, or ``None``), ``affine`` (the image's, or ``None``), ``error`` (one line, empty when
     fine), ``mosaic`` and ``views`` (bytes or ``None``).
     """
@@ -112,6 +123,7 @@ class VolumeDataset(Dataset):
         shape: Sequence[int],
         names: Sequence[str] | None = None,
         mosaics: bool = False,
+        detail_mm: float | None = None,
     ) -> None:
         self.paths = [str(p) for p in paths]
         self.names = list(names) if names is not None else [bids_name(p) for p in self.paths]
@@ -120,6 +132,7 @@ class VolumeDataset(Dataset):
         self.spacing_mm = float(spacing_mm)
         self.shape = tuple(int(s) for s in shape)
         self.mosaics = bool(mosaics)
+        self.detail_mm = None if detail_mm is None else float(detail_mm)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -138,7 +151,7 @@ class VolumeDataset(Dataset):
         loaded = None
         try:
             record["image"], record["affine"], loaded = _load_and_preprocess(
-                self.paths[index], self.spacing_mm, self.shape
+                self.paths[index], self.spacing_mm, self.shape, self.detail_mm
             )
         except VolumeError as exc:
             record["error"] = one_line(exc)

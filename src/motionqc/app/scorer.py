@@ -117,6 +117,7 @@ class Scorer:
             "input_intensity": self.meta["input_intensity"],
             "temperature": self.meta["temperature"],
             "score_convention": self.meta["score_convention"],
+            "detail_mm": self.meta.get("detail_mm"),
             "precision": self.precision,
             "device": self.device.type,
             "qc_head": self.qc_head is not None,
@@ -236,7 +237,14 @@ def score_volumes(
         num_workers = default_num_workers(scorer.device.type)
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    dataset = VolumeDataset(paths, scorer.spacing_mm, scorer.shape, names=names, mosaics=mosaics)
+    dataset = VolumeDataset(
+        paths,
+        scorer.spacing_mm,
+        scorer.shape,
+        names=names,
+        mosaics=mosaics,
+        detail_mm=scorer.meta.get("detail_mm"),
+    )
     if len(dataset) == 0:
         return
     workers = max(0, min(int(num_workers), len(dataset)))

@@ -34,6 +34,7 @@ __all__ = [
     "DETAIL_SCALE",
     "N_DETAIL",
     "detail_channels",
+    "encoder_image",
     "encoder_input",
     "zoom_offset",
 ]
@@ -87,13 +88,13 @@ def zoom_offset(zoom: float) -> float:
     return -2.0 * math.log(float(zoom)) / DETAIL_SCALE
 
 
-def encoder_input(
+def encoder_image(
     volume: str | Path | nib.Nifti1Image | tio.ScalarImage,
     spacing_mm: float,
     shape: Sequence[int],
     detail_mm: float | None = None,
-) -> torch.Tensor:
-    """A volume preprocessed for an encoder: ``(1, X, Y, Z)``, or with detail ``(4, X, Y, Z)``.
+) -> tio.ScalarImage:
+    """A volume preprocessed for an encoder, on the encoder grid (with that grid's affine).
 
     Args:
         volume: A path, a nibabel image or a torchio image.
@@ -106,21 +107,32 @@ def encoder_input(
             :func:`detail_channels`.
 
     Returns:
-        The encoder input (float32); channel 0 divided by its mean.
+        One channel, or four with detail; channel 0 divided by its mean.
 
     Raises:
         ValueError: If ``spacing_mm`` is not a whole multiple of ``detail_mm``.
         VolumeError: If the volume cannot be loaded or its mean intensity is not positive.
     """
     if detail_mm is None:
-        return preprocess(volume, spacing_mm, shape).data.float()
+        return preprocess(volume, spacing_mm, shape)
     ratio = float(spacing_mm) / float(detail_mm)
     factor = int(round(ratio))
     if factor < 1 or abs(ratio - factor) > 1e-6:
         raise ValueError(f"spacing {spacing_mm} mm is not a whole multiple of {detail_mm} mm")
     fine = preprocess(volume, float(detail_mm), [int(s) * factor for s in shape])
-    coarse = preprocess(fine, float(spacing_mm), shape).data.float()
+    coarse = preprocess(fine, float(spacing_mm), shape)
     if tuple(coarse.shape[1:]) != tuple(int(s) for s in shape):  # pragma: no cover - CropOrPad
         where = getattr(volume, "path", None) or volume
         raise VolumeError(f"{where}: preprocessed to {tuple(coarse.shape[1:])}, not {shape}")
-    return torch.cat([coarse, detail_channels(fine.data[0].float(), factor)])
+    detail = detail_channels(fine.data[0].float(), factor)
+    return tio.ScalarImage(tensor=torch.cat([coarse.data.float(), detail]), affine=coarse.affine)
+
+
+def encoder_input(
+    volume: str | Path | nib.Nifti1Image | tio.ScalarImage,
+    spacing_mm: float,
+    shape: Sequence[int],
+    detail_mm: float | None = None,
+) -> torch.Tensor:
+    """:func:`encoder_image`'s voxels: ``(1, X, Y, Z)``, or with detail ``(4, X, Y, Z)`` float32."""
+    return encoder_image(volume, spacing_mm, shape, detail_mm).data.float()

@@ -378,16 +378,21 @@ def preprocess_rows(
 
     Args:
         table: Rows with ``volume_id`` and ``path``.
-        meta: The encoder's metadata (``spacing_mm``, ``shape``).
+        meta: The encoder's metadata (``spacing_mm``, ``shape``, ``detail_mm``: the volumes go
+            through :func:`motionqc.data.detail.encoder_input`).
 
     Returns:
         ``(images, kept rows (index reset), errors)``; each error is ``{"volume_id", "error"}``
         (the loader's one-line message), and the other rows go on.
     """
+    from motionqc.data.detail import encoder_input  # it builds on this module
+
     images, keep, errors = [], [], []
     for i, row in table.iterrows():
         try:
-            images.append(preprocess(row["path"], meta["spacing_mm"], meta["shape"]).data.float())
+            images.append(
+                encoder_input(row["path"], meta["spacing_mm"], meta["shape"], meta.get("detail_mm"))
+            )
             keep.append(i)
         except Exception as exc:  # noqa: BLE001 - report and go on
             errors.append({"volume_id": str(row["volume_id"]), "error": str(exc)})
