@@ -171,6 +171,13 @@ def test_demo_qc_set_fixes_its_cut_offs_on_the_training_split(real_heads, sample
     fine = {row.name: preprocess(row.path, 2.0, (80, 96, 80))}
     fine_images, _ = make_qc_set(fine, 2, dict.fromkeys(fine, "train"), seed=0, grid=(4.0, SHAPE))
     assert fine_images.shape == (2, 1, *SHAPE)
+    # an encoder with detail channels gets them from the finer grid, the head channel unchanged
+    detailed, _ = make_qc_set(
+        fine, 2, dict.fromkeys(fine, "train"), seed=0, grid=(4.0, SHAPE), detail_mm=2.0
+    )
+    assert detailed.shape == (2, 4, *SHAPE)
+    assert torch.allclose(detailed[:, :1], fine_images, atol=1e-5)
+    assert float(detailed[:, 1:].std()) > 0.05
 
 
 def test_class_weights_and_transfer_head_learn_separable_embeddings(tmp_path):

@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 import torchio as tio
 
-from motionqc.data.volumes import preprocess
+from motionqc.data.detail import encoder_input
 from motionqc.physics.motion import simulate_motion
 from motionqc.qc_task import qc_class
 from motionqc.synthetic.heads import head_of
@@ -258,6 +258,7 @@ def make_qc_set(
     shares: Sequence[float] = POSTER_SHARES,
     raters: Mapping[str, Mapping[str, float]] = RATERS,
     grid: tuple[float, Sequence[int]] | None = None,
+    detail_mm: float | None = None,
 ) -> tuple[torch.Tensor, pd.DataFrame]:
     """Build the demo QC set: corrupted pseudo-subjects graded by simulated raters.
 
@@ -274,9 +275,11 @@ def make_qc_set(
         grid: ``(spacing_mm, shape)`` of the returned volumes (the encoder's grid): each corrupted
             volume is simulated and measured on the heads' grid, then preprocessed to this one
             (:func:`motionqc.data.volumes.preprocess`); ``None``: the heads' grid.
+        detail_mm: With ``grid``, the encoder's detail grid (``meta["detail_mm"]``): the volumes
+            get its detail channels (:func:`motionqc.data.detail.encoder_input`).
 
     Returns:
-        ``(images (N, 1, X, Y, Z) float32, table)``; the table has ``volume_id, source, head,
+        ``(images (N, C, X, Y, Z) float32, table)`` (``C`` 4 with detail channels); the table has ``volume_id, source, head,
         split``, one column per artefact severity, the :data:`MEASURES`, ``perceived_<rater>``
         and ``qc_score_<rater>`` per rater, ``qc_score`` and ``qc_class``.
 
@@ -298,8 +301,8 @@ def make_qc_set(
             measures = quality_measures(vol, clean, inside, smooth_vox=8.0 / spacing)
             if grid is not None:
                 moved = tio.ScalarImage(tensor=vol[None], affine=image.affine)
-                vol = preprocess(moved, grid[0], grid[1]).data[0].float()
-            images.append(vol[None])
+                vol = encoder_input(moved, grid[0], grid[1], detail_mm)
+            images.append(vol if vol.dim() == 4 else vol[None])
             rows.append(
                 {
                     "volume_id": f"{sid}_qc{k:02d}",
