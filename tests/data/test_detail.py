@@ -153,7 +153,7 @@ def test_the_detail_knob_enters_the_keys_only_when_on():
 def test_preprocess_rows_give_an_encoder_with_detail_its_four_channels(sample):
     import pandas as pd
 
-    from motionqc.data.volumes import preprocess_rows
+    from motionqc.data.detail import preprocess_rows
 
     table = pd.DataFrame({"volume_id": ["a", "gone"], "path": [sample["path"].iloc[0], "none.nii"]})
     meta = {"spacing_mm": 4.0, "shape": (40, 48, 40), "detail_mm": 1.0}

@@ -1,7 +1,7 @@
 """``motionqc train-qc``: a QC head on a manifest of the user's own ratings.
 
 :func:`train_qc_cli` checks the ratings and the split, embeds the volumes with the encoder
-(:func:`motionqc.data.volumes.preprocess_rows`, :func:`motionqc.training.transfer.embed`), trains the head over seeds
+(:func:`motionqc.data.detail.preprocess_rows`, :func:`motionqc.training.transfer.embed`), trains the head over seeds
 (:mod:`motionqc.training.qc_runs`) and writes the head file, ``splits.tsv`` and the metrics.
 """
 
@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from motionqc.data.detail import preprocess_rows
 from motionqc.data.splits import split_by_subject
-from motionqc.data.volumes import preprocess_rows
 from motionqc.models.qc_head import file_digest, save_qc_head
 from motionqc.training.qc_runs import best_run, run_transfer_seeds
 from motionqc.training.transfer import embed

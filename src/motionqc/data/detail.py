@@ -20,10 +20,12 @@ unseen-head test and ``motionqc score``): channel 0 is the head on the encoder g
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
+import pandas as pd
 import torch
 import torchio as tio
 
@@ -36,6 +38,7 @@ __all__ = [
     "detail_channels",
     "encoder_image",
     "encoder_input",
+    "preprocess_rows",
     "zoom_offset",
 ]
 
@@ -136,3 +139,29 @@ def encoder_input(
 ) -> torch.Tensor:
     """:func:`encoder_image`'s voxels: ``(1, X, Y, Z)``, or with detail ``(4, X, Y, Z)`` float32."""
     return encoder_image(volume, spacing_mm, shape, detail_mm).data.float()
+
+
+def preprocess_rows(
+    table: pd.DataFrame, meta: Mapping[str, Any]
+) -> tuple[list[torch.Tensor], pd.DataFrame, list[dict[str, str]]]:
+    """Preprocess every manifest row's volume for an encoder; list the ones that cannot be used.
+
+    Args:
+        table: Rows with ``volume_id`` and ``path``.
+        meta: The encoder's metadata (``spacing_mm``, ``shape``, ``detail_mm``: the volumes go
+            through :func:`encoder_input`).
+
+    Returns:
+        ``(images, kept rows (index reset), errors)``; each error is ``{"volume_id", "error"}``
+        (the loader's one-line message), and the other rows go on.
+    """
+    images, keep, errors = [], [], []
+    for i, row in table.iterrows():
+        try:
+            images.append(
+                encoder_input(row["path"], meta["spacing_mm"], meta["shape"], meta.get("detail_mm"))
+            )
+            keep.append(i)
+        except Exception as exc:  # noqa: BLE001 - report and go on
+            errors.append({"volume_id": str(row["volume_id"]), "error": str(exc)})
+    return images, table.loc[keep].reset_index(drop=True), errors

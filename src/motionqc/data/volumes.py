@@ -16,9 +16,8 @@ import gzip
 import hashlib
 import warnings
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -39,7 +38,6 @@ __all__ = [
     "load_volume",
     "load_mask",
     "preprocess",
-    "preprocess_rows",
 ]
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("volume_id", "dataset", "site", "subject", "path", "qc_score")
@@ -369,31 +367,3 @@ def preprocess(
             )
         out.set_data(out.data / mean)
     return out
-
-
-def preprocess_rows(
-    table: pd.DataFrame, meta: Mapping[str, Any]
-) -> tuple[list[torch.Tensor], pd.DataFrame, list[dict[str, str]]]:
-    """Preprocess every manifest row's volume for an encoder; list the ones that cannot be used.
-
-    Args:
-        table: Rows with ``volume_id`` and ``path``.
-        meta: The encoder's metadata (``spacing_mm``, ``shape``, ``detail_mm``: the volumes go
-            through :func:`motionqc.data.detail.encoder_input`).
-
-    Returns:
-        ``(images, kept rows (index reset), errors)``; each error is ``{"volume_id", "error"}``
-        (the loader's one-line message), and the other rows go on.
-    """
-    from motionqc.data.detail import encoder_input  # it builds on this module
-
-    images, keep, errors = [], [], []
-    for i, row in table.iterrows():
-        try:
-            images.append(
-                encoder_input(row["path"], meta["spacing_mm"], meta["shape"], meta.get("detail_mm"))
-            )
-            keep.append(i)
-        except Exception as exc:  # noqa: BLE001 - report and go on
-            errors.append({"volume_id": str(row["volume_id"]), "error": str(exc)})
-    return images, table.loc[keep].reset_index(drop=True), errors

@@ -16,8 +16,9 @@ import pandas as pd
 import torch
 
 from motionqc.data.authors import manifest_base
+from motionqc.data.detail import preprocess_rows
 from motionqc.data.splits import split_by_subject
-from motionqc.data.volumes import load_manifest, preprocess_rows
+from motionqc.data.volumes import load_manifest
 from motionqc.qc_task import qc_class
 
 __all__ = ["TRANSFER_ROLES", "manifest_qc_set"]
