@@ -177,12 +177,23 @@ def _die_with_parent() -> None:
 
     A loader worker otherwise outlives a ``score`` killed by SIGKILL or SIGTERM (re-parented to
     PID 1, holding its memory). Ctrl-C is the parent's to handle: workers ignore SIGINT, so an
-    interrupted run ends with one line, not a worker's traceback. A no-op off Linux.
+    interrupted run ends with one line, not a worker's traceback. A worker's background thread
+    that loses its connection to the parent (multiprocessing's resource sharer, handing a batch's
+    file descriptors to a parent that has stopped) ends silently; other thread errors still print.
+    The death signal is a no-op off Linux.
     """
     import ctypes
     import signal
+    import threading
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    default_hook = threading.excepthook
+
+    def quiet_lost_parent(args: threading.ExceptHookArgs) -> None:
+        if not issubclass(args.exc_type, ConnectionError):
+            default_hook(args)
+
+    threading.excepthook = quiet_lost_parent
     if sys.platform.startswith("linux"):
         try:
             libc = ctypes.CDLL(None, use_errno=True)
