@@ -2,7 +2,8 @@
 
 For ``benchmarks/pretrain_experiments.csv`` (the detail-channel row): the mean of the three
 detail channels (:func:`motionqc.data.detail.encoder_input`, unscaled: the log ratio itself)
-inside the head (channel 0 above 0.2 of its mean) and outside it, for each sample head at
+inside the head (channel 0 above 0.2 of its mean) and outside it, and the segment (last) axis's
+channel minus that mean (what ``detail_norm="axes"`` leaves of it), for each sample head at
 0, 2 and 4 mm of motion (one draw each)::
 
     .venv/bin/python benchmarks/detail_levels.py
@@ -27,9 +28,11 @@ def main() -> None:
             x = encoder_input(moved, 4.0, (40, 48, 40), 1.0)
             inside = x[0] > 0.2
             level = x[1:].mean(0) * DETAIL_SCALE
+            last = x[3] * DETAIL_SCALE - level
             print(
                 f"{head} {target:.0f} mm: in-head {float(level[inside].mean()):.2f}, "
-                f"background {float(level[~inside].mean()):.2f}",
+                f"background {float(level[~inside].mean()):.2f}; last axis - mean: in-head "
+                f"{float(last[inside].mean()):.3f}, background {float(last[~inside].mean()):.3f}",
                 flush=True,
             )
 

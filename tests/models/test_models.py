@@ -162,6 +162,33 @@ def test_unshuffled_sfcn_runs_the_coarse_network_on_the_fine_grid():
         SFCN(unshuffle=0)
 
 
+def test_axes_detail_norm_keeps_only_how_the_detail_axes_differ():
+    torch.manual_seed(0)
+    model = SFCN(in_channels=4, detail_norm="axes").eval()
+    x = torch.randn(2, 4, 40, 48, 40)
+    level = torch.randn(2, 1, 40, 48, 40)  # one field added to all three detail channels
+    with torch.no_grad():
+        out = model(x)
+        assert torch.allclose(
+            model(x + torch.cat([0 * level, level, level, level], 1)), out, atol=1e-5
+        )
+        one_axis = x.clone()
+        one_axis[:, 3] += level[:, 0]
+        assert not torch.allclose(model(one_axis), out, atol=1e-3)
+        head = x.clone()
+        head[:, 0] += level[:, 0]
+        assert not torch.allclose(model(head), out, atol=1e-3)
+        plain = SFCN(in_channels=4).eval()
+        plain.load_state_dict(model.state_dict())
+        assert not torch.allclose(
+            plain(x + torch.cat([0 * level, level, level, level], 1)), plain(x), atol=1e-3
+        )
+    with pytest.raises(ValueError, match="detail_norm"):
+        SFCN(in_channels=4, detail_norm="volume")
+    with pytest.raises(ValueError, match="three input channels"):
+        SFCN(in_channels=1, detail_norm="axes")
+
+
 def test_qchead_architecture_and_output():
     torch.manual_seed(0)
     head = QCHead(in_features=384, hidden=10, dropout=0.77)

@@ -51,6 +51,14 @@ def test_grids_that_do_not_nest_are_refused():
         SMOKE.replace(motion="gpu")
 
 
+def test_what_only_the_pool_renders_is_refused_per_batch(sources):
+    with pytest.raises(ValueError, match="no detail channels"):
+        batch_motion.MotionBatches(sources, FINE.replace(detail=True))
+    noisy = FINE.replace(source_augment=dict(FINE.source_augment, p_noise=0.5))
+    with pytest.raises(ValueError, match="no acquisition noise"):
+        batch_motion.MotionBatches(sources, noisy)
+
+
 def test_a_batch_sample_is_torchio_motion_then_the_inference_preprocessing(sources):
     feed = batch_motion.MotionBatches(sources, FINE)
     draws = feed.draw(0)

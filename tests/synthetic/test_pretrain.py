@@ -100,6 +100,14 @@ def test_encoder_file_round_trip_and_errors(tmp_path):
     assert loaded.unshuffle == 2 and meta["shape"] == big
     x = torch.rand(2, 1, *big)
     assert np.allclose(predict_motion(folded, x)[0], predict_motion(loaded, x)[0], atol=1e-4)
+    # so does a detail encoder's normalisation (without it the file scores different inputs)
+    normed = SFCN(in_channels=4, detail_norm="axes").eval()
+    loaded, _ = load_encoder(
+        save_encoder(tmp_path / "axes.pt", normed, spacing_mm=4.0, shape=SHAPE, detail_mm=1.0)
+    )
+    assert loaded.detail_norm == "axes"
+    x = torch.randn(2, 4, *SHAPE)
+    assert np.allclose(predict_motion(normed, x)[0], predict_motion(loaded, x)[0], atol=1e-4)
     with pytest.raises(EncoderError, match="no encoder file"):
         load_encoder(tmp_path / "missing.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")

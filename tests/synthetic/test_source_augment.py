@@ -1,4 +1,5 @@
-"""The draws applied to a pool sample's source before its motion (``randomise_source``)."""
+"""The draws applied to a pool sample's source before its motion (``randomise_source``), and the
+acquisition noise after it (``acquisition_noise``)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from motionqc.synthetic.pool import randomise_source, source_augment_on
+from motionqc.synthetic.pool import acquisition_noise, randomise_source, source_augment_on
 from motionqc.training.recipe import RECIPES
 
 KNOBS = RECIPES["sample"].source_augment
@@ -79,9 +80,44 @@ def test_a_geometry_that_is_never_drawn_changes_nothing():
     assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("knob", ["p_remap", "p_blur", "p_geometry"])
+@pytest.mark.parametrize("knob", ["p_remap", "p_blur", "p_geometry", "p_noise"])
 def test_each_drawing_knob_enters_the_pool_and_checkpoint_keys(knob):
     base = RECIPES["smoke"]
     drawing = base.replace(source_augment=dict(base.source_augment, **{knob: 0.5}))
     assert drawing.checkpoint_key() != base.checkpoint_key()
     assert "source_augment" not in base.checkpoint_key()
+
+
+def test_acquisition_noise_has_rician_statistics_and_a_drawn_level():
+    v = torch.zeros(64, 64, 64)
+    v[32:] = 2.0  # mean intensity 1: half dark background, half bright tissue
+    rng = np.random.default_rng(0)
+    before = rng.bit_generator.state
+    assert acquisition_noise(v, rng, KNOBS) is v  # p_noise 0: no draw
+    assert rng.bit_generator.state == before
+    levels = []
+    for seed in range(6):
+        out = acquisition_noise(v, np.random.default_rng(seed), dict(KNOBS, p_noise=1.0))
+        dark, bright = out[:32].double(), out[32:].double()
+        assert float(out.min()) >= 0.0  # a magnitude image
+        sigma = float(bright.std())  # at SNR >= 40 the Rician is Gaussian with the noise's sigma
+        assert sigma <= KNOBS["noise_std"] * 1.02
+        levels.append(sigma)
+        if sigma > 0.005:
+            # the dark half is Rayleigh: mean sigma * sqrt(pi / 2), mean^2 / var = pi / (4 - pi);
+            # Gaussian noise added to the magnitude would leave a zero-mean background instead
+            assert float(dark.mean()) == pytest.approx(sigma * np.sqrt(np.pi / 2), rel=0.03)
+            assert float(dark.mean() ** 2 / dark.var()) == pytest.approx(
+                np.pi / (4 - np.pi), rel=0.05
+            )
+    assert max(levels) - min(levels) > 0.01  # the level is drawn per sample
+    again = acquisition_noise(v, np.random.default_rng(3), dict(KNOBS, p_noise=1.0))
+    assert torch.equal(
+        again, acquisition_noise(v, np.random.default_rng(3), dict(KNOBS, p_noise=1.0))
+    )
+    states = []
+    for p in (1e-12, 1.0):  # never applied / always applied: the same draws
+        rng = np.random.default_rng(5)
+        acquisition_noise(v, rng, dict(KNOBS, p_noise=p))
+        states.append(rng.bit_generator.state)
+    assert states[0] == states[1]

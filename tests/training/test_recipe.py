@@ -200,7 +200,7 @@ def test_train_resumes_and_refuses_other_settings(sources, tmp_path):
     # neither) resumes while they draw nothing and motion is "pool"; with them drawing, it is
     # another recipe
     old = json.loads(state["config"])
-    later = ("source_augment", "motion", "crop", "unshuffle", "detail")
+    later = ("source_augment", "motion", "crop", "unshuffle", "detail", "detail_norm")
     assert not set(later) & set(old)
     assert old == {
         k: v for k, v in json.loads(json.dumps(half.as_dict())).items() if k not in later
@@ -213,6 +213,8 @@ def test_train_resumes_and_refuses_other_settings(sources, tmp_path):
     folded = SFCN(n_outputs=50, channels=SMOKE.channels, unshuffle=2)
     with pytest.raises(ValueError, match="other recipe settings"):  # space-to-depth: another
         recipe.train(folded, *data, half.replace(unshuffle=2), tmp_path / "split", log=False)
+    with pytest.raises(ValueError, match="needs detail=True"):
+        half.replace(detail_norm="axes")
     # a checkpoint of another number of DDP processes is refused (each rank's draws differ)
     state["world_size"] = 2
     torch.save(state, tmp_path / "split" / "last.pt")

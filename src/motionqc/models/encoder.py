@@ -128,6 +128,7 @@ def save_encoder(
         "n_outputs": int(model.n_outputs),
         "channels": list(model.channels),
         "unshuffle": int(model.unshuffle),
+        "detail_norm": str(getattr(model, "detail_norm", "none")),
         "in_channels": int(model.in_channels),
         "detail_mm": None if detail_mm is None else float(detail_mm),
         "dropout": float(getattr(model.dropout, "p", 0.0)),
@@ -188,6 +189,7 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> tuple[
             dropout=state["dropout"],
             unshuffle=state.get("unshuffle", 1),  # files written before the knob: none
             in_channels=state.get("in_channels", 1),
+            detail_norm=state.get("detail_norm", "none"),  # files written before the knob
         )
         model.load_state_dict(
             {k: v.float() if v.is_floating_point() else v for k, v in state["model"].items()}

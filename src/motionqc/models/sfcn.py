@@ -96,6 +96,10 @@ def space_to_depth(x: torch.Tensor, factor: int) -> torch.Tensor:
     return x.reshape(b, c * r**3, gx, gy, gz)
 
 
+DETAIL_NORMS = ("none", "axes")
+"""The ``detail_norm`` choices of :class:`SFCN`."""
+
+
 def _conv_block(c_in: int, c_out: int, pool: bool) -> nn.Sequential:
     if pool:
         return nn.Sequential(
@@ -128,10 +132,16 @@ class SFCN(nn.Module):
         unshuffle: Fold each ``unshuffle``³ block of input voxels into channels before the first
             block (:func:`space_to_depth`; 1, the paper: none). With 2, a 2 mm 80×96×80 input
             runs through the network of a 4 mm 40×48×40 one, with 8 input channels.
+        detail_norm: What the network subtracts from the channels after the first
+            (:mod:`motionqc.data.detail`) before its first block: ``"none"``; ``"axes"``, their
+            mean over the channels at each voxel (what is left is how the axes differ: an
+            isotropic level, a head's own sharpness or noise, cancels).
 
     Raises:
         ValueError: If ``n_outputs``, ``in_channels`` or ``unshuffle`` is below 1, ``channels``
-            does not hold six positive widths, or ``dropout`` is outside [0, 1).
+            does not hold six positive widths, ``dropout`` is outside [0, 1), or
+            ``detail_norm`` is not one of :data:`DETAIL_NORMS` (``"axes"`` needs at least three
+            input channels).
 
     Example:
         >>> model = SFCN(n_outputs=50)
@@ -147,6 +157,7 @@ class SFCN(nn.Module):
         dropout: float = 0.5,
         log_softmax: bool = True,
         unshuffle: int = 1,
+        detail_norm: str = "none",
     ) -> None:
         super().__init__()
         channels = tuple(int(c) for c in channels)
@@ -160,8 +171,14 @@ class SFCN(nn.Module):
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         if int(unshuffle) < 1:
             raise ValueError(f"unshuffle must be at least 1, got {unshuffle}")
+        if detail_norm not in DETAIL_NORMS or (detail_norm != "none" and int(in_channels) < 3):
+            raise ValueError(
+                f"detail_norm must be one of {', '.join(DETAIL_NORMS)} (not 'none': at least "
+                f"three input channels), got {detail_norm!r} with {in_channels}"
+            )
         self.n_outputs = int(n_outputs)
         self.in_channels = int(in_channels)
+        self.detail_norm = str(detail_norm)
         self.unshuffle = int(unshuffle)
         self.channels = channels
         self.use_log_softmax = bool(log_softmax)
@@ -215,6 +232,9 @@ class SFCN(nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Run the encoder and return the final feature map, shape ``(B, 64, x, y, z)``."""
         self._check_input(x)
+        if self.detail_norm == "axes":
+            rest = x[:, 1:]
+            x = torch.cat([x[:, :1], rest - rest.mean(dim=1, keepdim=True)], dim=1)
         if self.unshuffle > 1:
             last = x.is_contiguous(memory_format=torch.channels_last_3d)
             x = space_to_depth(x, self.unshuffle)

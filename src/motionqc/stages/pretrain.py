@@ -236,6 +236,7 @@ def run(
             dropout=config.dropout,
             unshuffle=config.unshuffle,
             in_channels=config.in_channels,
+            detail_norm=config.detail_norm,
         )
     )
     t1 = time.perf_counter()

@@ -97,7 +97,8 @@ class MotionBatches:
 
     Raises:
         ValueError: If the split holds no pseudo-subject, the grids do not nest
-            (:func:`grid_factor`) or the recipe has detail channels.
+            (:func:`grid_factor`), the recipe has detail channels or draws acquisition
+            noise (``source_augment["p_noise"]``, the pool's only).
     """
 
     def __init__(
@@ -111,6 +112,8 @@ class MotionBatches:
     ) -> None:
         if config.detail:
             raise ValueError("motion='batch' has no detail channels: use motion='pool'")
+        if float(config.source_augment.get("p_noise", 0.0)) > 0:
+            raise ValueError("motion='batch' draws no acquisition noise: use motion='pool'")
         splits = source_splits(sources, config)
         self.sources = {s: v for s, v in sources.items() if splits[s] == split}
         if not self.sources:

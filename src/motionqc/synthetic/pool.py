@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from motionqc.training.recipe import RecipeConfig
 
 __all__ = [
+    "acquisition_noise",
     "draw_sample",
     "load_sources",
     "pool_key",
@@ -158,6 +159,7 @@ def _sample(
         data = simulate_motion(
             data, p["degrees"], p["translation"], p["times"], image.affine, backend="auto"
         )
+    data = acquisition_noise(data, rng, config.source_augment)
     moved = tio.ScalarImage(tensor=data[None], affine=image.affine)
     out = encoder_input(moved, config.spacing_mm, config.shape, config.detail_mm).numpy()
     return out.astype(np.float16), sample_row(index, split, source, p)
@@ -281,7 +283,45 @@ def render_pool(
 
 def source_augment_on(knobs: Mapping[str, float]) -> bool:
     """Whether :func:`randomise_source` draws anything with these knobs (a probability > 0)."""
-    return any(float(knobs.get(k, 0.0)) > 0 for k in ("p_remap", "p_blur", "p_geometry"))
+    return any(float(knobs.get(k, 0.0)) > 0 for k in ("p_remap", "p_blur", "p_geometry", "p_noise"))
+
+
+def acquisition_noise(
+    data: torch.Tensor, rng: np.random.Generator, knobs: Mapping[str, float]
+) -> torch.Tensor:
+    """Rician noise of a random level at the simulation grid, drawn after the motion.
+
+    A scanner's thermal noise enters k-space independently of the head's motion, so it is added
+    to the moved image: with probability ``p_noise``, the magnitude of the image plus complex
+    Gaussian noise of σ ~ U(0, ``noise_std``) (in units of the volume's mean intensity, 1 for
+    the sources) in each part. The sample heads' backgrounds differ (a noisy floor in ROBEX, a
+    zero one in the two templates), and the detail channels read that floor
+    (``benchmarks/detail_levels.py``); a random noise level lets no head's own floor stand
+    for motion.
+
+    The draws from ``rng`` are three whatever their outcome when ``p_noise`` > 0, none
+    otherwise (``data`` is then returned unchanged).
+
+    Args:
+        data: One volume ``(X, Y, Z)`` at the simulation grid, after its motion.
+        rng: The pool sample's generator (after :func:`randomise_source`).
+        knobs: :attr:`RecipeConfig.source_augment` (``p_noise``, ``noise_std``).
+
+    Returns:
+        The noisy volume (float32; non-negative, a magnitude image), or ``data``.
+    """
+    p_noise = float(knobs.get("p_noise", 0.0))
+    if p_noise <= 0:
+        return data
+    u = rng.uniform(size=2)
+    seed = int(rng.integers(2**62))
+    if u[0] >= p_noise:
+        return data
+    sigma = float(u[1]) * float(knobs["noise_std"]) * float(data.float().mean())
+    gen = torch.Generator().manual_seed(seed)
+    real = data.float() + sigma * torch.randn(data.shape, generator=gen)
+    imag = sigma * torch.randn(data.shape, generator=gen)
+    return torch.sqrt(real * real + imag * imag)
 
 
 def randomise_source(

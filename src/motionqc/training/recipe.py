@@ -61,6 +61,8 @@ class RecipeConfig:
         detail: Give the encoder the detail channels (:mod:`motionqc.data.detail`): the
             simulation grid's gradient energy per axis, pooled onto the encoder grid, beside the
             head (SFCN with four input channels).
+        detail_norm: What SFCN subtracts from the detail channels (its ``detail_norm``:
+            ``"none"``, or ``"axes"``: their mean over the three axes at each voxel).
         unshuffle: SFCN's space-to-depth factor (:func:`motionqc.models.sfcn.space_to_depth`):
             2 on a 2 mm grid runs the 4 mm network on every 2 mm voxel; 1: none.
         dropout: SFCN dropout.
@@ -79,7 +81,9 @@ class RecipeConfig:
             (:func:`motionqc.synthetic.augment.augment_batch`).
         source_augment: Probabilities and ranges of the draws applied to each pool sample's
             source at the simulation grid, before its motion
-            (:func:`motionqc.synthetic.pool.randomise_source`).
+            (:func:`motionqc.synthetic.pool.randomise_source`), and of the acquisition noise
+            added after it (``p_noise``, ``noise_std``:
+            :func:`motionqc.synthetic.pool.acquisition_noise`).
         motion: Where the training samples come from: ``"pool"`` (``pool_size`` samples
             rendered once, on the CPU) or ``"batch"`` (new samples every step, their motion
             simulated on the training device: :class:`motionqc.synthetic.batch_motion.MotionBatches`;
@@ -98,6 +102,7 @@ class RecipeConfig:
     channels: tuple[int, ...] = (32, 64, 128, 256, 256, 64)
     unshuffle: int = 1
     detail: bool = False
+    detail_norm: str = "none"
     dropout: float = 0.3
     pool_size: int = 3000
     val_size: int = 96
@@ -136,12 +141,15 @@ class RecipeConfig:
         default_factory=lambda: {  # every probability 0: no source draw
             "p_remap": 0.0, "remap_knots": 6, "p_monotone": 0.5, "p_blur": 0.0, "blur_mm": 1.2,
             "p_geometry": 0.0, "zoom": 0.2, "rotate_deg": 10.0, "shift_mm": 10.0,
+            "p_noise": 0.0, "noise_std": 0.05,
         }
     )
     # fmt: on
     motion: str = "pool"
 
     def __post_init__(self) -> None:
+        if self.detail_norm != "none" and not self.detail:
+            raise ValueError(f"detail_norm {self.detail_norm!r} needs detail=True")
         if self.motion not in MOTION_MODES:
             raise ValueError(
                 f"motion must be one of {', '.join(MOTION_MODES)}, not {self.motion!r}"
@@ -198,6 +206,8 @@ class RecipeConfig:
             knobs.pop("unshuffle")
         if not self.detail:  # as before the knob existed
             knobs.pop("detail")
+        if self.detail_norm == "none":  # as before the knob existed
+            knobs.pop("detail_norm")
         return json.dumps(knobs, sort_keys=True)
 
 
