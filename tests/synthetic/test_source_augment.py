@@ -80,7 +80,7 @@ def test_a_geometry_that_is_never_drawn_changes_nothing():
     assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("knob", ["p_remap", "p_blur", "p_geometry", "p_noise"])
+@pytest.mark.parametrize("knob", ["p_remap", "p_blur", "p_geometry", "p_noise", "p_sharpen"])
 def test_each_drawing_knob_enters_the_pool_and_checkpoint_keys(knob):
     base = RECIPES["smoke"]
     drawing = base.replace(source_augment=dict(base.source_augment, **{knob: 0.5}))
@@ -119,5 +119,28 @@ def test_acquisition_noise_has_rician_statistics_and_a_drawn_level():
     for p in (1e-12, 1.0):  # never applied / always applied: the same draws
         rng = np.random.default_rng(5)
         acquisition_noise(v, rng, dict(KNOBS, p_noise=p))
+        states.append(rng.bit_generator.state)
+    assert states[0] == states[1]
+
+
+def test_source_sharpening_is_an_unsharp_mask_of_a_drawn_amount():
+    v = _cube(size=16)
+    knobs = dict(KNOBS, p_sharpen=1.0)
+    out = randomise_source(v, np.random.default_rng(2), knobs, 1.0)
+    # a constant far from any edge stays (an unsharp mask of a constant is the constant) ...
+    assert float(out[0, 0, 0]) == 0.0 and float(out[22, 24, 20]) == pytest.approx(1.0, abs=1e-4)
+    # ... while the edges overshoot, and the gradient energy grows: a sharper head
+    assert float(out.max()) > 1.05 and float(out.min()) >= 0.0
+    energy = [float(torch.diff(x, dim=0).pow(2).sum()) for x in (v, out)]
+    assert energy[1] > 1.2 * energy[0]
+    amounts = {
+        round(float(randomise_source(v, np.random.default_rng(s), knobs, 1.0).max()), 3)
+        for s in range(5)
+    }
+    assert len(amounts) == 5  # the amount is drawn per sample
+    states = []
+    for p in (1e-12, 1.0):  # never applied / always applied: the same draws
+        rng = np.random.default_rng(5)
+        randomise_source(v, rng, dict(KNOBS, p_sharpen=p), 1.0)
         states.append(rng.bit_generator.state)
     assert states[0] == states[1]

@@ -283,7 +283,8 @@ def render_pool(
 
 def source_augment_on(knobs: Mapping[str, float]) -> bool:
     """Whether :func:`randomise_source` draws anything with these knobs (a probability > 0)."""
-    return any(float(knobs.get(k, 0.0)) > 0 for k in ("p_remap", "p_blur", "p_geometry", "p_noise"))
+    knobs_on = ("p_remap", "p_blur", "p_geometry", "p_noise", "p_sharpen")
+    return any(float(knobs.get(k, 0.0)) > 0 for k in knobs_on)
 
 
 def acquisition_noise(
@@ -347,11 +348,15 @@ def randomise_source(
       piecewise-linear curve through 0 and ``remap_knots`` + 1 evenly spaced knots whose values
       ~ U(0.05, 1) (sorted, i.e. a T1-like order of tissues, with probability ``p_monotone``;
       else any order of tissues), then scaled back; the background stays dark;
-    - with probability ``p_blur``: a Gaussian blur, σ ~ U(0, ``blur_mm``) mm.
+    - with probability ``p_blur``: a Gaussian blur, σ ~ U(0, ``blur_mm``) mm;
+    - with probability ``p_sharpen``: an unsharp mask ``x + a·(x − blur(x, sharpen_mm))``,
+      ``a`` ~ U(0, ``sharpen``), clipped at 0: a sharper head than the source (the two
+      templates are smoother than a single scan, and blurring alone cannot make them sharp).
 
     The number of draws from ``rng`` is fixed whatever their outcome (the geometry's eight only
-    when ``p_geometry`` > 0, after the others); with every probability at 0 nothing is drawn and
-    ``data`` is returned unchanged.
+    when ``p_geometry`` > 0, after the others, then the sharpening's two only when
+    ``p_sharpen`` > 0); with every probability at 0 nothing is drawn and ``data`` is returned
+    unchanged.
 
     Args:
         data: One volume ``(X, Y, Z)`` at the simulation grid.
@@ -383,4 +388,10 @@ def randomise_source(
         data = torch.from_numpy((np.interp(v, xs, np.r_[0.0, ys]) * top).astype(np.float32))
     if u[2] < p_blur:
         data = gaussian_blur(data, float(u[3]) * float(knobs["blur_mm"]) / spacing_mm)
+    p_sharpen = float(knobs.get("p_sharpen", 0.0))
+    if p_sharpen > 0:
+        v = rng.uniform(size=2)
+        if v[0] < p_sharpen:
+            smooth = gaussian_blur(data, float(knobs["sharpen_mm"]) / spacing_mm)
+            data = (data + float(v[1]) * float(knobs["sharpen"]) * (data - smooth)).clamp_min(0.0)
     return data
