@@ -27,7 +27,7 @@ from torch.nn import functional as F
 
 from motionqc.qc_task import N_QC_CLASSES
 
-__all__ = ["SFCN", "QCHead", "SFCN_CHANNELS", "encoder_shape", "space_to_depth"]
+__all__ = ["DETAIL_NORMS", "SFCN", "QCHead", "SFCN_CHANNELS", "encoder_shape", "space_to_depth"]
 
 SFCN_CHANNELS: tuple[int, ...] = (32, 64, 128, 256, 256, 64)
 """Channel widths of the six SFCN encoder blocks (Peng et al. 2021)."""
