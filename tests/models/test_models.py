@@ -189,6 +189,25 @@ def test_axes_detail_norm_keeps_only_how_the_detail_axes_differ():
         SFCN(in_channels=1, detail_norm="axes")
 
 
+def test_background_detail_norm_reads_the_detail_outside_the_head_only():
+    torch.manual_seed(0)
+    model = SFCN(in_channels=4, detail_norm="background").eval()
+    x = torch.randn(1, 4, 40, 48, 40)
+    x[:, 0] = 0.01 * x[:, 0].abs()  # a dark background ...
+    x[:, 0, 10:30, 12:36, 10:30] = 1.0  # ... around a bright head
+    with torch.no_grad():
+        out = model(x)
+        inside = x.clone()
+        inside[:, 1:, 12:28, 14:34, 12:28] += 2.0  # detail inside the head: not read
+        assert torch.allclose(model(inside), out, atol=1e-5)
+        outside = x.clone()
+        outside[:, 1:, :8] += 2.0  # detail in the background: read
+        assert not torch.allclose(model(outside), out, atol=1e-3)
+        plain = SFCN(in_channels=4).eval()
+        plain.load_state_dict(model.state_dict())
+        assert not torch.allclose(plain(inside), plain(x), atol=1e-3)
+
+
 def test_qchead_architecture_and_output():
     torch.manual_seed(0)
     head = QCHead(in_features=384, hidden=10, dropout=0.77)

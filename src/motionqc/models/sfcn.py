@@ -96,7 +96,7 @@ def space_to_depth(x: torch.Tensor, factor: int) -> torch.Tensor:
     return x.reshape(b, c * r**3, gx, gy, gz)
 
 
-DETAIL_NORMS = ("none", "axes")
+DETAIL_NORMS = ("none", "axes", "background")
 """The ``detail_norm`` choices of :class:`SFCN`."""
 
 
@@ -135,7 +135,9 @@ class SFCN(nn.Module):
         detail_norm: What the network subtracts from the channels after the first
             (:mod:`motionqc.data.detail`) before its first block: ``"none"``; ``"axes"``, their
             mean over the channels at each voxel (what is left is how the axes differ: an
-            isotropic level, a head's own sharpness or noise, cancels).
+            isotropic level, a head's own sharpness or noise, cancels); ``"background"``, their
+            values inside the head (channel 0 above 0.2 of its volume mean: set to 0), so only
+            the background's detail (ghosts, noise) is read.
 
     Raises:
         ValueError: If ``n_outputs``, ``in_channels`` or ``unshuffle`` is below 1, ``channels``
@@ -235,6 +237,10 @@ class SFCN(nn.Module):
         if self.detail_norm == "axes":
             rest = x[:, 1:]
             x = torch.cat([x[:, :1], rest - rest.mean(dim=1, keepdim=True)], dim=1)
+        elif self.detail_norm == "background":
+            head = x[:, :1]
+            outside = head <= 0.2 * head.mean(dim=(2, 3, 4), keepdim=True)
+            x = torch.cat([head, x[:, 1:] * outside], dim=1)
         if self.unshuffle > 1:
             last = x.is_contiguous(memory_format=torch.channels_last_3d)
             x = space_to_depth(x, self.unshuffle)

@@ -62,7 +62,8 @@ class RecipeConfig:
             simulation grid's gradient energy per axis, pooled onto the encoder grid, beside the
             head (SFCN with four input channels).
         detail_norm: What SFCN subtracts from the detail channels (its ``detail_norm``:
-            ``"none"``, or ``"axes"``: their mean over the three axes at each voxel).
+            ``"none"``; ``"axes"``: their mean over the three axes at each voxel;
+            ``"background"``: their values inside the head).
         unshuffle: SFCN's space-to-depth factor (:func:`motionqc.models.sfcn.space_to_depth`):
             2 on a 2 mm grid runs the 4 mm network on every 2 mm voxel; 1: none.
         dropout: SFCN dropout.
