@@ -142,8 +142,8 @@ class SFCN(nn.Module):
     Raises:
         ValueError: If ``n_outputs``, ``in_channels`` or ``unshuffle`` is below 1, ``channels``
             does not hold six positive widths, ``dropout`` is outside [0, 1), or
-            ``detail_norm`` is not one of :data:`DETAIL_NORMS` (``"axes"`` needs at least three
-            input channels).
+            ``detail_norm`` is not one of :data:`DETAIL_NORMS` (any but ``"none"`` needs at
+            least three input channels).
 
     Example:
         >>> model = SFCN(n_outputs=50)

@@ -282,7 +282,10 @@ def render_pool(
 
 
 def source_augment_on(knobs: Mapping[str, float]) -> bool:
-    """Whether :func:`randomise_source` draws anything with these knobs (a probability > 0)."""
+    """Whether the source knobs draw anything (a probability > 0).
+
+    That is :func:`randomise_source` before the motion or :func:`acquisition_noise` after it.
+    """
     knobs_on = ("p_remap", "p_blur", "p_geometry", "p_noise", "p_sharpen")
     return any(float(knobs.get(k, 0.0)) > 0 for k in knobs_on)
 
