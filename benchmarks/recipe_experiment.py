@@ -7,7 +7,7 @@ temperature, the unseen-head test under TorchIO's ``Motion``) with a recipe of
 
     .venv/bin/python benchmarks/recipe_experiment.py --out build/experiments/NAME \\
         [--recipe sample] [--set '{"steps": 1000}'] [--source-augment '{"p_remap": 0.8}'] \\
-        [--augment '{"p_geometry": 0}']
+        [--augment '{"p_geometry": 0}'] [--head ID=PATH ...]
 """
 
 from __future__ import annotations
@@ -36,16 +36,28 @@ def main() -> None:
     parser.add_argument("--test-heads", nargs="+", default=["colin27"])
     parser.add_argument("--draws", type=int, default=4)
     parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument(
+        "--head",
+        action="append",
+        default=[],
+        metavar="ID=PATH",
+        help="a head besides the sample manifest's (name it in --set's train_heads to train on it)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(2)
     base = RECIPES[args.recipe]
     config = base.replace(
         augment=dict(base.augment, **json.loads(args.augment)),
         source_augment=dict(base.source_augment, **json.loads(args.source_augment)),
-        **json.loads(args.set),
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(args.set).items()},
     )
     manifest = sample_manifest()
     files = dict(zip(manifest["volume_id"], manifest["path"], strict=True))
+    for item in args.head:
+        head, sep, path = item.partition("=")
+        if not sep or not head or not Path(path).is_file():
+            parser.error(f"--head {item!r}: expected ID=PATH naming an existing NIfTI file")
+        files[head] = path
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     result = stage.run(
