@@ -57,6 +57,8 @@ def main() -> None:
         head, sep, path = item.partition("=")
         if not sep or not head or not Path(path).is_file():
             parser.error(f"--head {item!r}: expected ID=PATH naming an existing NIfTI file")
+        if head in files:
+            parser.error(f"--head {item!r}: {head!r} is already a head of the sample manifest")
         files[head] = path
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
