@@ -39,6 +39,7 @@ from motionqc.physics.score import SCORE_CONVENTION
 from motionqc.synthetic.augment import affine_of_uniforms, gaussian_blur, resample_affine
 from motionqc.synthetic.heads import augment_heads, head_of
 from motionqc.synthetic.parameters import sample_scored_motion
+from motionqc.synthetic.texture import synthetic_texture
 
 if TYPE_CHECKING:
     from motionqc.training.recipe import RecipeConfig
@@ -286,7 +287,7 @@ def source_augment_on(knobs: Mapping[str, float]) -> bool:
 
     That is :func:`randomise_source` before the motion or :func:`acquisition_noise` after it.
     """
-    knobs_on = ("p_remap", "p_blur", "p_geometry", "p_noise", "p_sharpen")
+    knobs_on = ("p_remap", "p_blur", "p_geometry", "p_noise", "p_sharpen", "p_texture")
     return any(float(knobs.get(k, 0.0)) > 0 for k in knobs_on)
 
 
@@ -354,11 +355,14 @@ def randomise_source(
     - with probability ``p_blur``: a Gaussian blur, σ ~ U(0, ``blur_mm``) mm;
     - with probability ``p_sharpen``: an unsharp mask ``x + a·(x − blur(x, sharpen_mm))``,
       ``a`` ~ U(0, ``sharpen``), clipped at 0: a sharper head than the source (the two
-      templates are smoother than a single scan, and blurring alone cannot make them sharp).
+      templates are smoother than a single scan, and blurring alone cannot make them sharp);
+    - with probability ``p_texture``: a new in-head texture
+      (:func:`motionqc.synthetic.texture.synthetic_texture`), last.
 
     The number of draws from ``rng`` is fixed whatever their outcome (the geometry's eight only
     when ``p_geometry`` > 0, after the others, then the sharpening's two only when
-    ``p_sharpen`` > 0); with every probability at 0 nothing is drawn and ``data`` is returned
+    ``p_sharpen`` > 0, then the texture's five only when ``p_texture`` > 0); with every
+    probability at 0 nothing is drawn and ``data`` is returned
     unchanged.
 
     Args:
@@ -397,4 +401,4 @@ def randomise_source(
         if v[0] < p_sharpen:
             smooth = gaussian_blur(data, float(knobs["sharpen_mm"]) / spacing_mm)
             data = (data + float(v[1]) * float(knobs["sharpen"]) * (data - smooth)).clamp_min(0.0)
-    return data
+    return synthetic_texture(data, rng, knobs, spacing_mm)
