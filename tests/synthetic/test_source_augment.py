@@ -9,6 +9,7 @@ import torch
 from scipy import ndimage
 
 from motionqc.synthetic.pool import acquisition_noise, randomise_source, source_augment_on
+from motionqc.synthetic.texture import IN_HEAD, synthetic_texture
 from motionqc.training.recipe import RECIPES
 
 KNOBS = RECIPES["sample"].source_augment
@@ -80,7 +81,9 @@ def test_a_geometry_that_is_never_drawn_changes_nothing():
     assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("knob", ["p_remap", "p_blur", "p_geometry", "p_noise", "p_sharpen"])
+@pytest.mark.parametrize(
+    "knob", ["p_remap", "p_blur", "p_geometry", "p_noise", "p_sharpen", "p_texture"]
+)
 def test_each_drawing_knob_enters_the_pool_and_checkpoint_keys(knob):
     base = RECIPES["smoke"]
     drawing = base.replace(source_augment=dict(base.source_augment, **{knob: 0.5}))
@@ -144,3 +147,55 @@ def test_source_sharpening_is_an_unsharp_mask_of_a_drawn_amount():
         randomise_source(v, rng, dict(KNOBS, p_sharpen=p), 1.0)
         states.append(rng.bit_generator.state)
     assert states[0] == states[1]
+
+
+def _head(shape=(48, 48, 48)) -> torch.Tensor:
+    """A ball of tissue (intensity 2) on a dark background, with a fine texture of its own."""
+    grid = torch.stack(torch.meshgrid(*[torch.arange(n) - n / 2 for n in shape], indexing="ij"))
+    ball = (grid.pow(2).sum(0) < 16**2).float()
+    own = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    return ball * 2.0 * (1 + 0.1 * own)
+
+
+def test_texture_replaces_the_heads_own_texture_by_a_drawn_one():
+    v = _head()
+    knobs = dict(KNOBS, p_texture=1.0, texture_smooth_mm=2.0, texture_mm=1.0, texture_amp=0.2)
+    inside = torch.zeros_like(v, dtype=torch.bool)
+    inside[18:30, 18:30, 18:30] = True  # deep in the ball: weight 1, away from the edge
+    outs = [randomise_source(v, np.random.default_rng(s), knobs, 1.0) for s in range(8)]
+    own = v - torch.from_numpy(ndimage.gaussian_filter(v.numpy(), 1.5, mode="nearest"))
+    amps = []
+    for out in outs:
+        assert float(out.min()) >= 0.0
+        assert float(out[0, 0, 0]) == 0.0  # the dark background stays dark
+        rel = out[inside].double() / out[inside].double().mean() - 1.0
+        amps.append(float(rel.std()))
+        assert amps[-1] <= knobs["texture_amp"] * 1.05
+        # the ball's own fine pattern is gone: the new texture does not correlate with it
+        fine = out - torch.from_numpy(ndimage.gaussian_filter(out.numpy(), 1.5, mode="nearest"))
+        r = np.corrcoef(fine[inside].numpy(), own[inside].numpy())[0, 1]
+        assert abs(r) < 0.2
+    assert max(amps) - min(amps) > 0.05  # the amplitude is drawn per sample
+    # kept untextured, the same ball's own pattern is there (the check above could fail)
+    kept = v - torch.from_numpy(ndimage.gaussian_filter(v.numpy(), 1.5, mode="nearest"))
+    assert np.corrcoef(kept[inside].numpy(), own[inside].numpy())[0, 1] > 0.9
+
+
+def test_texture_of_amplitude_zero_is_the_blur_alone_and_its_draws_are_fixed():
+    v = _head()
+    knobs = dict(KNOBS, p_texture=1.0, texture_smooth_mm=2.0, texture_mm=1.0, texture_amp=0.0)
+    rng = np.random.default_rng(4)
+    out = synthetic_texture(v, rng, knobs, 1.0)
+    sigma = (0.5 + 0.5 * float(np.random.default_rng(4).uniform(size=4)[1])) * 2.0
+    ref = ndimage.gaussian_filter(v.numpy().astype(np.float64), sigma, mode="nearest", truncate=3)
+    np.testing.assert_allclose(out.numpy(), ref, atol=2e-5)
+    assert IN_HEAD < 1.0  # the sources have mean 1: their tissue is textured
+    states = []
+    for p in (1e-12, 1.0):  # never applied / always applied: the same draws
+        rng = np.random.default_rng(5)
+        randomise_source(v, rng, dict(knobs, p_texture=p), 1.0)
+        states.append(rng.bit_generator.state)
+    assert states[0] == states[1]
+    before = np.random.default_rng(5)
+    assert synthetic_texture(v, before, dict(knobs, p_texture=0.0), 1.0) is v
+    assert before.bit_generator.state == np.random.default_rng(5).bit_generator.state
