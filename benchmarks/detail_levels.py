@@ -3,7 +3,7 @@
 For ``benchmarks/pretrain_experiments.csv`` (the detail-channel row): the mean of the three
 detail channels (:func:`motionqc.data.detail.encoder_input`, unscaled: the log ratio itself)
 inside the head (channel 0 above 0.2 of its mean) and outside it, and the segment (last) axis's
-channel minus that mean (what ``detail_norm="axes"`` leaves of it), for each sample head at
+channel minus that mean (what ``detail_norm="axes"`` leaves of it) and each axis's in-head mean, for each sample head at
 0, 2 and 4 mm of motion (one draw each)::
 
     .venv/bin/python benchmarks/detail_levels.py
@@ -32,7 +32,11 @@ def main() -> None:
             print(
                 f"{head} {target:.0f} mm: in-head {float(level[inside].mean()):.2f}, "
                 f"background {float(level[~inside].mean()):.2f}; last axis - mean: in-head "
-                f"{float(last[inside].mean()):.3f}, background {float(last[~inside].mean()):.3f}",
+                f"{float(last[inside].mean()):.3f}, background {float(last[~inside].mean()):.3f}; "
+                "in-head per axis "
+                + " / ".join(
+                    f"{float(x[1 + a][inside].mean() * DETAIL_SCALE):.2f}" for a in range(3)
+                ),
                 flush=True,
             )
 

@@ -6,7 +6,9 @@ clean, on the encoder grid) line up voxel for voxel. The script scores, with a t
 encoder: each clean sample head as it is; Colin27's head with MNI152's detail channels and the
 reverse; Colin27 with MNI152's detail only inside the head (channel 0 above 0.2) or only
 outside it; Colin27 with one axis's in-head detail from MNI152; and Colin27 with its detail
-shifted by a constant (log units)::
+shifted by a constant (log units); and each clean head with its own fine texture replaced
+(:func:`motionqc.synthetic.texture.synthetic_texture`, the full blur, the largest correlation
+length, amplitudes 0, 0.1 and 0.2)::
 
     .venv/bin/python benchmarks/detail_swap.py build/experiments/detail/encoder.pt
 """
@@ -16,12 +18,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
 import torch
+import torchio as tio
 
 from motionqc.data.detail import DETAIL_SCALE, encoder_input
 from motionqc.data.volumes import sample_manifest
 from motionqc.evaluation.encoder_test import load_native
 from motionqc.models.encoder import load_encoder, predict_motion
+from motionqc.synthetic.texture import synthetic_texture
 
 
 def main() -> None:
@@ -71,6 +76,28 @@ def main() -> None:
         cases[f"Colin27, detail {shift:+.1f} (log)"] = mix
     for name, v in cases.items():
         print(f"{name}: {score(v):.2f} mm", flush=True)
+    knobs = {"p_texture": 1.0, "texture_smooth_mm": 1.0, "texture_mm": 1.5}
+    for head, path in files.items():
+        image = load_native(path)
+        data = image.data[0].float() / image.data.float().mean()
+        for amp in (0.0, 0.1, 0.2):
+            rng = _Fixed()
+            new = synthetic_texture(data, rng, dict(knobs, texture_amp=amp), 1.0)
+            moved = tio.ScalarImage(tensor=new[None], affine=image.affine)
+            print(
+                f"{head} retextured, amplitude {amp}: {score(encoder_input(moved, *grid)):.2f} mm"
+            )
+
+
+class _Fixed:
+    """A generator stand-in for :func:`synthetic_texture`: applied, full blur and correlation
+    length, the amplitude at its maximum, field seed 0."""
+
+    def uniform(self, size: int) -> np.ndarray:
+        return np.array([0.0, 1.0, 1.0, 1.0])[:size]
+
+    def integers(self, high: int) -> int:
+        return 0
 
 
 if __name__ == "__main__":
