@@ -287,7 +287,15 @@ def source_augment_on(knobs: Mapping[str, float]) -> bool:
 
     That is :func:`randomise_source` before the motion or :func:`acquisition_noise` after it.
     """
-    knobs_on = ("p_remap", "p_blur", "p_geometry", "p_noise", "p_sharpen", "p_texture")
+    knobs_on = (
+        "p_remap",
+        "p_blur",
+        "p_geometry",
+        "p_noise",
+        "p_sharpen",
+        "p_blur_axes",
+        "p_texture",
+    )
     return any(float(knobs.get(k, 0.0)) > 0 for k in knobs_on)
 
 
@@ -356,12 +364,17 @@ def randomise_source(
     - with probability ``p_sharpen``: an unsharp mask ``x + a·(x − blur(x, sharpen_mm))``,
       ``a`` ~ U(0, ``sharpen``), clipped at 0: a sharper head than the source (the two
       templates are smoother than a single scan, and blurring alone cannot make them sharp);
+    - with probability ``p_blur_axes``: a Gaussian blur with its own σ ~ U(0, ``blur_mm``) mm
+      along each axis: an anisotropic point-spread function, as a scan acquired with thicker
+      slices or partial Fourier along one axis has (a clean head whose axes differ in
+      sharpness otherwise resembles a training head under motion, ``benchmarks/detail_levels.py``);
     - with probability ``p_texture``: a new in-head texture
       (:func:`motionqc.synthetic.texture.synthetic_texture`), last.
 
     The number of draws from ``rng`` is fixed whatever their outcome (the geometry's eight only
     when ``p_geometry`` > 0, after the others, then the sharpening's two only when
-    ``p_sharpen`` > 0, then the texture's five only when ``p_texture`` > 0); with every
+    ``p_sharpen`` > 0, then the per-axis blur's four only when ``p_blur_axes`` > 0, then the
+    texture's five only when ``p_texture`` > 0); with every
     probability at 0 nothing is drawn and ``data`` is returned
     unchanged.
 
@@ -401,4 +414,11 @@ def randomise_source(
         if v[0] < p_sharpen:
             smooth = gaussian_blur(data, float(knobs["sharpen_mm"]) / spacing_mm)
             data = (data + float(v[1]) * float(knobs["sharpen"]) * (data - smooth)).clamp_min(0.0)
+    p_axes = float(knobs.get("p_blur_axes", 0.0))
+    if p_axes > 0:
+        w = rng.uniform(size=4)
+        if w[0] < p_axes:
+            data = gaussian_blur(
+                data, [float(a) * float(knobs["blur_mm"]) / spacing_mm for a in w[1:]]
+            )
     return synthetic_texture(data, rng, knobs, spacing_mm)

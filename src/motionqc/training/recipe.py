@@ -143,6 +143,7 @@ class RecipeConfig:
             "p_remap": 0.0, "remap_knots": 6, "p_monotone": 0.5, "p_blur": 0.0, "blur_mm": 1.2,
             "p_geometry": 0.0, "zoom": 0.2, "rotate_deg": 10.0, "shift_mm": 10.0,
             "p_noise": 0.0, "noise_std": 0.05, "p_sharpen": 0.0, "sharpen": 4.0, "sharpen_mm": 1.0,
+            "p_blur_axes": 0.0,
             "p_texture": 0.0, "texture_smooth_mm": 1.0, "texture_mm": 1.5, "texture_amp": 0.2,
         }
     )
