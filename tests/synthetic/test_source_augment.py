@@ -82,7 +82,7 @@ def test_a_geometry_that_is_never_drawn_changes_nothing():
 
 
 @pytest.mark.parametrize(
-    "knob", ["p_remap", "p_blur", "p_geometry", "p_noise", "p_sharpen", "p_texture"]
+    "knob", ["p_remap", "p_blur", "p_geometry", "p_noise", "p_sharpen", "p_blur_axes", "p_texture"]
 )
 def test_each_drawing_knob_enters_the_pool_and_checkpoint_keys(knob):
     base = RECIPES["smoke"]
@@ -147,6 +147,54 @@ def test_source_sharpening_is_an_unsharp_mask_of_a_drawn_amount():
         randomise_source(v, rng, dict(KNOBS, p_sharpen=p), 1.0)
         states.append(rng.bit_generator.state)
     assert states[0] == states[1]
+
+
+def _edge_sigmas(out: torch.Tensor) -> np.ndarray:
+    """Per axis, the sd (voxels) of the blur of a cube's face: the rising edge's derivative.
+
+    Across a blurred step the differences are the blur kernel itself, truncated at 3 sd (whose
+    variance is 0.973 of the untruncated one).
+    """
+    centre = [n // 2 for n in out.shape]
+    sigmas = []
+    for axis in range(3):
+        index = list(centre)
+        index[axis] = slice(None)
+        profile = out[tuple(index)].double().numpy()
+        d = np.diff(profile)[: out.shape[axis] // 2]  # the rising face only
+        x = np.arange(len(d))
+        mean = (d * x).sum() / d.sum()
+        sigmas.append(np.sqrt(max((d * (x - mean) ** 2).sum() / d.sum(), 0.0) / 0.973))
+    return np.array(sigmas)
+
+
+def test_per_axis_blur_draws_its_own_sd_along_each_axis_in_mm():
+    v = _cube(shape=(48, 48, 48), lo=(16, 16, 16), size=16)
+    spacing = 2.0
+    knobs = dict(KNOBS, p_blur_axes=1.0, blur_mm=3.0)  # at most 1.5 voxels at 2 mm
+    found = np.array(
+        [
+            _edge_sigmas(randomise_source(v, np.random.default_rng(s), knobs, spacing))
+            for s in range(8)
+        ]
+    )
+    bound = knobs["blur_mm"] / spacing
+    assert found.max() <= bound * 1.02 and found.max() > 0.6 * bound  # drawn over U(0, bound)
+    spread = found.max(1) - found.min(1)  # the axes differ within one sample
+    assert (spread > 0.3).sum() >= 5
+    # the isotropic source blur, for contrast, blurs the three axes alike
+    iso = randomise_source(v, np.random.default_rng(1), dict(KNOBS, p_blur=1.0), spacing)
+    np.testing.assert_allclose(_edge_sigmas(iso), _edge_sigmas(iso)[0], atol=1e-6)
+    unblurred = _edge_sigmas(v)
+    np.testing.assert_allclose(unblurred, 0.0, atol=1e-9)
+    states = []
+    for p in (1e-12, 1.0):  # never applied / always applied: the same draws
+        rng = np.random.default_rng(5)
+        randomise_source(v, rng, dict(knobs, p_blur_axes=p), spacing)
+        states.append(rng.bit_generator.state)
+    assert states[0] == states[1]
+    never = randomise_source(v, np.random.default_rng(5), dict(knobs, p_blur_axes=1e-12), spacing)
+    assert torch.equal(never, v)
 
 
 def _head(shape=(48, 48, 48)) -> torch.Tensor:
