@@ -8,8 +8,9 @@ through the detail channels of :func:`motionqc.data.detail.detail_channels` (1 m
 onto 4 mm), optionally after a fixed Gaussian blur of σ mm (a band limit common to every
 head); per axis the in-head mean (log units), the background mean and the in-head 10th, 50th and
 90th percentiles summarise them. A ridge regression (scikit-learn, α by its built-in
-cross-validation) fitted on the two training heads then predicts Colin27: its R², Spearman and
-its reading of the clean head, and each head's per-axis in-head mean clean and above 3 mm::
+cross-validation) fitted on the two training heads then predicts Colin27: its R² and Spearman
+(:func:`motionqc.evaluation.encoder_test.split_metrics`) and its reading of the clean head,
+and each head's per-axis in-head mean clean and above 3 mm::
 
     .venv/bin/python benchmarks/detail_proxy.py
 """
@@ -19,14 +20,14 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
+import pandas as pd
 import torch
 import torchio as tio
-from scipy.stats import spearmanr
 from sklearn.linear_model import RidgeCV
 
 from motionqc.data.detail import DETAIL_SCALE, detail_channels
 from motionqc.data.volumes import preprocess, sample_manifest
-from motionqc.evaluation.encoder_test import load_native, torchio_corruptions
+from motionqc.evaluation.encoder_test import load_native, split_metrics, torchio_corruptions
 from motionqc.physics.motion import simulate_motion
 from motionqc.synthetic.augment import gaussian_blur
 from motionqc.synthetic.parameters import sample_scored_motion
@@ -84,11 +85,11 @@ def main() -> None:
         for name, cols in SUMMARIES.items():
             model = RidgeCV(alphas=np.logspace(-3, 3, 13)).fit(x[~test][:, cols], y[~test])
             pred, yt = model.predict(x[test][:, cols]), y[test]
-            r2 = 1 - ((pred - yt) ** 2).sum() / ((yt - yt.mean()) ** 2).sum()
-            rho = spearmanr(yt, pred).statistic
+            m = split_metrics(pd.DataFrame({"true": yt, "pred": pred, "std": np.nan}))
             clean = pred[yt < 0.01].mean()
             print(
-                f"blur {sigma} mm, {name}: Colin27 R2 {r2:.2f}, Spearman {rho:.2f}, clean {clean:.2f} mm"
+                f"blur {sigma} mm, {name}: Colin27 R2 {m['r2']:.2f}, "
+                f"Spearman {m['spearman']:.2f}, clean {clean:.2f} mm"
             )
         for head in ("robex_atlas", "mni152_2009", "colin27"):
             clean = x[(h == head) & (y < 0.01)][0][:3]
