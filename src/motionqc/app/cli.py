@@ -221,6 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="number of motion transforms; default: drawn in 2..7 from the seed",
     )
+    simulate.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing OUT or sidecar that motionqc simulate did not write (IN is "
+        "never replaced)",
+    )
 
     train = _add_command(sub, "train-qc", _cmd_train_qc)
     train.add_argument(
@@ -353,7 +359,12 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
     try:
         sidecar = simulate_file(
-            args.input, args.output, args.score, seed=args.seed, n_transforms=args.n_transforms
+            args.input,
+            args.output,
+            args.score,
+            seed=args.seed,
+            n_transforms=args.n_transforms,
+            force=args.force,
         )
     except (VolumeError, ValueError) as exc:
         _error(exc)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import motionqc
 
-__all__ = ["simulate_file", "simulation_sidecar_path"]
+__all__ = ["check_simulation_output", "simulate_file", "simulation_sidecar_path"]
 
 
 def simulate_file(
@@ -23,6 +23,7 @@ def simulate_file(
     score: float,
     seed: int = 0,
     n_transforms: int | None = None,
+    force: bool = False,
 ) -> dict[str, object]:
     """Corrupt a NIfTI volume with motion of a given score; write it and its JSON sidecar.
 
@@ -36,13 +37,15 @@ def simulate_file(
         score: Target motion score, mm.
         seed: Seed of the parameter draw.
         n_transforms: Number of transforms (default: drawn from the seed).
+        force: Replace an existing output or sidecar that ``motionqc simulate`` did not write.
 
     Returns:
         The sidecar's content.
 
     Raises:
         motionqc.data.volumes.VolumeError: If the input cannot be used.
-        ValueError: For a negative score or a bad seed.
+        ValueError: For a negative score or a bad seed, an output that is the input (never
+            replaced) or that would replace a file ``simulate`` did not write (unless ``force``).
     """
     import nibabel as nib
     import numpy as np
@@ -54,6 +57,7 @@ def simulate_file(
     from motionqc.synthetic.parameters import sample_scored_motion
 
     input_path, output_path = Path(input_path), Path(output_path)
+    check_simulation_output(input_path, output_path, force)
     load_volume(input_path)  # validation only: one-line errors for unusable files
     image = nib.load(str(input_path))
     data = np.asanyarray(image.dataobj, dtype=np.float32)
@@ -110,3 +114,55 @@ def simulation_sidecar_path(path: Path) -> Path:
         if name.endswith(ext):
             return path.with_name(name[: -len(ext)] + ".json")
     return path.with_name(name + ".json")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (b.exists() and a.samefile(b))
+    except OSError:
+        return False
+
+
+def _written_by_simulate(sidecar: Path) -> bool:
+    """Whether a JSON file is a sidecar ``motionqc simulate`` wrote."""
+    try:
+        data = json.loads(sidecar.read_text())
+        return data["GeneratedBy"]["Name"] == "motionqc" and "TargetScore" in data
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def check_simulation_output(input_path: Path, output_path: Path, force: bool = False) -> None:
+    """Refuse, in one line, an output that would replace the input or a file of someone else.
+
+    The input (or its sidecar) is never replaced. Without ``force``, an existing sidecar that
+    ``simulate`` did not write (a scanner's ``X.json`` beside ``X.nii.gz`` when writing ``X.nii``)
+    and an existing volume without such a sidecar are refused; a re-run over ``simulate``'s own
+    output replaces it.
+
+    Args:
+        input_path: The input volume.
+        output_path: The output volume.
+        force: Replace files ``simulate`` did not write.
+
+    Raises:
+        ValueError: If the output must not be written.
+    """
+    sidecar = simulation_sidecar_path(output_path)
+    for target in (output_path, sidecar):
+        if _same_file(input_path, target):
+            raise ValueError(
+                f"{output_path}: {target.name} is the input {input_path}; not replaced"
+            )
+    if force:
+        return
+    if sidecar.exists() and not _written_by_simulate(sidecar):
+        raise ValueError(
+            f"{output_path}: would replace {sidecar}, which motionqc simulate did not write "
+            "(a scanner's sidecar?); choose another name or pass --force"
+        )
+    if output_path.exists() and not _written_by_simulate(sidecar):
+        raise ValueError(
+            f"{output_path}: exists and motionqc simulate did not write it; choose another name "
+            "or pass --force"
+        )
