@@ -123,3 +123,51 @@ def test_derivative_extras_are_written_once_and_kept(tmp_path: Path) -> None:
     (tmp_path / "README").write_text("our study\n")
     write_derivative_extras(tmp_path)
     assert (tmp_path / "README").read_text() == "our study\n"
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_score_never_writes_over_a_dataset_that_is_not_a_motionqc_derivative(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """#43 D6: the study's parent as output replaced its dataset_description.json; input and
+    output swapped wrote into the raw dataset; `/` was accepted as the output folder."""
+    from conftest import head_phantom, write_nifti
+
+    from motionqc.app.cli import main
+
+    parent = tmp_path / "data"
+    study = parent / "study"
+    write_nifti(study / "sub-01/anat/sub-01_T1w.nii.gz", head_phantom((8, 9, 10)))
+    (study / "dataset_description.json").write_text('{"Name": "study", "BIDSVersion": "1.9.0"}')
+    (parent / "dataset_description.json").write_text('{"Name": "all my studies"}')
+    derived = tmp_path / "derived"  # a motionqc derivative of another study
+    derived.mkdir()
+    write_dataset_description(derived, source=tmp_path / "other", model={"sha256": "0" * 64})
+    write_nifti(derived / "sub-01/anat/sub-01_T1w.nii.gz", head_phantom((8, 9, 10)))
+    checkpoint = str(tmp_path / "absent.pt")  # the folders are checked before the encoder
+    cases = [
+        (study, parent, "not a motionqc derivative"),  # the study's parent
+        (derived, study, "not a motionqc derivative"),  # input and output swapped
+        (study, Path("/"), "the root folder"),
+    ]
+    for bids, out, message in cases:
+        before = _files(out) if out != Path("/") else None
+        rc = main(["score", str(bids), str(out), "participant", "--checkpoint", checkpoint])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and len(err.splitlines()) == 1 and message in err, (out, err)
+        if before is not None:
+            assert _files(out) == before  # nothing written, nothing replaced
+    # a folder with the study inside it, even without a description, is refused
+    (parent / "dataset_description.json").unlink()
+    with pytest.raises(ValueError, match="holds the BIDS dataset"):
+        check_output_dir(study, parent)
+    # the raw dataset, even without its description, is refused as an output
+    (study / "dataset_description.json").unlink()
+    with pytest.raises(ValueError, match="holds T1w images"):
+        check_output_dir(derived, study)
+    # a motionqc derivative and a new folder are accepted
+    assert check_output_dir(tmp_path / "other", derived) == derived.resolve()
+    assert check_output_dir(study, tmp_path / "new").is_dir()

@@ -23,6 +23,7 @@ import motionqc
 
 __all__ = [
     "check_output_dir",
+    "is_motionqc_derivative",
     "write_dataset_description",
     "write_derivative_extras",
     "derivative_name",
@@ -44,8 +45,26 @@ GROUP_TABLE = "group_T1w.tsv"
 """Name of the merged table the ``group`` step writes (as MRIQC's ``group_T1w.tsv``)."""
 
 
+def is_motionqc_derivative(output_dir: str | Path) -> bool:
+    """Whether a folder's ``dataset_description.json`` is a motionqc derivative's."""
+    try:
+        description = json.loads((Path(output_dir) / "dataset_description.json").read_text())
+        return (
+            description.get("DatasetType") == "derivative"
+            and description["GeneratedBy"][0]["Name"] == "motionqc"
+        )
+    except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return False
+
+
 def check_output_dir(bids_dir: str | Path, output_dir: str | Path) -> Path:
-    """Refuse an output folder inside (or equal to) the BIDS dataset, as MRIQC does.
+    """Refuse an output folder that would mix the derivatives with other data, in one line.
+
+    Refused, as MRIQC does, an output folder inside (or equal to) the BIDS dataset; and so that
+    no file of someone else is replaced: the root folder, a folder that holds the BIDS dataset,
+    a folder whose ``dataset_description.json`` is not a motionqc derivative's (a study's parent,
+    or the raw dataset when input and output are swapped), and a folder without one that holds
+    ``sub-*/[ses-*/]anat/*_T1w.nii[.gz]`` images.
 
     Args:
         bids_dir: The input BIDS dataset.
@@ -55,12 +74,31 @@ def check_output_dir(bids_dir: str | Path, output_dir: str | Path) -> Path:
         The resolved output folder (created).
 
     Raises:
-        ValueError: If ``output_dir`` is ``bids_dir`` or inside it.
+        ValueError: If the folder must not be written (one line).
     """
+    from motionqc.data.bids import find_t1w
+
     bids = Path(bids_dir).resolve()
     out = Path(output_dir).resolve()
     if out == bids or bids in out.parents:
         raise ValueError(f"{out}: output folder must not be inside the BIDS dataset {bids}")
+    if out.parent == out:
+        raise ValueError(f"{out}: the root folder cannot be the output folder; name a new folder")
+    if (out / "dataset_description.json").exists() and not is_motionqc_derivative(out):
+        raise ValueError(
+            f"{out}: its dataset_description.json is not a motionqc derivative's (a BIDS dataset, "
+            "or input and output swapped?); choose a new output folder"
+        )
+    if out in bids.parents:
+        raise ValueError(f"{out}: output folder holds the BIDS dataset {bids}; choose a new folder")
+    if out.is_dir() and not is_motionqc_derivative(out):
+        raw = [p for p in find_t1w(out) if "motionqc_T1w" not in p.name]
+        if raw:
+            raise ValueError(
+                f"{out}: holds T1w images ({raw[0].relative_to(out)}) and no motionqc "
+                "dataset_description.json: a BIDS dataset (input and output swapped?); choose a "
+                "new output folder"
+            )
     out.mkdir(parents=True, exist_ok=True)
     return out
 
