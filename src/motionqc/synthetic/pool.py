@@ -38,6 +38,7 @@ from motionqc.physics.motion import simulate_motion
 from motionqc.physics.score import SCORE_CONVENTION
 from motionqc.synthetic.augment import affine_of_uniforms, gaussian_blur, resample_affine
 from motionqc.synthetic.heads import augment_heads, head_of
+from motionqc.synthetic.label_heads import generated_heads
 from motionqc.synthetic.parameters import sample_scored_motion
 from motionqc.synthetic.texture import synthetic_texture
 
@@ -63,13 +64,15 @@ def load_sources(
     """The training (and validation) heads at the simulation grid, multiplied into pseudo-subjects.
 
     Args:
-        paths: Real head id → NIfTI file (only ``config.train_heads`` and ``config.val_heads``
-            are read).
+        paths: Real head id → NIfTI file (only ``config.train_heads``, ``config.val_heads`` and
+            ``config.label_maps`` are read).
         config: The recipe.
 
     Returns:
         ``"<head>~<k>"`` → canonical image at ``sim_spacing_mm`` on ``sim_shape``, intensities
-        divided by their mean.
+        divided by their mean; with ``config.label_maps`` also ``"<map>.g<k>~0"``, the heads
+        generated from them (:func:`motionqc.synthetic.label_heads.generated_heads`), which
+        train.
 
     Raises:
         ValueError: If a training head has no file.
@@ -82,7 +85,20 @@ def load_sources(
     if missing:
         raise ValueError(f"no file for training head(s): {', '.join(missing)}")
     real = {h: preprocess(paths[h], config.sim_spacing_mm, config.sim_shape) for h in heads}
-    return augment_heads(real, config.pseudo_subjects, seed=config.seed)
+    sources = augment_heads(real, config.pseudo_subjects, seed=config.seed)
+    if config.label_maps:
+        missing = [m for m in config.label_maps if m not in paths]
+        if missing:
+            raise ValueError(f"no file for label map(s): {', '.join(missing)}")
+        generated = generated_heads(
+            {m: paths[m] for m in config.label_maps},
+            config.heads_per_map,
+            spacing_mm=config.sim_spacing_mm,
+            shape=config.sim_shape,
+            seed=config.seed,
+        )
+        sources.update({f"{name}~0": image for name, image in generated.items()})
+    return sources
 
 
 def source_splits(sources: Sequence[str], config: RecipeConfig) -> dict[str, str]:

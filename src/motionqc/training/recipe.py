@@ -85,6 +85,11 @@ class RecipeConfig:
             (:func:`motionqc.synthetic.pool.randomise_source`), and of the acquisition noise
             added after it (``p_noise``, ``noise_std``:
             :func:`motionqc.synthetic.pool.acquisition_noise`).
+        label_maps: Whole-head label maps whose random-contrast heads
+            (:func:`motionqc.synthetic.label_heads.generated_heads`) train beside the real heads.
+        heads_per_map: Heads generated from each label map.
+        precision: ``"fp32"``, or ``"bf16"``: the training forward pass under bf16 autocast
+            (on CPUs with native bf16 and on GPUs; validation and the test stay fp32).
         motion: Where the training samples come from: ``"pool"`` (``pool_size`` samples
             rendered once, on the CPU) or ``"batch"`` (new samples every step, their motion
             simulated on the training device: :class:`motionqc.synthetic.batch_motion.MotionBatches`;
@@ -148,11 +153,16 @@ class RecipeConfig:
         }
     )
     # fmt: on
+    label_maps: tuple[str, ...] = ()
+    heads_per_map: int = 3
+    precision: str = "fp32"
     motion: str = "pool"
 
     def __post_init__(self) -> None:
         if self.detail_norm != "none" and not self.detail:
             raise ValueError(f"detail_norm {self.detail_norm!r} needs detail=True")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', not {self.precision!r}")
         if self.motion not in MOTION_MODES:
             raise ValueError(
                 f"motion must be one of {', '.join(MOTION_MODES)}, not {self.motion!r}"
@@ -211,12 +221,32 @@ class RecipeConfig:
             knobs.pop("detail")
         if self.detail_norm == "none":  # as before the knob existed
             knobs.pop("detail_norm")
+        if not self.label_maps:  # as before the knobs existed
+            knobs.pop("label_maps")
+            knobs.pop("heads_per_map")
+        if self.precision == "fp32":  # as before the knob existed
+            knobs.pop("precision")
         return json.dumps(knobs, sort_keys=True)
 
 
 RECIPES: dict[str, RecipeConfig] = {
     "release": RecipeConfig(),
     "sample": RecipeConfig(name="sample", pool_size=1200, val_size=64, steps=2000),
+    # the corpus's real heads (train_heads, val_heads and label_maps come from its split:
+    # motionqc.training.release --recipe corpus), a half-width SFCN on the 2 mm grid
+    "corpus": RecipeConfig(
+        name="corpus",
+        pseudo_subjects=1,
+        spacing_mm=2.0,
+        shape=(80, 96, 80),
+        channels=(16, 32, 64, 128, 128, 64),
+        pool_size=2400,
+        val_size=96,
+        steps=3600,
+        eval_every=400,
+        precision="bf16",
+        source_augment=dict(RecipeConfig().source_augment, p_remap=0.5, p_noise=0.3),
+    ),
     "smoke": RecipeConfig(
         name="smoke",
         pseudo_subjects=2,
@@ -390,7 +420,9 @@ def train(
             group["lr"] = lr_at(step, config.steps, config.lr, config.pct_start)
         model.train()
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(net(x), y.float())
+        with torch.autocast(device.type, torch.bfloat16, enabled=config.precision == "bf16"):
+            out = net(x)
+        loss = loss_fn(out.float(), y.float())
         loss.backward()
         opt.step()
         running.append(float(loss.detach()))

@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 
 from motionqc import paths
+from motionqc.data.corpus import IXI_ATTRIBUTION, load_corpus, training_heads
 from motionqc.data.volumes import file_sha256, sample_manifest
 from motionqc.evaluation import encoder_test
 from motionqc.models.encoder import released_encoder_path, save_encoder
@@ -35,7 +36,10 @@ from motionqc.training.recipe import (
     RecipeConfig,
 )
 
-__all__ = ["run", "main"]
+__all__ = ["CORPUS_RECIPE", "run", "main"]
+
+CORPUS_RECIPE = "corpus"
+"""The recipe of the released encoder: trained on the corpus of real heads (its split)."""
 
 
 def _commit() -> str:
@@ -68,6 +72,7 @@ def run(
     command: str = "",
     cache_dir: Path | None = None,
     device: str = "cpu",
+    corpus: pd.DataFrame | None = None,
 ) -> dict[str, object]:
     """Train, calibrate, test and write the encoder and its JSON (see the module docstring).
 
@@ -81,6 +86,9 @@ def run(
         command: The command line recorded in the JSON.
         cache_dir: Folder of the motion pool's chunks (default ``build/cache/recipe``).
         device: Where the encoder trains (``cuda``: under DDP each rank's own GPU).
+        corpus: The corpus manifest (:func:`motionqc.data.corpus.load_corpus`, files verified):
+            its heads replace the sample heads, the test heads go on a 1 mm grid before their
+            motion, and the JSON lists every head's split, SHA-256 and licence.
 
     Under ``torchrun --nproc_per_node=N`` every rank trains its share of each batch
     (:func:`motionqc.training.recipe.train`) and rank 0 writes the files.
@@ -92,7 +100,7 @@ def run(
     Raises:
         ValueError: If a test head is also a training head.
     """
-    manifest = sample_manifest()
+    manifest = corpus if corpus is not None else sample_manifest()
     files = dict(zip(manifest["volume_id"], manifest["path"], strict=True))
     result = stage.run(
         config,
@@ -103,6 +111,7 @@ def run(
         num_workers=num_workers,
         draws=draws,
         device=device,
+        test_grid_mm=1.0 if corpus is not None else None,
     )
     rank, world, _ = distributed_info()
     metrics = result.metrics.set_index("split").loc["test"].to_dict()
@@ -118,20 +127,15 @@ def run(
         "bins": {"bin_range": list(BIN_RANGE), "n_bins": N_BINS, "sigma": SIGMA},
         "input_intensity": result.meta["input_intensity"],
         "temperature": result.meta["temperature"],
-        "data": {
-            h: {
-                "role": "train" if h in config.train_heads else "test",
-                "sha256": file_sha256(files[h]),
-            }
-            for h in [*config.train_heads, *tested]
-        },
+        "data": _data_provenance(config, files, tested, corpus),
         "seed": config.seed,
         "steps": config.steps,
         "validation": result.metrics.set_index("split").loc["val"].to_dict(),
         "history": result.history.to_dict("records"),
         "unseen_heads": {
             "heads": list(tested),
-            "motion": "torchio.Motion(image_interpolation='linear') at each head's own resolution",
+            "motion": "torchio.Motion(image_interpolation='linear') at "
+            + ("a 1 mm grid" if corpus is not None else "each head's own resolution"),
             "scores_mm": list(encoder_test.TEST_SCORES),
             "draws": draws,
             "metrics": metrics,
@@ -166,6 +170,41 @@ def run(
     return provenance
 
 
+def _data_provenance(
+    config: RecipeConfig,
+    files: dict[str, str],
+    tested: Sequence[str],
+    corpus: pd.DataFrame | None,
+) -> dict[str, object]:
+    """Every head used, its role and SHA-256 (with a corpus: its split, dataset and licence)."""
+    used = [*config.train_heads, *config.val_heads, *config.label_maps, *tested]
+    if corpus is None:
+        return {
+            h: {
+                "role": "train" if h in config.train_heads else "test",
+                "sha256": file_sha256(files[h]),
+            }
+            for h in used
+        }
+    rows = corpus.set_index("volume_id")
+    heads = {
+        h: {
+            "role": str(rows.at[h, "split"]),
+            "dataset": str(rows.at[h, "dataset"]),
+            "licence": str(rows.at[h, "licence"]),
+            "use": str(rows.at[h, "use"]),
+            "sha256": str(rows.at[h, "sha256"]),
+        }
+        for h in used
+    }
+    return {
+        "manifest": str(corpus.attrs.get("source", "")),
+        "split_counts": corpus.groupby("split").size().to_dict(),
+        "attribution": [IXI_ATTRIBUTION, "SynthSeg label maps (Billot et al. 2023), Apache-2.0"],
+        "heads": heads,
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line of ``make pretrain`` (``python -m motionqc.training.release --help``)."""
     parser = argparse.ArgumentParser(
@@ -173,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--recipe", choices=sorted(RECIPES), default="release")
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default=CORPUS_RECIPE)
     parser.add_argument("--steps", type=int, default=None, help="override the recipe's steps")
     parser.add_argument(
         "--motion",
@@ -196,7 +235,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="training checkpoint and predictions (default: checkpoints/recipe-<name>; "
         "the motion pool is cached in build/cache/recipe)",
     )
-    parser.add_argument("--test-heads", nargs="+", default=["colin27"])
+    parser.add_argument(
+        "--test-heads",
+        nargs="+",
+        default=["colin27"],
+        help="sample heads of the unseen-head test (not with the corpus recipe: its test split)",
+    )
+    parser.add_argument(
+        "--data-root",
+        default=None,
+        help="the corpus of real heads (default MOTIONQC_DATA_ROOT); the corpus recipe only",
+    )
+    parser.add_argument(
+        "--corpus",
+        default=None,
+        help="the corpus manifest with its split (default data_manifest/corpus.tsv)",
+    )
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--draws", type=int, default=4, help="motions per test score and head")
     parser.add_argument(
@@ -216,9 +270,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         device = resolve_device(args.device)
     except ValueError as exc:
         parser.error(str(exc))
+    corpus, test_heads = None, args.test_heads
+    if config.name == CORPUS_RECIPE:
+        try:
+            corpus = load_corpus(args.corpus, args.data_root)
+            train, val, test, maps = training_heads(corpus)
+        except ValueError as exc:
+            parser.error(str(exc))
+        config = config.replace(train_heads=train, val_heads=val, label_maps=maps)
+        test_heads = list(test)
     run_dir = args.run_dir or paths.checkpoints_dir() / f"recipe-{config.name}"
     out = args.out or (
-        released_encoder_path() if config.name == "release" else run_dir / "motion_encoder.pt"
+        released_encoder_path() if config.name == CORPUS_RECIPE else run_dir / "motion_encoder.pt"
     )
     command = "python -m motionqc.training.release " + " ".join(
         sys.argv[1:] if argv is None else argv
@@ -227,11 +290,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         config,
         out=out,
         run_dir=run_dir,
-        test_heads=args.test_heads,
+        test_heads=test_heads,
         num_workers=args.num_workers,
         draws=args.draws,
         command=command.strip(),
         device=str(device),
+        corpus=corpus,
     )
     if distributed_info()[0] != 0:  # a DDP rank other than 0: nothing written, nothing to say
         return 0
