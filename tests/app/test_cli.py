@@ -394,7 +394,7 @@ def test_train_qc_is_wired_to_transfer(
 
     calls = []
     fake = types.ModuleType("motionqc.app.train_qc")
-    fake.train_qc_cli = lambda *a: calls.append(a) or Path(a[2]) / "qc_results.csv"
+    fake.train_qc_cli = lambda *a, **k: calls.append(a) or Path(a[2]) / "qc_results.csv"
     monkeypatch.setitem(sys.modules, "motionqc.app.train_qc", fake)
     rc = main(
         ["train-qc", "--manifest", "r.tsv", "--checkpoint", "e.pt", str(tmp_path), "--seeds", "2"]

@@ -246,6 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoint", type=Path, default=None, help=checkpoint_help)
     train.add_argument("output_dir", metavar="OUT_DIR", type=Path, help="output folder")
     train.add_argument("--seeds", type=_positive, default=5, help="number of seeds")
+    train.add_argument(
+        "--skip-missing",
+        action="store_true",
+        help="train without the rated volumes whose files are missing or unusable (listed in "
+        "OUT_DIR/errors.json); without it they stop the run with exit status 1",
+    )
     return parser
 
 
@@ -395,17 +401,41 @@ def _cmd_train_qc(args: argparse.Namespace) -> int:
     from motionqc.data.volumes import ManifestError
     from motionqc.models.encoder import EncoderError
 
+    def log(message: str) -> None:
+        print(f"{PROG}: {' '.join(message.split())}", file=sys.stderr, flush=True)
+
     try:
         checkpoint = _checkpoint(args)
         manifest = args.manifest
         if args.bids_dir is not None:
+            import warnings
+
+            from motionqc.app.train_qc import check_manifest_spared
             from motionqc.data.bids import manifest_from_bids
 
-            table = manifest_from_bids(args.bids_dir, ratings=args.manifest)
+            check_manifest_spared(args.manifest, args.output_dir, writes_manifest=True)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # said below, in one line
+                table = manifest_from_bids(args.bids_dir, ratings=args.manifest)
+            unmatched = table.attrs.get("unmatched", [])
+            if unmatched:
+                rated = int(table["qc_score"].notna().sum()) + len(unmatched)
+                log(
+                    f"warning: {args.manifest}: {len(unmatched)} of {rated} rated name(s) are "
+                    f"not in {args.bids_dir} and are not used: {', '.join(unmatched[:10])}"
+                    + (" ..." if len(unmatched) > 10 else "")
+                )
             Path(args.output_dir).mkdir(parents=True, exist_ok=True)
             manifest = Path(args.output_dir) / "manifest.tsv"
             table.to_csv(manifest, sep="\t", index=False)
-        result = train_qc_cli(manifest, checkpoint, args.output_dir, args.seeds)
+        result = train_qc_cli(
+            manifest,
+            checkpoint,
+            args.output_dir,
+            args.seeds,
+            skip_missing=args.skip_missing,
+            log=log,
+        )
     except (EncoderError, ManifestError, ValueError, RuntimeError) as exc:
         _error(exc)
         return 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,63 @@ from motionqc.models.qc_head import file_digest, save_qc_head
 from motionqc.training.qc_runs import best_run, run_transfer_seeds
 from motionqc.training.transfer import embed
 
-__all__ = ["check_ratings", "check_split_classes", "train_qc_cli"]
+__all__ = [
+    "OUTPUT_FILES",
+    "check_manifest_spared",
+    "check_ratings",
+    "check_split_classes",
+    "train_qc_cli",
+]
+
+OUTPUT_FILES: tuple[str, ...] = (
+    "manifest.tsv",
+    "splits.tsv",
+    "qc_results.csv",
+    "qc_median.csv",
+    "qc_predictions.tsv",
+    "qc_head.pt",
+    "errors.json",
+)
+"""What ``motionqc train-qc`` writes in its output folder (``manifest.tsv`` with ``--bids-dir``)."""
+
+
+def check_manifest_spared(
+    manifest: str | Path, out_dir: str | Path, writes_manifest: bool = False
+) -> None:
+    """Refuse, in one line, a ratings file or manifest that ``train-qc`` would overwrite.
+
+    Args:
+        manifest: The ratings or manifest file given.
+        out_dir: The output folder.
+        writes_manifest: ``OUT_DIR/manifest.tsv`` is written too (``--bids-dir``).
+
+    Raises:
+        ValueError: If ``manifest`` is one of the files written in ``out_dir``.
+    """
+    source = Path(manifest).resolve()
+    for name in OUTPUT_FILES:
+        if name == "manifest.tsv" and not writes_manifest:
+            continue
+        target = Path(out_dir).resolve() / name
+        same = source == target
+        if not same and target.exists() and source.exists():
+            same = source.samefile(target)
+        if same:
+            raise ValueError(
+                f"{manifest}: would be overwritten by train-qc's {name}; copy it elsewhere or "
+                "choose another OUT_DIR"
+            )
+
+
+def _warn_one_class(y: np.ndarray, split: np.ndarray, manifest: str | Path, log) -> None:
+    for name in ("val", "test"):
+        present = np.unique(y[split == name])
+        if len(present) == 1:
+            log(
+                f"warning: {manifest}: the {name} split holds one QC class ({int(present[0])}): "
+                "its balanced accuracy is that class's recall and the other classes' F1 is 0; "
+                "rate more volumes of the other classes or give a split column"
+            )
 
 
 def check_ratings(table: pd.DataFrame, manifest: str | Path) -> None:
@@ -69,7 +126,13 @@ def check_split_classes(y: np.ndarray, split: np.ndarray, manifest: str | Path) 
 
 
 def train_qc_cli(
-    manifest: str | Path, checkpoint: str | Path, out_dir: str | Path, seeds: int = 5
+    manifest: str | Path,
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    seeds: int = 5,
+    *,
+    skip_missing: bool = False,
+    log: Callable[[str], None] | None = None,
 ) -> Path:
     """Train a lab's own QC head from its ratings (``motionqc train-qc``): 5-seed report.
 
@@ -86,16 +149,32 @@ def train_qc_cli(
         checkpoint: Encoder file (:func:`motionqc.models.encoder.save_encoder`).
         out_dir: Output folder.
         seeds: Number of seeds.
+        skip_missing: Train without the rated volumes whose files are missing or unusable
+            (otherwise they stop the run); either way they are listed in ``errors.json``.
+        log: Where warnings go, one line each (a test split of one class, skipped volumes);
+            default: :func:`warnings.warn`.
 
     Returns:
         The path of ``qc_results.csv``.
+
+    Raises:
+        ValueError: In one line: too few ratings, one class, a split that cannot be used, a
+            manifest that would be overwritten, or rated volumes that cannot be used (unless
+            ``skip_missing``).
     """
+    if log is None:
+        import warnings
+
+        def log(message: str) -> None:
+            warnings.warn(message, stacklevel=3)
+
     from motionqc.data.volumes import file_sha256, load_manifest
     from motionqc.evaluation.qc_metrics import median_table, seed_table
     from motionqc.models.encoder import load_encoder
     from motionqc.qc_task import qc_class
 
     out = Path(out_dir)
+    check_manifest_spared(manifest, out)
     out.mkdir(parents=True, exist_ok=True)
     model, meta = load_encoder(checkpoint)
     # Files are checked below, one by one: a missing or unusable file goes to errors.json.
@@ -104,10 +183,23 @@ def train_qc_cli(
     if len(table) < 10:
         raise ValueError(f"{manifest}: {len(table)} rated volumes; at least 10 are needed")
     check_ratings(table, manifest)
+    rated = len(table)
     images, table, errors = preprocess_rows(table, meta)
+    (out / "errors.json").write_text(json.dumps(errors, indent=1))
+    if errors:
+        more = f" and {len(errors) - 1} more" if len(errors) > 1 else ""
+        message = (
+            f"{manifest}: {len(errors)} of {rated} rated volume(s) cannot be used "
+            f"({errors[0]['volume_id']}: {' '.join(errors[0]['error'].split())}{more}; all in "
+            f"{out / 'errors.json'})"
+        )
+        if not skip_missing:
+            raise ValueError(f"{message}; fix them, or pass --skip-missing to train without them")
+        log(f"warning: {message}; training without them (--skip-missing)")
     y = np.array([qc_class(s) for s in table["qc_score"]])
     split = split_by_subject(table, y, manifest, seed=0)
     check_split_classes(y, split, manifest)
+    _warn_one_class(y, split, manifest, log)
     pd.DataFrame(
         {"volume_id": table["volume_id"], "subject": table["subject"], "split": split}
     ).to_csv(out / "splits.tsv", sep="\t", index=False)

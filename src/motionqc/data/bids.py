@@ -12,7 +12,9 @@ Two builders:
 
 from __future__ import annotations
 
+import csv
 import re
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -75,11 +77,29 @@ def find_t1w(bids_dir: str | Path, participant_label: list[str] | None = None) -
 
 
 def _read_ratings(ratings: str | Path, key: str, score: str | None) -> pd.Series:
+    """A ratings TSV's scores by BIDS name: read as the report exports it, every line a row.
+
+    Fields are split at tabs and nothing is quoted (``csv.QUOTE_NONE``; the report's Export
+    replaces tabs and newlines in comments by spaces), so a comment holding ``"`` is read as
+    typed; the rows read are checked against the file's lines.
+
+    Raises:
+        ManifestError: If the file cannot be read, a line has another number of fields, a
+            column is missing, a name repeats, or a score is not 1–4 or empty (naming the line).
+    """
     path = Path(ratings)
     try:
-        table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+        table = pd.read_csv(
+            path, sep="\t", dtype=str, keep_default_na=False, quoting=csv.QUOTE_NONE
+        )
+        lines = [line for line in path.read_bytes().split(b"\n")[1:] if line.rstrip(b"\r")]
     except (OSError, pd.errors.ParserError) as exc:
         raise ManifestError(f"{path}: cannot read ratings ({' '.join(str(exc).split())})") from exc
+    if len(lines) != len(table):
+        raise ManifestError(
+            f"{path}: {len(lines)} line(s) of ratings but {len(table)} row(s) read; one rating "
+            "per line, fields separated by tabs"
+        )
     if score is None:
         score = (
             "rating"
@@ -96,7 +116,16 @@ def _read_ratings(ratings: str | Path, key: str, score: str | None) -> pd.Series
         raise ManifestError(
             f"{path}: {key} repeated: {table[key][table[key].duplicated()].iloc[0]}"
         )
-    return pd.to_numeric(table.set_index(key)[score].replace("", None), errors="coerce")
+    text = table[score].str.strip()
+    values = pd.to_numeric(text.replace("", None), errors="coerce")
+    bad = table.index[(text != "") & ~values.isin([1, 2, 3, 4])]
+    if len(bad):
+        row = bad[0]
+        raise ManifestError(
+            f"{path}: line {row + 2}: {table.at[row, key]}: {score} {table.at[row, score]} is "
+            "not 1, 2, 3, 4 or empty"
+        )
+    return pd.Series(values.to_numpy(), index=table[key], name=score)
 
 
 def manifest_from_bids(
@@ -125,7 +154,9 @@ def manifest_from_bids(
 
     Returns:
         A manifest (``volume_id`` = ``bids_name``) with ``bids_name``, ``session`` and ``acq``
-        columns besides the required ones; unrated volumes have an empty ``qc_score``.
+        columns besides the required ones; unrated volumes have an empty ``qc_score``. Rated
+        names found in no file of the tree (a typo, another dataset) are listed, sorted, in
+        ``df.attrs["unmatched"]`` and a warning.
 
     Raises:
         ManifestError: If the tree holds no T1w image or the ratings cannot be used.
@@ -154,9 +185,18 @@ def manifest_from_bids(
             }
         )
     df = pd.DataFrame(rows)
+    unmatched: list[str] = []
     if ratings is not None:
         scores = _read_ratings(ratings, key_column, score_column)
         df["qc_score"] = df["bids_name"].map(scores)
+        rated = scores[scores.notna()]
+        unmatched = sorted(set(rated.index) - set(df["bids_name"]))
+        if unmatched:
+            warnings.warn(
+                f"{ratings}: {len(unmatched)} of {len(rated)} rated name(s) are not in {root} "
+                f"and are not used: {', '.join(unmatched[:10])}",
+                stacklevel=2,
+            )
         bad = df["qc_score"].notna() & ~df["qc_score"].isin([1, 2, 3, 4])
         if bad.any():
             row = df[bad].iloc[0]
@@ -164,7 +204,9 @@ def manifest_from_bids(
                 f"{ratings}: score {row.qc_score} of {row.bids_name} is not 1, 2, 3 or 4"
             )
     df["qc_score"] = pd.array(df["qc_score"], dtype="Int64")
-    return df[list(REQUIRED_COLUMNS) + [c for c in df.columns if c not in REQUIRED_COLUMNS]]
+    df = df[list(REQUIRED_COLUMNS) + [c for c in df.columns if c not in REQUIRED_COLUMNS]]
+    df.attrs["unmatched"] = unmatched
+    return df
 
 
 def _participant_sites(root: Path) -> dict[str, str]:
