@@ -26,6 +26,14 @@ import torch
 import torchio as tio
 
 from motionqc import paths
+from motionqc.data.nifti_guard import (
+    GZIP_MAX_RATIO,
+    MAX_VOXELS,
+    check_geometry,
+    check_nifti_file,
+    file_problem,
+    resampled_shape,
+)
 
 __all__ = [
     "VolumeError",
@@ -35,6 +43,7 @@ __all__ = [
     "load_manifest",
     "sample_manifest",
     "MAX_VOXELS",
+    "MIN_SIDE",
     "load_volume",
     "load_mask",
     "preprocess",
@@ -203,63 +212,61 @@ def sample_manifest(verify: bool = True, include_templates: bool = True) -> pd.D
     return df
 
 
-MAX_VOXELS = 256 * 2**20
-"""Most voxels :func:`load_volume` reads (1 GiB as float32; a 0.5 mm whole head has ~80 million)."""
-
-_GZIP_MAX_RATIO = 1032
-"""Deflate never expands more than ~1032:1, so a .nii.gz cannot hold more than this × its size."""
+MIN_SIDE = 4
+"""Fewest voxels along an axis of a volume motionqc scores (a 1×1×1 or single-slice file is not
+a head)."""
 
 
-def _check_claimed_size(path: Path, img: nib.Nifti1Image) -> None:
+def _check_claimed_size(path: Path, img: nib.spatialimages.SpatialImage) -> None:
     """Refuse a header whose claimed array is too large, or larger than the file can hold.
 
-    Runs before any voxel is read: an 89-byte file claiming 1150³ float32 voxels is refused
-    without allocating its 6 GB.
+    Runs before any voxel is read, for the formats :func:`check_nifti_file` does not parse: an
+    89-byte file claiming 1150³ float32 voxels is refused without allocating its 6 GB.
     """
     shape = tuple(int(s) for s in img.header.get_data_shape())
     n = int(np.prod(shape, dtype=np.int64)) if shape else 0
-    itemsize = int(img.header.get_data_dtype().itemsize)
+    dtype = img.header.get_data_dtype()
     if n > MAX_VOXELS:
         raise VolumeError(
             f"{path}: header claims shape {shape} ({n:,} voxels), more than the {MAX_VOXELS:,} "
             "motionqc reads"
         )
+    if dtype.fields is not None or dtype.kind == "c":
+        raise VolumeError(
+            f"{path}: {'complex' if dtype.kind == 'c' else 'RGB or structured'} voxels "
+            f"({dtype}); motionqc scores T1w magnitude images"
+        )
     size = path.stat().st_size
     gz = path.name.endswith(".gz")
     offset = 0 if gz else int(getattr(img.header, "get_data_offset", lambda: 0)())
-    holds = size * _GZIP_MAX_RATIO + 4096 if gz else size - offset
-    if n * itemsize > holds:
+    holds = size * GZIP_MAX_RATIO + 4096 if gz else size - offset
+    if n * dtype.itemsize > holds:
         raise VolumeError(
-            f"{path}: header claims shape {shape} of {img.header.get_data_dtype()} "
-            f"({n * itemsize:,} bytes), more than the {size:,}-byte file can hold (truncated or "
-            "forged header)"
+            f"{path}: header claims shape {shape} of {dtype} ({n * dtype.itemsize:,} bytes), "
+            f"more than the {size:,}-byte file can hold (truncated or forged header)"
         )
 
 
-def load_volume(path: str | Path) -> nib.Nifti1Image:
-    """Load a NIfTI volume as a canonical (RAS+) 3D float32 image, refusing unusable files.
+def _read(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The voxels (float32, 3D) and affine of a file, refusing it before reading what it must not.
 
-    A 4D file holding a single volume is squeezed to 3D.
-
-    Args:
-        path: A ``.nii`` or ``.nii.gz`` file.
-
-    Returns:
-        A ``nibabel.Nifti1Image`` in RAS+ orientation with float32 data.
-
-    Raises:
-        VolumeError: If the file is missing, empty, unreadable or truncated, has more than one
-            volume or not 3 spatial dimensions, has no voxels, or holds NaN/Inf or only zeros.
+    The header is checked before nibabel opens the file (:func:`check_nifti_file`), the geometry
+    before a voxel is read (:func:`check_geometry`).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise VolumeError(f"{path}: file not found")
+    problem = file_problem(path)
+    if problem is not None:
+        raise VolumeError(f"{path}: {problem}")
     if path.stat().st_size == 0:
         raise VolumeError(f"{path}: empty file (0 bytes)")
     try:
+        check_nifti_file(path, VolumeError)
         img = nib.load(str(path))
         _check_claimed_size(path, img)
+        shape = tuple(int(s) for s in img.header.get_data_shape())
+        check_geometry(path, shape, img.affine, VolumeError)
         data = np.asanyarray(img.dataobj, dtype=np.float32)
+    except VolumeError:
+        raise
     except (
         nib.filebasedimages.ImageFileError,
         EOFError,
@@ -268,6 +275,8 @@ def load_volume(path: str | Path) -> nib.Nifti1Image:
         gzip.BadGzipFile,
         ValueError,
     ) as exc:
+        if isinstance(exc, PermissionError):
+            raise VolumeError(f"{path}: cannot read the file (permission denied)") from exc
         raise VolumeError(f"{path}: unreadable or truncated NIfTI ({_one_line(exc)})") from exc
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
@@ -282,13 +291,60 @@ def load_volume(path: str | Path) -> nib.Nifti1Image:
         raise VolumeError(f"{path}: {n_bad} NaN/Inf voxel(s)")
     if not data.any():
         raise VolumeError(f"{path}: all voxels are zero (empty image)")
-    canonical = nib.as_closest_canonical(nib.Nifti1Image(data, img.affine))
+    return data, np.asarray(img.affine, dtype=float)
+
+
+def _check_t1w_content(path: Path, data: np.ndarray) -> None:
+    """Refuse what cannot be a T1w image: too few voxels along an axis, a constant or binary image."""
+    if min(data.shape) < MIN_SIDE:
+        raise VolumeError(
+            f"{path}: shape {tuple(data.shape)}: fewer than {MIN_SIDE} voxels along an axis; "
+            "not a 3D head image"
+        )
+    low, high = float(data.min()), float(data.max())
+    if low == high:
+        raise VolumeError(f"{path}: every voxel is {low:g} (a constant image, not a T1w scan)")
+    if not np.count_nonzero((data != low) & (data != high)):
+        raise VolumeError(
+            f"{path}: only two values, {low:g} and {high:g} (a binary mask, not a T1w scan)"
+        )
+
+
+def _canonical(data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
+    canonical = nib.as_closest_canonical(nib.Nifti1Image(data, affine))
     image = nib.Nifti1Image(
         np.ascontiguousarray(canonical.dataobj, dtype=np.float32), canonical.affine
     )
     image.set_qform(canonical.affine, code=1)
     image.set_sform(canonical.affine, code=1)
     return image
+
+
+def load_volume(path: str | Path) -> nib.Nifti1Image:
+    """Load a NIfTI volume as a canonical (RAS+) 3D float32 image, refusing unusable files.
+
+    A 4D file holding a single volume is squeezed to 3D. Nothing is allocated for what a header
+    claims beyond motionqc's caps: header and extensions (``MAX_HEADER_BYTES``), stored array
+    (:data:`MAX_VOXELS`), field of view (``MAX_FIELD_OF_VIEW_MM``;
+    :mod:`motionqc.data.nifti_guard`).
+
+    Args:
+        path: A ``.nii`` or ``.nii.gz`` file.
+
+    Returns:
+        A ``nibabel.Nifti1Image`` in RAS+ orientation with float32 data.
+
+    Raises:
+        VolumeError: If the file is missing, not a regular file, empty, unreadable or truncated,
+            claims more than the caps, holds complex or RGB voxels, has more than one volume or
+            not 3 spatial dimensions, has a non-finite or singular affine, fewer than
+            :data:`MIN_SIDE` voxels along an axis, NaN/Inf voxels, only zeros, one value or two
+            (a mask).
+    """
+    path = Path(path)
+    data, affine = _read(path)
+    _check_t1w_content(path, data)
+    return _canonical(data, affine)
 
 
 def load_mask(path: str | Path) -> nib.Nifti1Image:
@@ -301,9 +357,12 @@ def load_mask(path: str | Path) -> nib.Nifti1Image:
         A RAS+ ``nibabel.Nifti1Image`` with uint8 values 0/1.
 
     Raises:
-        VolumeError: As :func:`load_volume`, or if the mask is empty.
+        VolumeError: As :func:`load_volume` (but a mask may hold one value or two), or if the
+            mask is empty.
     """
-    image = load_volume(path)
+    path = Path(path)
+    data, affine = _read(path)
+    image = _canonical(data, affine)
     mask = (np.asarray(image.dataobj) > 0).astype(np.uint8)
     if not mask.any():
         raise VolumeError(f"{path}: mask is empty")
@@ -321,11 +380,22 @@ def _to_tio(volume: str | Path | nib.Nifti1Image | tio.ScalarImage) -> tio.Scala
     return tio.ScalarImage(tensor=tensor, affine=image.affine)
 
 
+def _describe(volume: object) -> str:
+    """A volume's file for a message, never the image's content."""
+    if isinstance(volume, (str, Path)):
+        return str(volume)
+    if isinstance(volume, tio.ScalarImage):
+        return str(volume.path) if volume.path is not None else "in-memory image"
+    name = getattr(volume, "get_filename", lambda: None)()
+    return str(name) if name else "in-memory image"
+
+
 def preprocess(
     volume: str | Path | nib.Nifti1Image | tio.ScalarImage,
     spacing_mm: float,
     shape: Sequence[int],
     normalise: bool = True,
+    source: str | Path | None = None,
 ) -> tio.ScalarImage:
     """Prepare a volume for SFCN: canonical orientation, resampling, crop/pad, mean scaling.
 
@@ -338,18 +408,32 @@ def preprocess(
         spacing_mm: Isotropic target voxel size in mm.
         shape: Target grid (X, Y, Z).
         normalise: Divide the intensities by their mean.
+        source: The file the volume came from, named in error messages (default: ``volume``
+            when it is a path or a file-backed image, else "in-memory image").
 
     Returns:
         A torchio ``ScalarImage`` of shape (1, *shape).
 
     Raises:
-        VolumeError: If the volume cannot be loaded or its mean intensity is not positive.
+        VolumeError: If the volume cannot be loaded, its field of view would resample to more
+            than ``MAX_VOXELS`` voxels or span more than ``MAX_FIELD_OF_VIEW_MM`` (refused before
+            resampling), or its mean intensity is not positive.
     """
     if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"shape must be three positive integers, got {tuple(shape)}")
     if spacing_mm <= 0:
         raise ValueError(f"spacing_mm must be positive, got {spacing_mm}")
+    where = _describe(volume) if source is None else str(source)
     image = _to_tio(volume)
+    affine = np.asarray(image.affine, dtype=float)
+    check_geometry(Path(where), image.spatial_shape, affine, VolumeError)
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    target = resampled_shape(image.spatial_shape, zooms, float(spacing_mm))
+    if int(np.prod(target, dtype=np.int64)) > MAX_VOXELS:
+        raise VolumeError(
+            f"{where}: resampling to {spacing_mm:g} mm would make a {target} grid, more than the "
+            f"{MAX_VOXELS:,} voxels motionqc allocates"
+        )
     transform = tio.Compose(
         [
             tio.ToCanonical(),
@@ -361,7 +445,6 @@ def preprocess(
     if normalise:
         mean = float(out.data.mean())
         if not np.isfinite(mean) or mean <= 0:
-            where = getattr(volume, "path", None) or volume
             raise VolumeError(
                 f"{where}: mean intensity {mean:g} after preprocessing is not positive"
             )
