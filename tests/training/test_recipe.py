@@ -201,6 +201,7 @@ def test_train_resumes_and_refuses_other_settings(sources, tmp_path):
     # another recipe
     old = json.loads(state["config"])
     later = ("source_augment", "motion", "crop", "unshuffle", "detail", "detail_norm")
+    later += ("label_maps", "heads_per_map", "precision")
     assert not set(later) & set(old)
     assert old == {
         k: v for k, v in json.loads(json.dumps(half.as_dict())).items() if k not in later
@@ -210,6 +211,11 @@ def test_train_resumes_and_refuses_other_settings(sources, tmp_path):
         recipe.train(model(), *data, drawing, tmp_path / "split", log=False)
     with pytest.raises(ValueError, match="other recipe settings"):  # crops: another recipe
         recipe.train(model(), *data, half.replace(crop=(32, 32, 32)), tmp_path / "split", log=False)
+    for other in (half.replace(precision="bf16"), half.replace(label_maps=("m",))):
+        with pytest.raises(ValueError, match="other recipe settings"):
+            recipe.train(model(), *data, other, tmp_path / "split", log=False)
+    with pytest.raises(ValueError, match="precision"):
+        half.replace(precision="fp16")
     folded = SFCN(n_outputs=50, channels=SMOKE.channels, unshuffle=2)
     with pytest.raises(ValueError, match="other recipe settings"):  # space-to-depth: another
         recipe.train(folded, *data, half.replace(unshuffle=2), tmp_path / "split", log=False)
@@ -499,3 +505,66 @@ def test_pretrain_stage_runs_on_a_manifest_pool(tmp_path):
         motion_pool.load_sources(heads.files, config.replace(val_heads=(heads.train[0],)))
     with pytest.raises(ValueError, match="also used for training"):
         stage.run(config, heads.files, test_heads=heads.val)
+
+
+def test_bf16_training_steps_differ_from_fp32_and_stay_finite(sources):
+    pool = motion_pool.render_pool(sources, SMOKE, "train", 8, progress=False)
+    val = motion_pool.render_pool(sources, SMOKE, "val", 2, progress=False)
+    data = (pool[0], torch.tensor(pool[1]["label"].to_numpy())), (
+        val[0],
+        torch.tensor(val[1]["label"].to_numpy()),
+    )
+    weights = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        model = SFCN(n_outputs=50, channels=SMOKE.channels, dropout=0.0)
+        history = recipe.train(model, *data, SMOKE.replace(precision=precision), log=False)
+        assert np.isfinite(history["train_loss"]).all()
+        weights[precision] = torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert not torch.equal(weights["fp32"], weights["bf16"])  # the forward ran in bf16
+    assert torch.allclose(weights["fp32"], weights["bf16"], atol=5e-2)
+
+
+def test_release_run_on_a_corpus_trains_on_its_split_and_lists_every_head(tmp_path):
+    from motionqc.data.corpus import LABEL_MAP, TEST_ONLY, training_heads
+    from motionqc.data.volumes import file_sha256
+
+    rows = []
+    for i, (split, use) in enumerate(
+        [("train", "train or test")] * 2 + [("val", "train or test"), ("test", TEST_ONLY)]
+    ):
+        path = tmp_path / f"h{i}.nii.gz"
+        ellipsoid_head(i, shape=(10, 12, 10), spacing=4.0).save(path)
+        rows.append((f"h{i}", "IXI" if i < 3 else "other", split, use, str(path)))
+    labels = np.zeros((40, 48, 40), dtype=np.int16)
+    labels[8:32, 8:40, 8:32], labels[14:26, 14:34, 14:26] = 530, 17
+    label_path = tmp_path / "seg.nii.gz"
+    tio.LabelMap(tensor=torch.from_numpy(labels)[None], affine=np.diag([1, 1, 1, 1.0])).save(
+        label_path
+    )
+    rows.append(("seg", "labels", "labels", LABEL_MAP, str(label_path)))
+    corpus = pd.DataFrame(rows, columns=["volume_id", "dataset", "split", "use", "path"])
+    corpus["licence"] = ["CC BY-SA 3.0"] * 3 + ["MIT", "Apache-2.0"]
+    corpus["sha256"] = [file_sha256(p) for p in corpus["path"]]
+    train, val, test, maps = training_heads(corpus)
+    config = SMOKE.replace(train_heads=train, val_heads=val, label_maps=maps, heads_per_map=2)
+    out = tmp_path / "w" / "motion_encoder.pt"
+    kwargs = {"run_dir": tmp_path / "run", "num_workers": 0, "draws": 1, "command": "t"}
+    prov = release.run(config, out=out, test_heads=test, corpus=corpus, **kwargs)
+    heads = prov["data"]["heads"]
+    assert set(heads) == {"h0", "h1", "h2", "h3", "seg"}
+    assert [heads[h]["role"] for h in ("h0", "h2", "h3", "seg")] == [
+        "train",
+        "val",
+        "test",
+        "labels",
+    ]
+    assert heads["h3"]["use"] == TEST_ONLY and heads["seg"]["licence"] == "Apache-2.0"
+    assert heads["h1"]["sha256"] == file_sha256(tmp_path / "h1.nii.gz")
+    assert any("IXI" in a for a in prov["data"]["attribution"])
+    assert "1 mm grid" in prov["unseen_heads"]["motion"]
+    assert prov["recipe"]["label_maps"] == ["seg"]
+    table = pd.read_csv(tmp_path / "run" / "predictions.csv")
+    trained = set(table.loc[table["split"] == "train", "head"])
+    assert trained <= {"h0", "h1", "seg.g0", "seg.g1"} and trained & {"seg.g0", "seg.g1"}
+    assert set(table.loc[table["split"] == "test", "head"]) == {"h3"}
