@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import head_phantom, write_nifti
 
 from motionqc.data.corpus import (
     IXI_LICENCE,
@@ -21,7 +22,6 @@ from motionqc.data.corpus import (
     training_heads,
 )
 from motionqc.data.volumes import ManifestError
-from conftest import head_phantom, write_nifti
 
 
 def _ixi_tree(root: Path, n: int = 12) -> list[Path]:

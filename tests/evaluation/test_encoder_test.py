@@ -37,7 +37,7 @@ def test_head_table_reads_each_heads_clean_score_ranking_and_offset():
         rows += [{"head": head, "true": t, "pred": p} for t, p in zip(truth, pred, strict=True)]
     table = pd.DataFrame(rows)
     out = head_table(table).set_index("head")
-    a, b = table[table["head"] == "a"], table[table["head"] == "b"]
+    b = table[table["head"] == "b"]
     assert out.at["a", "clean_pred"] == 1.5 and out.at["a", "offset"] == 1.5
     assert out.at["a", "spearman"] == 1.0
     expected = spearmanr(b["true"], b["pred"]).statistic

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torchio as tio
-
 from conftest import write_nifti
+
 from motionqc.synthetic.label_heads import generated_heads
 
 

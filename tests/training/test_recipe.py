@@ -510,9 +510,12 @@ def test_pretrain_stage_runs_on_a_manifest_pool(tmp_path):
 def test_bf16_training_steps_differ_from_fp32_and_stay_finite(sources):
     pool = motion_pool.render_pool(sources, SMOKE, "train", 8, progress=False)
     val = motion_pool.render_pool(sources, SMOKE, "val", 2, progress=False)
-    data = (pool[0], torch.tensor(pool[1]["label"].to_numpy())), (
-        val[0],
-        torch.tensor(val[1]["label"].to_numpy()),
+    data = (
+        (pool[0], torch.tensor(pool[1]["label"].to_numpy())),
+        (
+            val[0],
+            torch.tensor(val[1]["label"].to_numpy()),
+        ),
     )
     weights = {}
     for precision in ("fp32", "bf16"):
