@@ -375,3 +375,124 @@ def test_an_encoder_with_detail_channels_scores_what_encoder_input_makes(tmp_pat
     with torch.no_grad():
         want = float(decode(model(scale_input(x[None], "percentile")))[0])
     assert rows[0]["motion_mm"] == pytest.approx(want, abs=1e-5)
+
+
+def test_files_sharing_a_bids_name_are_listed_not_scored_over_each_other(
+    tmp_path, encoder, capsys
+) -> None:
+    """#43 D3: two files with one bids_name were both scored into one row, one derivative."""
+    import pandas as pd
+
+    bids = tmp_path / "bids"
+    head = head_phantom((36, 44, 38))
+    same = {
+        "sub-01_T1w": ["sub-01/anat/sub-01_T1w.nii", "sub-01/anat/sub-01_T1w.nii.gz"],
+        "sub-02_T1w": ["sub-02/anat/sub-02_T1w.nii.gz", "sub-02/ses-2/anat/sub-02_T1w.nii.gz"],
+        "sub-03_acq-a b_T1w": [
+            "sub-03/anat/sub-03_acq-a  b_T1w.nii.gz",  # two spaces
+            "sub-03/anat/sub-03_acq-a b_T1w.nii.gz",
+        ],
+    }
+    for seed, rel in enumerate(sorted(r for rels in same.values() for r in rels)):
+        write_nifti(bids / rel, head + seed, _affine(4.0))
+    write_nifti(bids / "sub-04/anat/sub-04_T1w.nii.gz", head, _affine(4.0))
+    (bids / "dataset_description.json").write_text('{"Name": "t", "BIDSVersion": "1.9.0"}')
+    fast = ["--num-workers", "0", "--threads", "1", "--no-mosaics", "--no-progress"]
+
+    out = tmp_path / "out"
+    args = ["score", str(bids), str(out), "participant", "--checkpoint", str(encoder), *fast]
+    assert cli.main(args) == 0
+    captured = capsys.readouterr()
+    assert "1 scored, 3 error(s), 0 already there; 1/4 scored in all" in captured.out
+    for name, rels in same.items():  # one line each, naming every file
+        lines = [line for line in captured.err.splitlines() if f"{name}: 2 files share" in line]
+        assert len(lines) == 1 and all(rel in lines[0] for rel in rels), captured.err
+    table = pd.read_csv(out / "motion_T1w.tsv", sep="\t", dtype=str, keep_default_na=False)
+    rows = table.set_index("bids_name")
+    assert sorted(table["bids_name"]) == sorted([*same, "sub-04_T1w"])  # one row a name
+    for name, rels in same.items():
+        assert rows.loc[name, "status"] == "error" and rels[1] in rows.loc[name, "error"]
+    assert [p.name for p in out.rglob("*_rec-motionqc_T1w.nii.gz")] == [
+        "sub-04_rec-motionqc_T1w.nii.gz"
+    ]
+    assert cli.main(args) == 0  # nothing is "already there" that was never scored
+    assert "0 scored, 0 error(s), 4 already there" in capsys.readouterr().out
+    # shards: each name listed once, whichever shard its files fall in
+    sharded = tmp_path / "sharded"
+    shard_args = [a if a != str(out) else str(sharded) for a in args]
+    for i in range(3):
+        cli.main([*shard_args, "--shard", f"{i}/3"])
+    capsys.readouterr()
+    merged = pd.concat(pd.read_csv(t, sep="\t") for t in sharded.glob("motion_T1w_shard-*.tsv"))
+    assert sorted(merged["bids_name"]) == sorted([*same, "sub-04_T1w"])
+
+
+def test_shards_with_different_encoders_started_at_once_are_refused(tmp_path, encoder) -> None:
+    """#43 D10: two shards started at once with different --checkpoint were both accepted."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from motionqc.data.volumes import file_sha256
+
+    bids = _phantom_heads(tmp_path / "bids", 4)
+    out = tmp_path / "out"
+    torch.manual_seed(5)
+    other = save_encoder(tmp_path / "other.pt", SFCN(), spacing_mm=SPACING, shape=SHAPE)
+    common = ["--num-workers", "0", "--threads", "1", "--no-mosaics", "--no-progress"]
+    first = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "motionqc.app.cli",
+            "score",
+            str(bids),
+            str(out),
+            "participant",
+            "--checkpoint",
+            str(encoder),
+            "--shard",
+            "0/2",
+            *common,
+        ],  # fmt: skip
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    table = out / "motion_T1w_shard-0000of0002.tsv"
+    deadline = time.time() + 180
+    while not table.exists() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.002)
+    os.kill(first.pid, signal.SIGSTOP)  # shard 0 has started: its table is there
+    try:
+        assert first.poll() is None, first.stderr.read()
+        rc = cli.main(
+            ["score", str(bids), str(out), "participant", "--checkpoint", str(other)]
+            + ["--shard", "1/2", *common]
+        )
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    _, err = first.communicate(timeout=300)
+    assert rc == 2  # the second encoder is refused at once
+    assert first.returncode == 0, err
+    model = json.loads((out / "dataset_description.json").read_text())["GeneratedBy"][0]["Model"]
+    assert model["sha256"] == file_sha256(encoder)
+    assert not (out / "motion_T1w_shard-0001of0002.tsv").exists() or (
+        len((out / "motion_T1w_shard-0001of0002.tsv").read_text().splitlines()) == 1
+    )  # nothing scored with the other encoder
+
+
+def test_loader_workers_are_capped_by_the_cores(tmp_path, encoder) -> None:
+    """#43 D19: --num-workers was capped only by the number of volumes."""
+    from motionqc.runtime.devices import usable_cores
+
+    bids = _phantom_heads(tmp_path / "bids", 3)
+    said: list[str] = []
+    run_participant(
+        bids, tmp_path / "out", encoder, device="cpu", num_workers=64, threads=1,
+        mosaics=False, progress=False, report=False, log=said.append,
+    )  # fmt: skip
+    (line,) = [s for s in said if "loader worker(s)" in s]
+    assert f", {min(3, usable_cores())} loader worker(s)" in line, line

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from motionqc.app.guards import loader_workers
 from motionqc.app.loading import VolumeDataset, collate_records, loader_worker_init, one_line
 from motionqc.data.volumes import file_sha256
 from motionqc.models.encoder import encoder_forward, load_encoder
@@ -218,7 +219,8 @@ def score_volumes(
         batch_size: Volumes per forward pass (default :func:`default_batch_size` of the
             scorer's device).
         num_workers: Loader processes (0: load in this process; default
-            :func:`default_num_workers` of the scorer's device).
+            :func:`default_num_workers` of the scorer's device), at most one per volume and
+            per usable core.
         mosaics: Also render the encoder input's strip (``row["mosaic"]``) and the original
             volume's views (``row["views"]``), PNG bytes.
         prefetch_factor: Batches each worker prepares ahead.
@@ -247,7 +249,7 @@ def score_volumes(
     )
     if len(dataset) == 0:
         return
-    workers = max(0, min(int(num_workers), len(dataset)))
+    workers = loader_workers(num_workers, len(dataset))  # no more than volumes or cores
     loader = DataLoader(
         dataset,
         batch_size=batch_size,

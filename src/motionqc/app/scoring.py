@@ -9,10 +9,9 @@ by :mod:`motionqc.app.scorer`.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,13 +27,13 @@ from motionqc.app.derivatives import (
     check_output_dir,
     derivative_path,
     merge_shards,
-    shard_items,
     shard_table,
     sidecar_path,
     table_text,
     write_dataset_description,
     write_derivative_extras,
 )
+from motionqc.app.guards import claim_encoder, loader_workers, select_files, shard_lock
 from motionqc.app.scorer import Scorer, score_volumes
 from motionqc.data.bids import bids_name, find_t1w, parse_entities
 from motionqc.qc_task import QC_CLASS_IDS, QC_CLASS_NAMES
@@ -237,30 +236,30 @@ def run_participant(
         A :class:`ParticipantSummary`.
 
     Raises:
-        ValueError: If ``output_dir`` is inside ``bids_dir``, or it holds scores of another
-            encoder, or its table has other columns, or another process is scoring the same
-            shard into it (:func:`shard_lock`).
+        ValueError: If ``output_dir`` cannot be written (:func:`check_output_dir`), or it holds
+            scores of another encoder (:func:`claim_encoder`), or its table has other columns,
+            or another process is scoring the same shard into it (:func:`shard_lock`).
         motionqc.data.volumes.ManifestError: If ``bids_dir`` is not a folder.
         motionqc.models.encoder.EncoderError: If the encoder cannot be loaded.
     """
     log = log or (lambda _msg: None)
     index, count = shard
-    files = find_t1w(bids_dir, list(participant_label) if participant_label else None)
+    found = find_t1w(bids_dir, list(participant_label) if participant_label else None)
     if not (Path(bids_dir) / "dataset_description.json").is_file():
         log(
             f"warning: {bids_dir}: no dataset_description.json, so not a valid BIDS dataset; "
             "scoring the T1w images found anyway"
         )
     out = check_output_dir(bids_dir, output_dir)
-    files = shard_items(files, index, count)
+    files, refused = select_files(found, index, count, bids_dir)
     with shard_lock(out, index, count):
-        table = ResultTable(shard_table(out, index, count), COLUMNS)
-        summary = ParticipantSummary(table=table.path, selected=len(files))
-        if not files:
+        if not files and not refused:
+            table = ResultTable(shard_table(out, index, count), COLUMNS)
             log(f"no T1w image selected in {bids_dir} (shard {index}/{count})")
-            return summary
+            return ParticipantSummary(table=table.path)
         target = resolve_device(device)
         workers = default_num_workers(target.type) if num_workers is None else int(num_workers)
+        workers = loader_workers(workers, len(files))
         if batch_size is None:
             batch_size = default_batch_size(target.type)
         if threads is None:
@@ -275,9 +274,16 @@ def run_participant(
                 channels_last=channels_last,
                 threads=threads,
             )
+            model_info = scorer.describe()
+            _check_same_model(out, model_info)
+            claim_encoder(out, model_info)  # before this shard writes anything
+            table = ResultTable(shard_table(out, index, count), COLUMNS)
+            summary = ParticipantSummary(table=table.path, selected=len(files) + len(refused))
             _score_into(
                 scorer,
+                model_info,
                 files,
+                refused,
                 out,
                 table,
                 summary,
@@ -301,39 +307,11 @@ def run_participant(
         return summary
 
 
-@contextlib.contextmanager
-def shard_lock(output_dir: Path, index: int, count: int) -> Iterator[None]:
-    """Hold an exclusive lock on one shard of a derivative folder while it is scored.
-
-    Args:
-        output_dir: The derivative folder.
-        index: Shard index.
-        count: Number of shards.
-
-    Raises:
-        ValueError: On entry (one line), when another process holds the lock (the same shard
-            started twice would score every volume twice).
-    """
-    import fcntl
-
-    lock_path = Path(output_dir) / f".motionqc-shard-{index:04d}of{count:04d}.lock"
-    with open(lock_path, "a") as handle:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ValueError(
-                f"{output_dir}: shard {index}/{count} is being scored by another motionqc "
-                f"process (lock {lock_path.name}); wait for it to end or score another shard"
-            ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
 def _score_into(
     scorer: Scorer,
+    model_info: dict[str, object],
     files: list[Path],
+    refused: dict[str, str],
     out: Path,
     table: ResultTable,
     summary: ParticipantSummary,
@@ -346,8 +324,6 @@ def _score_into(
     log: Callable[[str], None],
     bids_dir: str | Path,
 ) -> None:
-    model_info = scorer.describe()
-    _check_same_model(out, model_info)
     write_dataset_description(out, source=bids_dir, model=model_info)
     write_derivative_extras(out)
 
@@ -362,8 +338,26 @@ def _score_into(
     names = [table_text(bids_name(f)) for f in files]
     todo = [(f, n) for f, n in zip(files, names, strict=True) if n not in done]
     summary.skipped = len(files) - len(todo)
+    for name, message in refused.items():  # files sharing a name: listed, none scored
+        log(f"{name}: {message}")
+        if name in done:
+            summary.skipped += 1
+            continue
+        entities = parse_entities(name)
+        table.append(
+            {
+                "bids_name": name,
+                "subject": entities.get("sub", ""),
+                "session": entities.get("ses", ""),
+                "status": "error",
+                "error": message,
+            }
+        )
+        summary.errors += 1
+        summary.error_names.append(name)
+    names += list(refused)
     log(
-        f"{len(files)} T1w selected, {summary.skipped} already in {table.path.name}, "
+        f"{summary.selected} T1w selected, {summary.skipped} already in {table.path.name}, "
         f"{len(todo)} to score on {scorer.device.type} ({scorer.precision}, "
         f"{scorer.spacing_mm:g} mm {'x'.join(map(str, scorer.shape))}, {workers} loader "
         f"worker(s), {torch.get_num_threads()} thread(s))"
