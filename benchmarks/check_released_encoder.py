@@ -1,6 +1,7 @@
 """Score heads the released encoder never saw, corrupted by TorchIO's own Motion, with `motionqc score`.
 
-What a new user would do: take a T1w head at its own resolution, corrupt copies of it with
+What a new user would do: take a T1w head at its own resolution (a corpus head: on a 1 mm grid,
+as acquired; ``--data-root`` names the corpus), corrupt copies of it with
 ``torchio.Motion`` at known scores (0, 0.3, 0.6, 1, 1.5, 2, 3, 4 mm under the encoder's score
 convention; ``--draws`` independent motions each), lay them out as a BIDS folder, and run the
 ``motionqc score`` command (default: the one on PATH, e.g. from a fresh ``pip install .``) with no
@@ -25,19 +26,23 @@ from pathlib import Path
 import pandas as pd
 
 from motionqc import paths
+from motionqc.data.corpus import load_corpus
 from motionqc.data.volumes import sample_manifest
 from motionqc.evaluation.encoder_test import band_table, split_metrics, torchio_corruptions
 from motionqc.models.encoder import released_encoder_path
 
 
-def build_bids(heads: dict[str, str], root: Path, draws: int, seed: int) -> pd.DataFrame:
+def build_bids(
+    heads: dict[str, str], root: Path, draws: int, seed: int, grid_mm: float | None = None
+) -> pd.DataFrame:
     """Write one BIDS subject per corrupted copy; return the truth table (bids_name, head, true)."""
     (root / "dataset_description.json").parent.mkdir(parents=True, exist_ok=True)
     (root / "dataset_description.json").write_text(
         json.dumps({"Name": "motionqc unseen-head check", "BIDSVersion": "1.9.0"})
     )
     rows = []
-    for head, s_idx, d, moved, p in torchio_corruptions(heads, draws=draws, seed=seed):
+    corrupted = torchio_corruptions(heads, draws=draws, seed=seed, grid_mm=grid_mm)
+    for head, s_idx, d, moved, p in corrupted:
         sub = f"{''.join(c for c in head if c.isalnum())}{s_idx:02d}{d:02d}"
         anat = root / f"sub-{sub}" / "anat"
         anat.mkdir(parents=True, exist_ok=True)
@@ -61,6 +66,11 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="sample heads to corrupt (default: the released encoder's test heads)",
     )
+    parser.add_argument(
+        "--data-root",
+        default=None,
+        help="the corpus (default MOTIONQC_DATA_ROOT), for an encoder tested on corpus heads",
+    )
     parser.add_argument("--draws", type=int, default=3)
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument(
@@ -74,9 +84,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"head(s) used to train the released encoder: {', '.join(sorted(used))}")
     manifest = sample_manifest()
     files = dict(zip(manifest["volume_id"], manifest["path"], strict=True))
+    grid_mm = None  # the sample heads at their own resolution
+    if not set(heads) <= set(files):  # an encoder tested on the corpus: its heads on 1 mm
+        corpus = load_corpus(data_root=args.data_root)
+        files = dict(zip(corpus["volume_id"], corpus["path"], strict=True))
+        grid_mm = 1.0
     with tempfile.TemporaryDirectory() as tmp:
         bids, out = Path(tmp) / "bids", Path(tmp) / "out"
-        truth = build_bids({h: files[h] for h in heads}, bids, args.draws, args.seed)
+        truth = build_bids({h: files[h] for h in heads}, bids, args.draws, args.seed, grid_mm)
         start = time.perf_counter()
         cmd = [args.motionqc, "score", str(bids), str(out), "participant", "--no-mosaics"]
         done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp)
