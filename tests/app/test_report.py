@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import os
 import shutil
@@ -191,7 +192,7 @@ def test_rate_in_a_real_browser_then_train_qc(tmp_path: Path, rated_study) -> No
         browser.press(str(RATINGS[0]))  # rates the first volume and moves on
         browser.press(str(RATINGS[1]))
         browser.press("c")  # a comment on the third volume, then leave the box
-        browser.send("Input.insertText", {"text": "ghosting\tin the\nfrontal lobe"})
+        browser.send("Input.insertText", {"text": '"ghosting\tin the\nfrontal lobe'})
         browser.send(
             "Input.dispatchKeyEvent", {"type": "keyDown", "key": "Escape", "code": "Escape"}
         )
@@ -201,7 +202,7 @@ def test_rate_in_a_real_browser_then_train_qc(tmp_path: Path, rated_study) -> No
             " [(r.querySelector('input:checked') || {}).value || '', r.querySelector('textarea').value])"
         )
         assert checked[0] == [str(RATINGS[0]), ""] and checked[1] == [str(RATINGS[1]), ""]
-        assert checked[2] == ["", "ghosting\tin the\nfrontal lobe"]
+        assert checked[2] == ["", '"ghosting\tin the\nfrontal lobe']
         assert all(c == ["", ""] for c in checked[3:])
         assert browser.eval("document.getElementById('progress').textContent") == "rated 2 / 15"
         browser.click("#rater")
@@ -241,12 +242,15 @@ def test_rate_in_a_real_browser_then_train_qc(tmp_path: Path, rated_study) -> No
     assert np.asarray(Image.open(shot).convert("L"), dtype=float).std() > 10
 
     (exported,) = downloads.glob("*_ratings.tsv")
-    ratings = pd.read_csv(exported, sep="\t", dtype=str, keep_default_na=False)
+    # one quoting rule: nothing is quoted, so a comment starting with `"` is read as typed (#43 D4)
+    ratings = pd.read_csv(
+        exported, sep="\t", dtype=str, keep_default_na=False, quoting=csv.QUOTE_NONE
+    )
     assert tuple(ratings.columns) == RATING_COLUMNS
     got = dict(zip(ratings["bids_name"], ratings["rating"].astype(int), strict=True))
     assert got == dict(zip(expected, RATINGS, strict=True))
     comment = ratings.set_index("bids_name").loc[expected[2], "comment"]
-    assert comment == "ghosting in the frontal lobe"  # tabs and newlines cannot break the TSV
+    assert comment == '"ghosting in the frontal lobe'  # tabs and newlines cannot break the TSV
     assert set(ratings.loc[ratings["bids_name"].isin(expected[2:]), "rater"]) == {"rater A"}
     assert pd.to_datetime(ratings["timestamp"]).notna().all()
 
@@ -256,3 +260,135 @@ def test_rate_in_a_real_browser_then_train_qc(tmp_path: Path, rated_study) -> No
     manifest = pd.read_csv(qc / "manifest.tsv", sep="\t")
     assert dict(zip(manifest["bids_name"], manifest["qc_score"], strict=True)) == got
     assert (qc / "qc_head.pt").is_file() and len(pd.read_csv(qc / "qc_results.csv")) == 2
+
+
+def _group_folder(out: Path, rows: list[tuple[str, float, str]], sha: str = "ab" * 32) -> Path:
+    """A derivative folder holding a participant table with ``rows`` (name, motion, status)."""
+    from motionqc.app.derivatives import write_dataset_description
+    from motionqc.app.scoring import COLUMNS
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_dataset_description(out, source=out.parent / "bids", model={"sha256": sha})
+    lines = ["\t".join(COLUMNS)]
+    for name, motion, status in rows:
+        cells = dict.fromkeys(COLUMNS, "")
+        cells.update(bids_name=name, subject=name.split("_")[0][4:], status=status)
+        if status == "ok":
+            cells.update(motion_mm=f"{motion:.6g}", motion_std="0.1")
+        else:
+            cells["error"] = "unreadable or truncated NIfTI"
+        lines.append("\t".join(cells[c] for c in COLUMNS))
+    (out / "motion_T1w.tsv").write_text("\n".join(lines) + "\n")
+    return out
+
+
+def _rated(browser: Browser) -> str:
+    return browser.eval("document.getElementById('progress').textContent")
+
+
+def test_a_50000_volume_group_report_is_paged_and_opens(tmp_path: Path) -> None:
+    """#43 D19: `group` over 3,000 volumes wrote one 265 MB page (4.4 GB at 50,000)."""
+    import re
+    import time
+
+    from motionqc.app.cli import main
+
+    n, failed = 50_000, 25
+    rng = np.random.default_rng(0)
+    motion = rng.uniform(0.1, 3.0, n)
+    motion[7] = 9.0  # sub-00007: worst, first on the first page
+    status = ["ok"] * (n - failed) + ["error"] * failed  # the last ones could not be scored
+    rows = [(f"sub-{i:05d}_T1w", float(motion[i]), status[i]) for i in range(n)]
+    out = _group_folder(tmp_path / "derivatives", rows)
+    figures = out / "sub-00007" / "figures"
+    figures.mkdir(parents=True)
+    views = views_png(rng.uniform(0, 1, (20, 24, 20)).astype(np.float32))
+    (figures / "sub-00007_T1w_views.png").write_bytes(views)
+    (figures / "sub-00007_T1w_mosaic.png").write_bytes(mosaic_png(np.ones((20, 24, 20))))
+
+    started = time.perf_counter()
+    assert main(["group", str(out)]) == 0
+    assert time.perf_counter() - started < 300
+    pages = sorted(out.glob("report*.html"))
+    assert len(pages) > 1 and pages[0].name == "report.html"
+    names: list[str] = []
+    for page in pages:
+        assert page.stat().st_size <= 50 * 2**20, (page.name, page.stat().st_size)
+        text = page.read_text()
+        names += re.findall(r'<tr class="vol" data-name="([^"]+)"', text)
+        names += re.findall(r'<tr class="error"><td></td><td class="num">–</td><td>([^<]+)<', text)
+    assert sorted(names) == [r[0] for r in rows]  # every volume on exactly one page
+    first = pages[0].read_text()
+    # the figures are files beside the page, loaded lazily, not embedded
+    assert 'loading="lazy" src="sub-00007/figures/sub-00007_T1w_views.png"' in first
+    assert first.count("data:image/png;base64,") == 1  # the group distribution only
+
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    browser = Browser(require_chromium(), tmp_path / "profile", downloads)
+    try:
+        browser.open(pages[0].as_uri())
+        shown = browser.eval("document.querySelectorAll('tr.vol').length")
+        assert 0 < shown < n and _rated(browser) == f"rated 0 / {n - failed}"
+        assert browser.eval("document.querySelector('tr.vol').dataset.name") == "sub-00007_T1w"
+        loaded = "(() => { const i = document.querySelector('tr.vol img'); return i.complete && i.naturalWidth; })()"
+        deadline = time.time() + 30
+        while not browser.eval(loaded) and time.time() < deadline:
+            time.sleep(0.2)
+        assert browser.eval(loaded) > 0  # the referenced figure loads
+        browser.press("2")  # rate sub-00007 on page 1
+        nav = browser.eval("Array.from(document.querySelectorAll('nav.pages a')).map(a => a.href)")
+        assert any(href.endswith(pages[1].name) for href in nav)
+        browser.open(pages[1].as_uri())  # another page of the same study: the ratings follow
+        assert _rated(browser) == f"rated 1 / {n - failed}"
+        second = browser.eval("document.querySelector('tr.vol').dataset.name")
+        browser.press("4")
+        browser.open(pages[-1].as_uri())
+        assert browser.eval("document.querySelectorAll('tr.error').length") == failed
+        browser.click("#export")  # from any page: every rating of the study
+        browser.wait_download()
+    finally:
+        browser.close()
+    (exported,) = downloads.glob("*_ratings.tsv")
+    ratings = pd.read_csv(exported, sep="\t", dtype=str, quoting=csv.QUOTE_NONE)
+    assert dict(zip(ratings["bids_name"], ratings["rating"], strict=True)) == {
+        "sub-00007_T1w": "2",
+        second: "4",
+    }
+
+
+def test_ratings_are_kept_by_the_studys_identity_not_its_path(tmp_path: Path) -> None:
+    """#43 D7: a second study scored from the same path opened "rated 3 / 3" with the first's."""
+    import json
+
+    from motionqc.app.scoring import run_group
+
+    names = ["sub-a_T1w", "sub-b_T1w", "sub-c_T1w"]
+    out = _group_folder(tmp_path / "derivatives", [(n, 1.0 + i, "ok") for i, n in enumerate(names)])
+
+    def sidecars(tag: str) -> None:  # the source files' digests, as `score` records them
+        for name in names:
+            sub = name.split("_")[0]
+            path = out / sub / "anat" / f"{sub}_rec-motionqc_T1w.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"SourceSHA256": f"{tag}{name}"}))
+
+    sidecars("first")
+    report = run_group(out)
+    browser = Browser(require_chromium(), tmp_path / "profile", tmp_path)
+    try:
+        browser.open(report.as_uri())
+        for _ in names:
+            browser.press("3")
+        assert _rated(browser) == "rated 3 / 3"
+        key = browser.eval("document.body.dataset.key")
+        run_group(out)  # the same study again: its ratings are there
+        browser.reload()
+        assert _rated(browser) == "rated 3 / 3"
+        sidecars("second")  # another study with the same names at the same path
+        run_group(out)
+        browser.reload()
+        assert browser.eval("document.body.dataset.key") != key
+        assert _rated(browser) == "rated 0 / 3"
+    finally:
+        browser.close()

@@ -146,6 +146,7 @@ BIDSIGNORE: tuple[str, ...] = (
     "/motion_T1w*.tsv",
     "/group_T1w.tsv",
     "/report.html",
+    "/report_page-*.html",
     "/*_ratings.tsv",
 )
 """What ``.bidsignore`` hides from the BIDS validator: figures and tables, as fMRIPrep does."""

@@ -19,18 +19,20 @@ import base64
 import hashlib
 import html
 import json
-import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
 
 import motionqc
+from motionqc.app.files import replace_atomically
 from motionqc.app.pictures import SEGMENT_AXIS, bins_svg, distribution_png
+from motionqc.app.report_assets import CSS, SCRIPT
 
-__all__ = ["RATING_COLUMNS", "dataset_key", "read_bins", "write_report"]
+__all__ = ["PAGE_ROWS", "RATING_COLUMNS", "dataset_key", "page_path", "read_bins", "write_report"]
 
 RATING_COLUMNS: tuple[str, ...] = ("bids_name", "rating", "comment", "rater", "timestamp")
 """Columns of the ratings TSV the report exports (``rating``: 1–4, 4 = best)."""
@@ -41,219 +43,142 @@ def dataset_key(*parts: object) -> str:
     return hashlib.sha256("\x00".join(str(p) for p in parts).encode()).hexdigest()[:16]
 
 
-def _img(png: bytes, alt: str, cls: str = "") -> str:
-    data = base64.b64encode(png).decode()
-    klass = f' class="{cls}"' if cls else ""
-    return (
-        f'<img{klass} alt="{html.escape(alt)}" loading="lazy" src="data:image/png;base64,{data}">'
-    )
-
-
 def _subject(name: str) -> str:
     found = re.search(r"(?:^|_)sub-([A-Za-z0-9]+)", name)
     return found.group(1) if found else ""
 
 
-_CSS = """
-body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
-table{border-collapse:collapse;width:100%}
-td,th{border-bottom:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}
-th{background:#f3f3f3}
-th[data-sort]{cursor:pointer}
-th[data-sort]::after{content:" \\2195";color:#999}
-td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-tr.error td{background:#fff0f0}
-tr.vol.current{outline:3px solid #3b6ea5;outline-offset:-3px}
-tr.vol.flagged td.flag::before{content:"\\2691";color:#c0392b;font-size:130%}
-tr.vol.rated td.rate{background:#eef7ee}
-img{max-width:100%}
-img.input{display:block;margin-top:4px}
-.small{color:#666;font-size:90%}
-.controls{display:flex;flex-wrap:wrap;gap:1em;align-items:center;background:#f8f8f8;
-  padding:.6em 1em;border:1px solid #ddd;border-radius:6px;margin-bottom:1em;position:sticky;
-  top:0;z-index:2}
-.rate label{display:inline-block;margin-right:.4em;white-space:nowrap}
-.rate textarea{width:14em;height:3.2em;display:block;margin-top:.3em}
-kbd{border:1px solid #bbb;border-radius:3px;padding:0 3px;background:#fff;font-size:90%}
-"""
+PAGE_ROWS = 500
+"""Volumes per page of a paged report (:func:`write_report`)."""
 
-_SCRIPT = r"""
-(function () {
-  "use strict";
-  const KEY = "motionqc-ratings:" + document.body.dataset.key;
-  const tbody = document.querySelector("#volumes tbody");
-  const allRows = Array.from(tbody.querySelectorAll("tr.vol"));
-  const $ = (id) => document.getElementById(id);
-  let state = {rater: "", ratings: {}};
-  try { state = Object.assign(state, JSON.parse(localStorage.getItem(KEY) || "{}")); }
-  catch (e) { state = {rater: "", ratings: {}}; }
-  let current = 0;
 
-  function save() { localStorage.setItem(KEY, JSON.stringify(state)); }
-  function visible() { return allRows.filter((r) => r.style.display !== "none"); }
-  function entry(name) {
-    if (!state.ratings[name]) { state.ratings[name] = {rating: null, comment: "", rater: "", timestamp: ""}; }
-    return state.ratings[name];
-  }
-  function show(row) {
-    const e = state.ratings[row.dataset.name];
-    const rating = e && e.rating ? String(e.rating) : "";
-    row.querySelectorAll("input[type=radio]").forEach((b) => { b.checked = b.value === rating; });
-    row.querySelector("textarea").value = e ? e.comment || "" : "";
-    row.classList.toggle("rated", rating !== "");
-  }
-  function progress() {
-    const n = allRows.filter((r) => { const e = state.ratings[r.dataset.name]; return e && e.rating; }).length;
-    $("progress").textContent = "rated " + n + " / " + allRows.length;
-  }
-  function rate(row, value) {
-    const e = entry(row.dataset.name);
-    e.rating = value; e.rater = state.rater; e.timestamp = new Date().toISOString();
-    save(); show(row); progress(); applyFilter(false);
-  }
-  function setCurrent(index, scroll) {
-    const rows = visible();
-    if (!rows.length) { return; }
-    current = Math.max(0, Math.min(index, rows.length - 1));
-    allRows.forEach((r) => r.classList.remove("current"));
-    rows[current].classList.add("current");
-    if (scroll !== false) { rows[current].scrollIntoView({block: "nearest"}); }
-    $("current").textContent = rows[current].dataset.name;
-  }
-  function currentRow() { return visible()[current]; }
-  function move(step) {
-    const rows = visible(), row = currentRow();
-    const at = row ? rows.indexOf(row) : -1;
-    setCurrent(at + step);
-  }
-  function flag() {
-    const t = parseFloat($("threshold").value);
-    let n = 0;
-    allRows.forEach((r) => {
-      const on = isFinite(t) && parseFloat(r.dataset.score) >= t;
-      r.classList.toggle("flagged", on); if (on) { n += 1; }
-    });
-    $("flagged").textContent = isFinite(t) ? n + " flagged at \u2265 " + t + " mm" : "";
-  }
-  function applyFilter(resetCurrent) {
-    const text = $("filter").value.trim().toLowerCase();
-    const qc = $("qc").value, onlyFlagged = $("only-flagged").checked, onlyUnrated = $("only-unrated").checked;
-    const keep = currentRow();
-    allRows.forEach((r) => {
-      const e = state.ratings[r.dataset.name];
-      const ok = (!text || r.dataset.name.toLowerCase().includes(text) || r.dataset.subject.toLowerCase().includes(text))
-        && (!qc || r.dataset.qc === qc) && (!onlyFlagged || r.classList.contains("flagged"))
-        && (!onlyUnrated || !(e && e.rating) || r === keep);
-      r.style.display = ok ? "" : "none";
-    });
-    const rows = visible();
-    if (resetCurrent !== false || rows.indexOf(keep) < 0) { setCurrent(0, false); }
-    else { current = rows.indexOf(keep); }
-  }
-  function sortBy(key, th) {
-    const numeric = th.dataset.type === "num";
-    const dir = th.dataset.dir === "asc" ? -1 : 1;
-    document.querySelectorAll("th[data-sort]").forEach((h) => { delete h.dataset.dir; });
-    th.dataset.dir = dir === 1 ? "asc" : "desc";
-    const value = (r) => numeric ? parseFloat(r.dataset[key]) : r.dataset[key];
-    const sorted = allRows.slice().sort((a, b) => {
-      const x = value(a), y = value(b);
-      if (numeric) {
-        if (isNaN(x) && isNaN(y)) { return 0; } if (isNaN(x)) { return 1; } if (isNaN(y)) { return -1; }
-        return dir * (x - y);
-      }
-      return dir * String(x).localeCompare(String(y), undefined, {numeric: true});
-    });
-    const firstError = tbody.querySelector("tr.error");
-    sorted.forEach((r) => tbody.insertBefore(r, firstError));
-    allRows.splice(0, allRows.length, ...sorted);
-    setCurrent(0, false);
-  }
-  function clean(text) { return String(text || "").replace(/[\t\r\n]+/g, " ").trim(); }
-  function exportTsv() {
-    const lines = ["bids_name\trating\tcomment\trater\ttimestamp"];
-    allRows.slice().sort((a, b) => a.dataset.name.localeCompare(b.dataset.name)).forEach((r) => {
-      const e = state.ratings[r.dataset.name];
-      if (!e || (!e.rating && !clean(e.comment))) { return; }
-      lines.push([r.dataset.name, e.rating || "", clean(e.comment), clean(e.rater || state.rater), e.timestamp || ""].join("\t"));
-    });
-    const blob = new Blob([lines.join("\n") + "\n"], {type: "text/tab-separated-values"});
-    const a = document.createElement("a");
-    a.href = URL.createObjectURL(blob);
-    a.download = document.body.dataset.stem + "_ratings.tsv";
-    document.body.appendChild(a); a.click(); a.remove();
-    $("exported").textContent = "exported " + (lines.length - 1) + " row(s) to " + a.download;
-    return lines.join("\n") + "\n";
-  }
-  window.motionqcExport = exportTsv;
+def _img(png: bytes | str, alt: str, cls: str = "") -> str:
+    """An ``<img>``: PNG bytes embedded (base64), or a URL relative to the page, loaded lazily."""
+    if isinstance(png, str):
+        src = html.escape(png)
+    else:
+        src = f"data:image/png;base64,{base64.b64encode(png).decode()}"
+    klass = f' class="{cls}"' if cls else ""
+    return f'<img{klass} alt="{html.escape(alt)}" loading="lazy" src="{src}">'
 
-  allRows.forEach((row) => {
-    show(row);
-    row.querySelectorAll("input[type=radio]").forEach((b) => b.addEventListener("change", () => rate(row, parseInt(b.value, 10))));
-    row.querySelector("textarea").addEventListener("input", (ev) => {
-      const e = entry(row.dataset.name); e.comment = ev.target.value; e.rater = e.rater || state.rater;
-      e.timestamp = new Date().toISOString(); save();
-    });
-    row.addEventListener("click", () => { const rows = visible(); setCurrent(rows.indexOf(row), false); });
-  });
-  document.querySelectorAll("th[data-sort]").forEach((th) => th.addEventListener("click", () => sortBy(th.dataset.sort, th)));
-  $("rater").value = state.rater || "";
-  $("rater").addEventListener("input", (ev) => { state.rater = ev.target.value; save(); });
-  ["filter", "qc", "only-flagged", "only-unrated"].forEach((id) => $(id).addEventListener("input", () => applyFilter(true)));
-  $("threshold").addEventListener("input", () => { flag(); applyFilter(false); });
-  $("export").addEventListener("click", exportTsv);
-  document.addEventListener("keydown", (ev) => {
-    const tag = ev.target.tagName;
-    if (tag === "INPUT" && ev.target.type !== "radio" && ev.target.type !== "checkbox" || tag === "TEXTAREA" || tag === "SELECT") {
-      if (ev.key === "Escape") { ev.target.blur(); }
-      return;
+
+def _volume_row(
+    rank: int,
+    row: dict,
+    views: Mapping[str, bytes | str],
+    mosaics: Mapping[str, bytes | str],
+    bins: Mapping[str, Sequence[float]],
+    bin_range: Sequence[float] | None,
+) -> str:
+    name = str(row["bids_name"])
+    std = pd.to_numeric(row.get("motion_std", np.nan), errors="coerce")
+    qc = row.get("qc_class", "")
+    qc = "" if qc is None or (isinstance(qc, float) and np.isnan(qc)) else str(qc)
+    qc_value = str(row.get("qc_value", qc) or "")
+    shown = []
+    if name in views:
+        shown.append(_img(views[name], f"{name}: original volume"))
+        shown.append(
+            f'<div class="small">rows: sagittal, coronal, axial at the scan\'s own '
+            f"resolution; the tick column marks the motion model's k-space segment axis "
+            f"({SEGMENT_AXIS}), along which its ghosts repeat</div>"
+        )
+    if name in mosaics:
+        shown.append(_img(mosaics[name], f"{name}: encoder input", "input"))
+        shown.append('<div class="small">the encoder\'s input</div>')
+    if name in bins and bin_range is not None:
+        shown.append(bins_svg(bins[name], bin_range, float(row["motion_value"])))
+    radios = "".join(
+        f'<label><input type="radio" name="rate-{rank}" value="{v}"> {v}</label>'
+        for v in (1, 2, 3, 4)
+    )
+    attrs = {
+        "data-name": name,
+        "data-score": f"{row['motion_value']:.6g}",
+        "data-std": f"{std:.6g}",
+        "data-qc": qc_value,
+        "data-subject": _subject(name),
+        "data-rank": str(rank),
     }
-    if (ev.ctrlKey || ev.metaKey || ev.altKey) { return; }
-    const row = currentRow();
-    if (["1", "2", "3", "4"].includes(ev.key) && row) { rate(row, parseInt(ev.key, 10)); move(1); ev.preventDefault(); }
-    else if (["n", "j", "ArrowDown"].includes(ev.key)) { move(1); ev.preventDefault(); }
-    else if (["p", "k", "ArrowUp"].includes(ev.key)) { move(-1); ev.preventDefault(); }
-    else if (ev.key === "c" && row) { row.querySelector("textarea").focus(); ev.preventDefault(); }
-    else if ((ev.key === "x" || ev.key === "Delete") && row) {
-      const e = entry(row.dataset.name); e.rating = null; e.timestamp = new Date().toISOString();
-      save(); show(row); progress();
-    }
-  });
-  flag(); applyFilter(true); progress();
-})();
-"""
+    attr_text = " ".join(f'{k}="{html.escape(v)}"' for k, v in attrs.items())
+    return (
+        f'<tr class="vol" {attr_text}><td class="flag"></td><td class="num">{rank}</td>'
+        f"<td>{html.escape(name)}</td><td>{html.escape(_subject(name))}</td>"
+        f'<td class="num">{row["motion_value"]:.2f}</td><td class="num">{std:.2f}</td>'
+        f"<td>{html.escape(qc)}</td><td>{''.join(shown)}</td>"
+        f'<td class="rate">{radios}<textarea placeholder="comment" '
+        f'aria-label="comment on {html.escape(name)}"></textarea></td></tr>'
+    )
+
+
+def _error_row(row: dict) -> str:
+    name = html.escape(str(row["bids_name"]))
+    error = html.escape(str(row.get("error", "")))
+    return (
+        f'<tr class="error"><td></td><td class="num">–</td>'
+        f'<td>{name}</td><td></td><td colspan="5">not scored: {error}</td></tr>'
+    )
+
+
+def page_path(path: str | Path, page: int) -> Path:
+    """Page ``page`` (1-based) of a report: ``report.html``, then ``report_page-0002.html``."""
+    path = Path(path)
+    if page == 1:
+        return path
+    return path.with_name(f"{path.stem}_page-{page:04d}{path.suffix}")
+
+
+def _nav(path: Path, page: int, pages: int) -> str:
+    if pages == 1:
+        return ""
+    links = []
+    for k in range(1, pages + 1):
+        if k == page:
+            links.append(f"<strong>{k}</strong>")
+        elif k in (1, pages) or abs(k - page) <= 3:
+            href = html.escape(quote(page_path(path, k).name))
+            links.append(f'<a href="{href}">{k}</a>')
+        elif abs(k - page) == 4:
+            links.append("…")
+    return f'<nav class="pages">page {page} of {pages}: {" ".join(links)}</nav>'
 
 
 def write_report(
     table: pd.DataFrame,
     path: str | Path,
-    mosaics: Mapping[str, bytes] | None = None,
+    mosaics: Mapping[str, bytes | str] | None = None,
     title: str = "motionqc report",
     *,
-    views: Mapping[str, bytes] | None = None,
+    views: Mapping[str, bytes | str] | None = None,
     bins: Mapping[str, Sequence[float]] | None = None,
     bin_range: Sequence[float] | None = None,
     key: str | None = None,
     threshold: float | None = None,
+    page_rows: int | None = None,
 ) -> Path:
-    """Write the self-contained HTML report and rating page.
+    """Write the HTML report and rating page: one self-contained file, or pages of a study.
 
     Args:
         table: One row per volume with ``bids_name``, ``motion_mm``, ``motion_std`` and optionally
             ``qc_class`` (shown), ``qc_value`` (the class, for the filter), ``status`` and
             ``error``.
-        path: The HTML file to write.
-        mosaics: ``bids_name`` → PNG of the encoder's input (:func:`motionqc.app.pictures.mosaic_png`).
+        path: The HTML file to write (the first page).
+        mosaics: ``bids_name`` → PNG of the encoder's input (:func:`motionqc.app.pictures.mosaic_png`):
+            bytes, embedded, or a URL relative to the page (a file beside it, loaded lazily).
         title: Page title.
-        views: ``bids_name`` → PNG of the original volume (:func:`motionqc.app.pictures.views_png`).
+        views: ``bids_name`` → PNG of the original volume (:func:`motionqc.app.pictures.views_png`),
+            bytes or a relative URL as ``mosaics``.
         bins: ``bids_name`` → the predicted bin probabilities (needs ``bin_range``).
         bin_range: Edges of the bins (mm).
         key: The dataset's key for the ratings kept in the browser (default: from the title and
-            the volumes' names, :func:`dataset_key`).
+            the volumes' names, :func:`dataset_key`); every page has it, so pages share ratings.
         threshold: Initial flag threshold (mm; none when ``None``).
+        page_rows: Volumes per page: worst first, then the ones not scored; page 1 is ``path``,
+            page *k* :func:`page_path` (default: every volume on one page). Pages left by an
+            earlier, longer report are removed.
 
     Returns:
-        The written path.
+        The first page's path.
     """
     mosaics, views, bins = mosaics or {}, views or {}, bins or {}
     df = table.copy()
@@ -261,85 +186,80 @@ def write_report(
     status = df["status"] if "status" in df.columns else pd.Series("ok", index=df.index)
     ok = df[status == "ok"].sort_values("motion_value", ascending=False)
     failed = df[status != "ok"]
-    rows = []
-    classes: set[str] = set()
-    for rank, row in enumerate(ok.to_dict("records"), start=1):
-        name = str(row["bids_name"])
-        std = pd.to_numeric(row.get("motion_std", np.nan), errors="coerce")
-        qc = row.get("qc_class", "")
-        qc = "" if qc is None or (isinstance(qc, float) and np.isnan(qc)) else str(qc)
-        qc_value = str(row.get("qc_value", qc) or "")
-        if qc_value:
-            classes.add(qc_value)
-        shown = []
-        if name in views:
-            shown.append(_img(views[name], f"{name}: original volume"))
-            shown.append(
-                f'<div class="small">rows: sagittal, coronal, axial at the scan\'s own '
-                f"resolution; the tick column marks the motion model's k-space segment axis "
-                f"({SEGMENT_AXIS}), along which its ghosts repeat</div>"
-            )
-        if name in mosaics:
-            shown.append(_img(mosaics[name], f"{name}: encoder input", "input"))
-            shown.append('<div class="small">the encoder\'s input</div>')
-        if name in bins and bin_range is not None:
-            shown.append(bins_svg(bins[name], bin_range, float(row["motion_value"])))
-        radios = "".join(
-            f'<label><input type="radio" name="rate-{rank}" value="{v}"> {v}</label>'
-            for v in (1, 2, 3, 4)
-        )
-        attrs = {
-            "data-name": name,
-            "data-score": f"{row['motion_value']:.6g}",
-            "data-std": f"{std:.6g}",
-            "data-qc": qc_value,
-            "data-subject": _subject(name),
-            "data-rank": str(rank),
-        }
-        attr_text = " ".join(f'{k}="{html.escape(v)}"' for k, v in attrs.items())
-        rows.append(
-            f'<tr class="vol" {attr_text}><td class="flag"></td><td class="num">{rank}</td>'
-            f"<td>{html.escape(name)}</td><td>{html.escape(_subject(name))}</td>"
-            f'<td class="num">{row["motion_value"]:.2f}</td><td class="num">{std:.2f}</td>'
-            f"<td>{html.escape(qc)}</td><td>{''.join(shown)}</td>"
-            f'<td class="rate">{radios}<textarea placeholder="comment" '
-            f'aria-label="comment on {html.escape(name)}"></textarea></td></tr>'
-        )
-    for row in failed.to_dict("records"):
-        error = html.escape(str(row.get("error", "")))
-        rows.append(
-            f'<tr class="error"><td></td><td class="num">–</td>'
-            f"<td>{html.escape(str(row['bids_name']))}</td><td></td>"
-            f'<td colspan="5">not scored: {error}</td></tr>'
-        )
+    classes = sorted(
+        {str(r.get("qc_value", r.get("qc_class", "")) or "") for r in ok.to_dict("records")}
+        - {"", "nan", "None"}
+    )
+    key = key or dataset_key(title, *sorted(ok["bids_name"].astype(str)))
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", title.removeprefix("motionqc report:").strip())
+    stem = stem.strip("_") or "motionqc"
     plot = (
         _img(distribution_png(ok["motion_value"]), "group distribution")
         if len(ok)
         else "<p>No volume scored.</p>"
     )
-    key = key or dataset_key(title, *sorted(ok["bids_name"].astype(str)))
-    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", title.removeprefix("motionqc report:").strip())
-    stem = stem.strip("_") or "motionqc"
+    records = [("ok", r) for r in ok.to_dict("records")] + [
+        ("error", r) for r in failed.to_dict("records")
+    ]
+    size = max(1, int(page_rows)) if page_rows else max(1, len(records))
+    pages = max(1, -(-len(records) // size))
+    path = Path(path)
+    head = dict(
+        title=title, key=key, stem=stem, total=len(ok), failed=len(failed), classes=classes,
+        threshold=threshold,
+    )  # fmt: skip
+    for page in range(1, pages + 1):
+        chunk = records[(page - 1) * size : page * size]
+        rows = [
+            _volume_row((page - 1) * size + i + 1, r, views, mosaics, bins, bin_range)
+            if kind == "ok"
+            else _error_row(r)
+            for i, (kind, r) in enumerate(chunk)
+        ]
+        nav = _nav(path, page, pages)
+        _write_page(page_path(path, page), rows, nav, plot if page == 1 else "", **head)
+    for stale in path.parent.glob(f"{path.stem}_page-*{path.suffix}"):
+        number = stale.stem.rsplit("-", 1)[-1]
+        if not number.isdigit() or int(number) > pages:
+            stale.unlink()
+    return path
+
+
+def _write_page(
+    target: Path,
+    rows: list[str],
+    nav: str,
+    plot: str,
+    *,
+    title: str,
+    key: str,
+    stem: str,
+    total: int,
+    failed: int,
+    classes: list[str],
+    threshold: float | None,
+) -> None:
     options = "".join(
-        f'<option value="{html.escape(c)}">{html.escape(c)}</option>' for c in sorted(classes)
+        f'<option value="{html.escape(c)}">{html.escape(c)}</option>' for c in classes
     )
     thr = "" if threshold is None else f"{float(threshold):g}"
+    distribution = f"<h2>Group distribution</h2>\n{plot}" if plot else ""
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style></head>
-<body data-key="{html.escape(key)}" data-stem="{html.escape(stem)}">
+<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head>
+<body data-key="{html.escape(key)}" data-stem="{html.escape(stem)}" data-total="{total}">
 <h1>{html.escape(title)}</h1>
-<p class="small">motionqc {motionqc.__version__}: {len(ok)} volume(s) scored, {len(failed)} not scored.
+<p class="small">motionqc {motionqc.__version__}: {total} volume(s) scored, {failed} not scored.
 Motion is the predicted RMS deviation (mm, Jenkinson) and its uncertainty the spread (std) of the
 model's bin distribution.</p>
-<h2>Group distribution</h2>
-{plot}
+{distribution}
 <h2>Volumes</h2>
 <p class="small">Rate each volume 1–4 (4 = best, the poster's scale). Keys: <kbd>1</kbd>–<kbd>4</kbd>
 rate and go to the next, <kbd>n</kbd>/<kbd>p</kbd> (or <kbd>↓</kbd>/<kbd>↑</kbd>) next/previous,
 <kbd>c</kbd> comment (<kbd>Esc</kbd> leaves it), <kbd>x</kbd> clears the rating. Ratings stay in this
-browser for this dataset; <em>Export</em> writes them as a TSV for
+browser for this study, on every page of it; <em>Export</em> writes them all as a TSV for
 <code>motionqc train-qc --manifest FILE --bids-dir BIDS_DIR OUT_DIR</code>.</p>
+{nav}
 <div class="controls">
 <label>rater <input id="rater" size="10" placeholder="your name"></label>
 <label>filter <input id="filter" size="12" placeholder="name or subject"></label>
@@ -361,14 +281,12 @@ browser for this dataset; <em>Export</em> writes them as a TSV for
 <tbody>
 {chr(10).join(rows)}
 </tbody></table>
-<script>{_SCRIPT}</script>
+{nav}
+<script>{SCRIPT}</script>
 </body></html>
 """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # never a half-written report
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    # never a half-written page, nor a temporary file left by a full disk
+    replace_atomically(target, lambda tmp: tmp.write_text(page, encoding="utf-8"))
 
 
 def read_bins(sidecar: str | Path) -> tuple[list[float], list[float]] | None:

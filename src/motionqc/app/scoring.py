@@ -15,7 +15,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pandas as pd
@@ -26,7 +25,6 @@ from motionqc.app.derivatives import (
     ResultTable,
     check_output_dir,
     derivative_path,
-    merge_shards,
     shard_table,
     sidecar_path,
     table_text,
@@ -36,6 +34,7 @@ from motionqc.app.derivatives import (
 from motionqc.app.guards import claim_encoder, loader_workers, select_files, shard_lock
 from motionqc.app.scorer import Scorer, score_volumes
 from motionqc.data.bids import bids_name, find_t1w, parse_entities
+from motionqc.data.volumes import file_sha256
 from motionqc.qc_task import QC_CLASS_IDS, QC_CLASS_NAMES
 from motionqc.runtime.devices import (
     default_batch_size,
@@ -127,6 +126,7 @@ def _write_derivative(
         "BinRange": list(model["bin_range"]),  # type: ignore[call-overload]
         "BinProbabilities": [round(float(v), 6) for v in row.get("bins", [])],
         "EncoderSHA256": model["sha256"],
+        "SourceSHA256": file_sha256(row["path"]),  # the study's identity in the report
     }
     if row.get("qc_class") not in (None, ""):
         sidecar["QCClass"] = int(row["qc_class"])
@@ -401,70 +401,25 @@ def _score_into(
     summary.ok_total = len(set(final.loc[final["status"] == "ok", "bids_name"]) & set(names))
 
 
-def _display_class(row: dict[str, Any]) -> str:
-    try:
-        label = int(float(str(row.get("qc_class", ""))))
-    except ValueError:
-        return ""
-    p = row.get(f"p_qc{label}", "")
-    return QC_LABELS.get(label, str(label)) + (f", p {float(p):.2f}" if p not in ("", None) else "")
-
-
 def run_group(output_dir: str | Path, title: str | None = None) -> Path:
-    """The ``group`` step: merge the participant tables and write ``report.html``.
+    """The ``group`` step: merge the participant tables and write the report.
+
+    One self-contained ``report.html`` for a small study, pages that refer to the figures for a
+    large one (:func:`motionqc.app.group.run_group`).
 
     Args:
         output_dir: The derivative folder.
         title: Report title (default: ``motionqc report: <source dataset>``).
 
     Returns:
-        The report's path (the merged table is ``output_dir/group_T1w.tsv``).
+        The report's first page (the merged table is ``output_dir/group_T1w.tsv``).
 
     Raises:
         ValueError: If the folder holds no participant table.
     """
-    from motionqc.app.report import dataset_key, read_bins, write_report
+    from motionqc.app.group import run_group as write_group
 
-    out = Path(output_dir)
-    merged = merge_shards(out)
-    mosaics, views, bins = {}, {}, {}
-    bin_range = None
-    for name in merged["bids_name"]:
-        png = mosaic_path(out, name)
-        if png.is_file():
-            mosaics[name] = png.read_bytes()
-        png = views_path(out, name)
-        if png.is_file():
-            views[name] = png.read_bytes()
-        nifti = derivative_path(out, name)
-        found = read_bins(sidecar_path(nifti)) if nifti else None
-        if found is not None:
-            bins[name], bin_range = found
-    shown = merged.copy()
-    if "qc_class" in shown.columns:
-        shown["qc_value"] = shown["qc_class"]
-        shown["qc_class"] = [_display_class(row) for row in shown.to_dict("records")]
-    source = str(out.resolve())
-    try:
-        source = json.loads((out / "dataset_description.json").read_text())["SourceDatasets"][0][
-            "URL"
-        ]
-    except (OSError, ValueError, KeyError, IndexError, TypeError):
-        pass
-    if title is None:
-        title = "motionqc report"
-        if source.startswith("file:"):
-            title = f"motionqc report: {Path(unquote(urlparse(source).path)).name}"
-    return write_report(
-        shown,
-        out / "report.html",
-        mosaics,
-        title=title,
-        views=views,
-        bins=bins,
-        bin_range=bin_range,
-        key=dataset_key(source),
-    )
+    return write_group(output_dir, title)
 
 
 def group_table(output_dir: str | Path) -> pd.DataFrame:
