@@ -20,6 +20,8 @@ from typing import TypeVar
 import pandas as pd
 
 import motionqc
+from motionqc.app.files import replace_atomically
+from motionqc.app.text import cell
 
 __all__ = [
     "check_output_dir",
@@ -135,9 +137,8 @@ def write_dataset_description(
         description["SourceDatasets"] = [{"URL": uri}]
         description["DatasetLinks"] = {"raw": uri}  # for the sidecars' bids:raw: Sources
     path = Path(output_dir) / "dataset_description.json"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # shards may write it at once
-    tmp.write_text(json.dumps(description, indent=2) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(description, indent=2) + "\n"
+    replace_atomically(path, lambda tmp: tmp.write_text(text))  # shards may write it at once
     return path
 
 
@@ -173,16 +174,14 @@ def write_derivative_extras(output_dir: str | Path) -> None:
     out = Path(output_dir)
     readme = out / "README"
     if not readme.exists():
-        tmp = readme.with_name(f".{readme.name}.{os.getpid()}.tmp")
-        tmp.write_text(_README.format(version=motionqc.__version__))
-        os.replace(tmp, readme)
+        text = _README.format(version=motionqc.__version__)
+        replace_atomically(readme, lambda tmp: tmp.write_text(text))
     ignore = out / ".bidsignore"
     lines = ignore.read_text().splitlines() if ignore.is_file() else []
     missing = [p for p in BIDSIGNORE if p not in lines]
     if missing:
-        tmp = ignore.with_name(f".{ignore.name}.{os.getpid()}.tmp")
-        tmp.write_text("\n".join([*lines, *missing]) + "\n")
-        os.replace(tmp, ignore)
+        text = "\n".join([*lines, *missing]) + "\n"
+        replace_atomically(ignore, lambda tmp: tmp.write_text(text))
 
 
 _ORDER = ("sub", "ses", "task", "acq", "ce", "rec", "run", "echo", "flip", "inv", "mt", "part")
@@ -349,8 +348,14 @@ def _read_table(path: Path) -> pd.DataFrame:
 
 
 def table_text(value: object) -> str:
-    """A value as a table cell holds it: one line, runs of whitespace (tabs too) as one space."""
-    return " ".join(str(value).split())
+    """A value as a table cell holds it: one line, runs of whitespace (tabs too) as one space.
+
+    Characters that are not printable (a file name's escape sequences, bytes that are not
+    UTF-8) are written as Python escapes, and a value starting with ``=``, ``+``, ``-`` or
+    ``@`` gets a ``'`` before it, so that a spreadsheet does not run it
+    (:func:`motionqc.app.text.cell`).
+    """
+    return cell(value)
 
 
 def _clean(value: object) -> str:
@@ -394,7 +399,5 @@ def merge_shards(output_dir: str | Path, paths: Iterable[str | Path] | None = No
         .sort_values("bids_name")
         .reset_index(drop=True)
     )
-    tmp = out / f".{GROUP_TABLE}.{os.getpid()}.tmp"
-    merged.to_csv(tmp, sep="\t", index=False)
-    os.replace(tmp, out / GROUP_TABLE)
+    replace_atomically(out / GROUP_TABLE, lambda tmp: merged.to_csv(tmp, sep="\t", index=False))
     return merged

@@ -20,12 +20,15 @@ import torch
 import torchio as tio
 from torch.utils.data import Dataset
 
+from motionqc.app.text import one_line as _printable_line
 from motionqc.data.bids import bids_name
 from motionqc.data.detail import encoder_image
 from motionqc.data.volumes import VolumeError, load_volume, preprocess
 
 __all__ = [
+    "MAX_NAME_BYTES",
     "VolumeDataset",
+    "name_problem",
     "collate_records",
     "load_preprocessed",
     "loader_worker_init",
@@ -64,12 +67,15 @@ def _load_and_preprocess(
     """
     image = load_volume(path)
     if detail_mm is not None:
-        out = encoder_image(image, spacing_mm, shape, detail_mm)
+        try:
+            out = encoder_image(image, spacing_mm, shape, detail_mm)
+        except VolumeError as exc:  # its messages name an in-memory image: name the file
+            raise VolumeError(f"{path}: {str(exc).removeprefix('in-memory image: ')}") from exc
         return out.data.float(), np.asarray(out.affine), image
     linear = np.asarray(image.affine, dtype=float)[:3, :3]
     target = np.diag([float(spacing_mm)] * 3)
     if not np.allclose(linear, target, rtol=0.0, atol=1e-6 * float(spacing_mm)):
-        out = preprocess(image, spacing_mm, shape)
+        out = preprocess(image, spacing_mm, shape, source=path)
         return out.data.float(), np.asarray(out.affine), image
     tensor = torch.from_numpy(np.asarray(image.dataobj, dtype=np.float32)).unsqueeze(0)
     scalar = tio.ScalarImage(tensor=tensor, affine=image.affine)
@@ -82,8 +88,49 @@ def _load_and_preprocess(
 
 
 def one_line(text: object) -> str:
-    """The text on one line (an error record)."""
-    return " ".join(str(text).split())
+    """The text on one line (an error record), every character not printable escaped.
+
+    :func:`motionqc.app.text.one_line`: a file name's terminal escape sequences or bytes that
+    are not UTF-8 never reach a terminal or a table raw.
+    """
+    return _printable_line(text)
+
+
+MAX_NAME_BYTES = 200
+"""Longest name (UTF-8 bytes) of a volume ``score`` takes: its derived files add up to 41 bytes
+(``.<name>_rec-motionqc.nii.gz.<pid>.tmp.nii.gz``) and a file name holds at most 255."""
+
+
+def name_problem(path: str | Path, name: str) -> str | None:
+    """Why a volume's file name cannot be scored (one line naming the file), or ``None``.
+
+    A path that is not valid UTF-8 (a byte of another encoding; the table and report are UTF-8)
+    and a name longer than :data:`MAX_NAME_BYTES` (its derived files could not be written) are
+    refused, with the file named escaped (:func:`one_line`).
+
+    Args:
+        path: The volume's file.
+        name: Its name as the table holds it.
+
+    Returns:
+        The error record's text, or ``None`` when the name is fine.
+    """
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        bad = [ord(c) - 0xDC00 for c in text if 0xDC80 <= ord(c) <= 0xDCFF][:1]
+        byte = f" (byte 0x{bad[0]:02x}, from another encoding)" if bad else ""
+        return one_line(
+            f"{text}: file name is not UTF-8{byte}; rename the file with UTF-8 characters"
+        )
+    size = len(name.encode("utf-8"))
+    if size > MAX_NAME_BYTES:
+        return one_line(
+            f"{text}: file name too long ({size} bytes for the name without .nii[.gz]; at most "
+            f"{MAX_NAME_BYTES}, so that the derived files fit in 255): shorten it"
+        )
+    return None
 
 
 def _pictures(volume: torch.Tensor, image: Any) -> tuple[bytes, bytes]:
@@ -149,6 +196,10 @@ class VolumeDataset(Dataset):
             "views": None,
         }
         loaded = None
+        problem = name_problem(self.paths[index], self.names[index])
+        if problem is not None:
+            record["error"] = problem
+            return record
         try:
             record["image"], record["affine"], loaded = _load_and_preprocess(
                 self.paths[index], self.spacing_mm, self.shape, self.detail_mm

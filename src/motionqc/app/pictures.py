@@ -18,7 +18,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-__all__ = ["SEGMENT_AXIS", "bins_svg", "distribution_png", "mosaic_png", "views_png"]
+__all__ = [
+    "MAX_PANEL_PIXELS",
+    "SEGMENT_AXIS",
+    "bins_svg",
+    "distribution_png",
+    "mosaic_png",
+    "views_png",
+]
 
 
 SEGMENT_AXIS = "S–I"
@@ -84,11 +91,28 @@ def mosaic_png(volume: np.ndarray, n_axial: int = 5, height: int = 128) -> bytes
     return _grey_png(image)
 
 
-def _square_pixels(cut: np.ndarray, rows_mm: float, cols_mm: float) -> np.ndarray:
-    """Resample a slice (nearest neighbour) so that its pixels are square at the finer spacing."""
+MAX_PANEL_PIXELS = 1024
+"""Longest side, in pixels, of a slice of :func:`views_png`: a slice larger than that once its
+pixels are square (a 256-voxel axis of 80 mm voxels beside 1 mm ones would be 20,480 pixels) is
+shrunk, proportions kept; heads at 0.25 mm or coarser are shown voxel for voxel."""
+
+
+def _square_pixels(
+    cut: np.ndarray, rows_mm: float, cols_mm: float, max_side: int = MAX_PANEL_PIXELS
+) -> np.ndarray:
+    """Resample a slice (nearest neighbour) so that its pixels are square at the finer spacing.
+
+    The result is never longer than ``max_side`` pixels along either side (proportions kept):
+    the size is computed before anything is allocated.
+    """
+    if not (np.isfinite([rows_mm, cols_mm]).all() and min(rows_mm, cols_mm) > 0):
+        rows_mm = cols_mm = 1.0  # no usable voxel size: show the voxels as they are
     fine = min(rows_mm, cols_mm)
-    r = max(1, int(round(cut.shape[0] * rows_mm / fine)))
-    c = max(1, int(round(cut.shape[1] * cols_mm / fine)))
+    rows = cut.shape[0] * rows_mm / fine
+    cols = cut.shape[1] * cols_mm / fine
+    shrink = min(1.0, max_side / max(rows, cols))
+    r = max(1, int(round(rows * shrink)))
+    c = max(1, int(round(cols * shrink)))
     if (r, c) == cut.shape:
         return cut
     ri = np.minimum((np.arange(r) * cut.shape[0] / r).astype(int), cut.shape[0] - 1)
@@ -102,7 +126,7 @@ def views_png(
     """The original volume at its own resolution: a row of sagittal, coronal and axial slices each.
 
     Every voxel of the shown slices is shown (no thumbnailing); anisotropic voxels are repeated
-    so that the anatomy keeps its proportions. Slices are spread over the central 70 % of each
+    so that the anatomy keeps its proportions, up to :data:`MAX_PANEL_PIXELS` per side. Slices are spread over the central 70 % of each
     axis. A tick column at the left of the sagittal and coronal rows marks the k-space segment
     axis of the motion model (:data:`SEGMENT_AXIS`, vertical in those rows), along which its
     ghosts repeat.

@@ -10,7 +10,6 @@ by :mod:`motionqc.app.scorer`.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from motionqc.app.derivatives import (
     write_dataset_description,
     write_derivative_extras,
 )
+from motionqc.app.files import replace_atomically
 from motionqc.app.guards import claim_encoder, loader_workers, select_files, shard_lock
 from motionqc.app.scorer import Scorer, score_volumes
 from motionqc.data.bids import bids_name, find_t1w, parse_entities
@@ -104,9 +104,7 @@ def _write_derivative(
     image.set_data_dtype(np.int16)  # scaled by nibabel (scl_slope): a quarter of float32's size
     image.header.set_xyzt_units("mm")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp.nii.gz")
-    nib.save(image, tmp)
-    os.replace(tmp, target)
+    replace_atomically(target, lambda tmp: nib.save(image, tmp), suffix=".nii.gz")
     try:
         source = Path(row["path"]).resolve().relative_to(Path(bids_dir).resolve())
         sources = [f"bids:raw:{source.as_posix()}"]
@@ -138,9 +136,7 @@ def _write_derivative(
 
 def _write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    replace_atomically(path, lambda tmp: tmp.write_bytes(data))
 
 
 @dataclass
