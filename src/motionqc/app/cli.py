@@ -408,26 +408,9 @@ def _cmd_train_qc(args: argparse.Namespace) -> int:
         checkpoint = _checkpoint(args)
         manifest = args.manifest
         if args.bids_dir is not None:
-            import warnings
+            from motionqc.app.train_qc import ratings_manifest
 
-            from motionqc.app.train_qc import check_manifest_spared
-            from motionqc.data.bids import manifest_from_bids
-
-            check_manifest_spared(args.manifest, args.output_dir, writes_manifest=True)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # said below, in one line
-                table = manifest_from_bids(args.bids_dir, ratings=args.manifest)
-            unmatched = table.attrs.get("unmatched", [])
-            if unmatched:
-                rated = int(table["qc_score"].notna().sum()) + len(unmatched)
-                log(
-                    f"warning: {args.manifest}: {len(unmatched)} of {rated} rated name(s) are "
-                    f"not in {args.bids_dir} and are not used: {', '.join(unmatched[:10])}"
-                    + (" ..." if len(unmatched) > 10 else "")
-                )
-            Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-            manifest = Path(args.output_dir) / "manifest.tsv"
-            table.to_csv(manifest, sep="\t", index=False)
+            manifest = ratings_manifest(args.bids_dir, args.manifest, args.output_dir, log)
         result = train_qc_cli(
             manifest,
             checkpoint,

@@ -27,6 +27,7 @@ __all__ = [
     "check_manifest_spared",
     "check_ratings",
     "check_split_classes",
+    "ratings_manifest",
     "train_qc_cli",
 ]
 
@@ -68,6 +69,46 @@ def check_manifest_spared(
                 f"{manifest}: would be overwritten by train-qc's {name}; copy it elsewhere or "
                 "choose another OUT_DIR"
             )
+
+
+def ratings_manifest(
+    bids_dir: str | Path, ratings: str | Path, out_dir: str | Path, log: Callable[[str], None]
+) -> Path:
+    """Write ``OUT_DIR/manifest.tsv`` from a BIDS folder and its ratings (``--bids-dir``).
+
+    Args:
+        bids_dir: The BIDS dataset.
+        ratings: The ratings TSV (the report's export, or any TSV keyed by ``bids_name``).
+        out_dir: The output folder.
+        log: Where the warning about rated names found in no file goes (one line).
+
+    Returns:
+        The manifest's path.
+
+    Raises:
+        ValueError: If ``ratings`` is a file train-qc writes in ``out_dir``.
+        motionqc.data.volumes.ManifestError: If the ratings cannot be used (one line).
+    """
+    import warnings
+
+    from motionqc.data.bids import manifest_from_bids
+
+    check_manifest_spared(ratings, out_dir, writes_manifest=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # said below, in one line
+        table = manifest_from_bids(bids_dir, ratings=ratings)
+    unmatched = table.attrs.get("unmatched", [])
+    if unmatched:
+        rated = int(table["qc_score"].notna().sum()) + len(unmatched)
+        log(
+            f"warning: {ratings}: {len(unmatched)} of {rated} rated name(s) are not in "
+            f"{bids_dir} and are not used: {', '.join(unmatched[:10])}"
+            + (" ..." if len(unmatched) > 10 else "")
+        )
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    manifest = Path(out_dir) / "manifest.tsv"
+    table.to_csv(manifest, sep="\t", index=False)
+    return manifest
 
 
 def _warn_one_class(y: np.ndarray, split: np.ndarray, manifest: str | Path, log) -> None:
