@@ -1,13 +1,14 @@
 """Self-contained HTML QC report and rating tool: score → look → rate → train your own QC head.
 
 One file (``report.html``) with every image embedded (base64 PNG, inline SVG) and its script
-inline, so it works offline, from a mail attachment or an archive — no server, no CDN. Per
+inline, so it works offline, from a mail attachment or an archive — no server, no CDN; a large
+study is written as pages (``page_rows``) that refer to the figure files beside them. Per
 volume it shows the original scan at its own resolution (sagittal, coronal and axial slices; the
 motion model's k-space segment axis marked), the encoder's input and the predicted bin
 distribution. A rater gives each volume a 1–4 rating (the poster's scale: 4 = best) and a
 comment, with the keyboard (``1``–``4`` rate and go on, ``n``/``p`` next/previous, ``c``
-comment); ratings are kept in the browser (``localStorage``, keyed by the dataset) across reloads
-and exported as a TSV with the columns of :data:`RATING_COLUMNS`, which ``motionqc train-qc
+comment); ratings are kept in the browser (``localStorage``, keyed by the study's identity, shared
+by its pages) across reloads and exported as a TSV (tab-separated, nothing quoted) with the columns of :data:`RATING_COLUMNS`, which ``motionqc train-qc
 --bids-dir`` and :func:`motionqc.data.bids.manifest_from_bids` read as they are. The table sorts
 (score, uncertainty, QC class, subject), filters, and flags volumes at or above a threshold.
 Volumes that could not be scored are listed at the end with their error.
