@@ -50,8 +50,11 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
         return text + " (default: %(default)s)"
 
 
-def _error(message: str) -> None:
-    print(f"{PROG}: error: {' '.join(str(message).split())}", file=sys.stderr)
+def _error(message: object) -> None:
+    """One line on stderr; a file name's escape sequences and stray bytes are shown escaped."""
+    from motionqc.app.text import one_line
+
+    print(f"{PROG}: error: {one_line(message)}", file=sys.stderr)
 
 
 def _profile_name() -> str:
@@ -270,7 +273,15 @@ def _cmd_score(args: argparse.Namespace) -> int:
     and, when not sharded, report.html. Volumes already in the table are skipped, so an
     interrupted run resumes where it stopped.
     """
+    from motionqc.app.preflight import (
+        clamp_threads,
+        import_error_line,
+        os_error_line,
+        output_dir_problem,
+        selection_warnings,
+    )
     from motionqc.app.scoring import run_participant
+    from motionqc.app.text import one_line
     from motionqc.data.volumes import ManifestError
     from motionqc.models.encoder import EncoderError
     from motionqc.runtime.devices import resolve_device
@@ -281,10 +292,19 @@ def _cmd_score(args: argparse.Namespace) -> int:
     except (RuntimeError, ValueError) as exc:
         _error(exc)
         return 2
+    problem = output_dir_problem(args.output_dir)
+    if problem is not None:
+        _error(problem)
+        return 2
     batch_size = args.batch_size or default_batch_size(device.type)
 
     def log(message: str) -> None:
-        print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+        print(f"{PROG}: {one_line(message)}", file=sys.stderr, flush=True)
+
+    threads, lowered = clamp_threads(args.threads)
+    for line in [lowered] + selection_warnings(args.bids_dir, args.participant_label):
+        if line:
+            log(f"warning: {line}")
 
     try:
         summary = run_participant(
@@ -297,7 +317,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
             precision=args.precision,
             batch_size=batch_size,
             num_workers=args.num_workers,
-            threads=args.threads or None,
+            threads=threads or None,
             shard=args.shard,
             mosaics=args.mosaics,
             retry_errors=args.retry_errors,
@@ -308,13 +328,16 @@ def _cmd_score(args: argparse.Namespace) -> int:
         _error(exc)
         return 2
     except ImportError as exc:
-        _error(f"--qc-head needs motionqc.models.qc_head, which cannot be imported here ({exc})")
+        _error(import_error_line(exc, args.qc_head))
         return 2
     except ValueError as exc:
         _error(exc)
         return 2
     except RuntimeError as exc:  # e.g. a loader process killed (out of memory)
         _error(f"{exc} (what was written is kept: run the same command again to resume)")
+        return 1
+    except OSError as exc:  # a folder that cannot be written, a full disk
+        _error(f"{os_error_line(exc)}; what was written is kept: run the same command again")
         return 1
     print(
         f"{summary.table}: {summary.scored} scored, {summary.errors} error(s), "
@@ -361,6 +384,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     deviation, mm) equals --score, at the input's own resolution and orientation. Writes OUT
     and a JSON sidecar (OUT with .json) with the rotations, translations, times and the score.
     """
+    from motionqc.app.preflight import os_error_line
     from motionqc.data.volumes import VolumeError
 
     try:
@@ -374,6 +398,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         )
     except (VolumeError, ValueError) as exc:
         _error(exc)
+        return 1
+    except OSError as exc:  # a folder that cannot be written, a full disk
+        _error(os_error_line(exc))
         return 1
     print(
         f"{args.output}: motion score {sidecar['Score']:.4f} mm (target {args.score:g}), "

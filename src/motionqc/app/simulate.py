@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import motionqc
@@ -44,8 +45,9 @@ def simulate_file(
 
     Raises:
         motionqc.data.volumes.VolumeError: If the input cannot be used.
-        ValueError: For a negative score or a bad seed, an output that is the input (never
-            replaced) or that would replace a file ``simulate`` did not write (unless ``force``).
+        ValueError: For an output not named .nii or .nii.gz, a negative score or a bad seed, an
+            output that is the input (never replaced) or that would replace a file ``simulate``
+            did not write (unless ``force``).
     """
     import nibabel as nib
     import numpy as np
@@ -57,6 +59,11 @@ def simulate_file(
     from motionqc.synthetic.parameters import sample_scored_motion
 
     input_path, output_path = Path(input_path), Path(output_path)
+    if not output_path.name.endswith((".nii", ".nii.gz")):
+        raise ValueError(
+            f"{output_path}: the output must be a NIfTI file named .nii or .nii.gz "
+            f"(not {output_path.suffix or 'a name without extension'})"
+        )
     check_simulation_output(input_path, output_path, force)
     load_volume(input_path)  # validation only: one-line errors for unusable files
     image = nib.load(str(input_path))
@@ -78,12 +85,8 @@ def simulate_file(
     out_image = nib.Nifti1Image(moved.astype(np.float32), affine, header=header)
     out_image.header.set_slope_inter(1.0, 0.0)
     output_path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if output_path.name.endswith(".nii.gz") else output_path.suffix
-    tmp = output_path.with_name(f".tmp-{os.getpid()}-{output_path.name}")
-    if not tmp.name.endswith(suffix):
-        tmp = tmp.with_name(tmp.name + suffix)
-    nib.save(out_image, str(tmp))
-    os.replace(tmp, output_path)
+    tmp = output_path.with_name(f".tmp-{os.getpid()}-{output_path.name}")  # same extension
+    _replace_with(output_path, tmp, lambda: nib.save(out_image, str(tmp)))
     sidecar = {
         "Source": str(input_path.resolve()),
         "TargetScore": float(score),
@@ -103,8 +106,25 @@ def simulate_file(
         "MotionModel": "torchio.Motion (linear), k-space segments along the last array axis",
         "GeneratedBy": {"Name": "motionqc", "Version": motionqc.__version__},
     }
-    simulation_sidecar_path(output_path).write_text(json.dumps(sidecar, indent=2) + "\n")
+    sidecar_path = simulation_sidecar_path(output_path)
+    sidecar_tmp = sidecar_path.with_name(f".tmp-{os.getpid()}-{sidecar_path.name}")
+    text = json.dumps(sidecar, indent=2) + "\n"
+    _replace_with(sidecar_path, sidecar_tmp, lambda: sidecar_tmp.write_text(text))
     return sidecar
+
+
+def _replace_with(path: Path, tmp: Path, write: Callable[[], object]) -> None:
+    """Write ``tmp`` with ``write`` and move it onto ``path``, leaving no stray temporary file.
+
+    On any failure (a full disk, a folder that cannot be written) ``tmp`` is removed and the
+    error raised.
+    """
+    try:
+        write()
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def simulation_sidecar_path(path: Path) -> Path:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from motionqc.data.volumes import REQUIRED_COLUMNS, ManifestError
+from motionqc.data.volumes import REQUIRED_COLUMNS, ManifestError, read_tsv
 
 __all__ = ["find_t1w", "parse_entities", "manifest_from_bids", "manifest_from_mrart", "MRART_TO_QC"]
 
@@ -89,9 +89,7 @@ def _read_ratings(ratings: str | Path, key: str, score: str | None) -> pd.Series
     """
     path = Path(ratings)
     try:
-        table = pd.read_csv(
-            path, sep="\t", dtype=str, keep_default_na=False, quoting=csv.QUOTE_NONE
-        )
+        table = read_tsv(path, "ratings", quoting=csv.QUOTE_NONE)  # UTF-8, or one line why
         lines = [line for line in path.read_bytes().split(b"\n")[1:] if line.rstrip(b"\r")]
     except (OSError, pd.errors.ParserError) as exc:
         raise ManifestError(f"{path}: cannot read ratings ({' '.join(str(exc).split())})") from exc

@@ -28,6 +28,7 @@ __all__ = [
     "MAX_HEADER_BYTES",
     "MAX_VOXELS",
     "GZIP_MAX_RATIO",
+    "check_claimed_size",
     "check_geometry",
     "check_nifti_file",
     "file_problem",
@@ -217,6 +218,46 @@ def _check_extensions(
             )
         position += esize
         remaining -= esize
+
+
+def check_claimed_size(
+    path: Path, img: nib.spatialimages.SpatialImage, error: type[Exception]
+) -> None:
+    """Refuse a header whose claimed array is too large, or larger than the file can hold.
+
+    Runs before any voxel is read, for the formats :func:`check_nifti_file` does not parse: an
+    89-byte file claiming 1150³ float32 voxels is refused without allocating its 6 GB.
+
+    Args:
+        path: The file.
+        img: nibabel's image of it (header read, no voxel).
+        error: Exception class to raise (``VolumeError``).
+
+    Raises:
+        error: With a one-line message naming the file and the problem.
+    """
+    shape = tuple(int(s) for s in img.header.get_data_shape())
+    n = int(np.prod(shape, dtype=np.int64)) if shape else 0
+    dtype = img.header.get_data_dtype()
+    if n > MAX_VOXELS:
+        raise error(
+            f"{path}: header claims shape {shape} ({n:,} voxels), more than the {MAX_VOXELS:,} "
+            "motionqc reads"
+        )
+    if dtype.fields is not None or dtype.kind == "c":
+        raise error(
+            f"{path}: {'complex' if dtype.kind == 'c' else 'RGB or structured'} voxels "
+            f"({dtype}); motionqc scores T1w magnitude images"
+        )
+    size = path.stat().st_size
+    gz = path.name.endswith(".gz")
+    offset = 0 if gz else int(getattr(img.header, "get_data_offset", lambda: 0)())
+    holds = size * GZIP_MAX_RATIO + 4096 if gz else size - offset
+    if n * dtype.itemsize > holds:
+        raise error(
+            f"{path}: header claims shape {shape} of {dtype} ({n * dtype.itemsize:,} bytes), "
+            f"more than the {size:,}-byte file can hold (truncated or forged header)"
+        )
 
 
 def check_geometry(

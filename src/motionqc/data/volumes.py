@@ -27,8 +27,8 @@ import torchio as tio
 
 from motionqc import paths
 from motionqc.data.nifti_guard import (
-    GZIP_MAX_RATIO,
     MAX_VOXELS,
+    check_claimed_size,
     check_geometry,
     check_nifti_file,
     file_problem,
@@ -41,6 +41,7 @@ __all__ = [
     "REQUIRED_COLUMNS",
     "file_sha256",
     "load_manifest",
+    "read_tsv",
     "sample_manifest",
     "MAX_VOXELS",
     "MIN_SIDE",
@@ -111,10 +112,7 @@ def load_manifest(
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
     path = Path(path)
-    try:
-        df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"{path}: cannot read manifest ({_one_line(exc)})") from exc
+    df = read_tsv(path, "manifest")
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise ManifestError(f"{path}: missing column(s) {', '.join(missing)}")
@@ -162,6 +160,60 @@ def load_manifest(
     df.attrs["errors"] = errors
     df.attrs["source"] = str(path)
     return df
+
+
+def _encoding_problem(raw: bytes) -> str:
+    """Where a file's bytes stop being UTF-8 text, in words."""
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "is UTF-16 text (Excel's 'Unicode text'?)"
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        byte = raw[exc.start]
+        return f"is not UTF-8 text (byte 0x{byte:02x} on line {line}; Latin-1 or Windows-1252?)"
+    return "cannot be decoded"
+
+
+def read_tsv(path: str | Path, what: str = "table", **read_csv: object) -> pd.DataFrame:
+    """Read a tab-separated table of text (a manifest, ratings) as strings, refusing in one line.
+
+    UTF-8 with or without a byte-order mark is read; a file that is not a regular file (a FIFO
+    would block), empty, or in another encoding (UTF-16, Latin-1) is refused with a line naming
+    the file and what it is, not pandas' message about something else.
+
+    Args:
+        path: The file.
+        what: What the file is, for messages (``"manifest"``, ``"ratings"``).
+        **read_csv: More arguments for ``pandas.read_csv`` (e.g. ``quoting``).
+
+    Returns:
+        The table, every cell a string (empty cells ``""``).
+
+    Raises:
+        ManifestError: If the file cannot be read as a UTF-8 TSV with a header line.
+    """
+    path = Path(path)
+    problem = file_problem(path)
+    if problem is not None:
+        raise ManifestError(f"{path}: {what}: {problem}")
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(2)
+        if head in (b"\xff\xfe", b"\xfe\xff"):
+            raise ManifestError(
+                f"{path}: {what} {_encoding_problem(head)}; save it as UTF-8 (tab-separated)"
+            )
+        options: dict[str, object] = {"sep": "\t", "dtype": str, "keep_default_na": False}
+        return pd.read_csv(path, encoding="utf-8-sig", **{**options, **read_csv})
+    except pd.errors.EmptyDataError as exc:
+        raise ManifestError(f"{path}: empty {what} (no header line)") from exc
+    except UnicodeDecodeError as exc:
+        raise ManifestError(
+            f"{path}: {what} {_encoding_problem(path.read_bytes())}; save it as UTF-8"
+        ) from exc
+    except (OSError, pd.errors.ParserError) as exc:
+        raise ManifestError(f"{path}: cannot read {what} ({_one_line(exc)})") from exc
 
 
 def _resolve(base: Path, value: str) -> str:
@@ -217,36 +269,6 @@ MIN_SIDE = 4
 a head)."""
 
 
-def _check_claimed_size(path: Path, img: nib.spatialimages.SpatialImage) -> None:
-    """Refuse a header whose claimed array is too large, or larger than the file can hold.
-
-    Runs before any voxel is read, for the formats :func:`check_nifti_file` does not parse: an
-    89-byte file claiming 1150³ float32 voxels is refused without allocating its 6 GB.
-    """
-    shape = tuple(int(s) for s in img.header.get_data_shape())
-    n = int(np.prod(shape, dtype=np.int64)) if shape else 0
-    dtype = img.header.get_data_dtype()
-    if n > MAX_VOXELS:
-        raise VolumeError(
-            f"{path}: header claims shape {shape} ({n:,} voxels), more than the {MAX_VOXELS:,} "
-            "motionqc reads"
-        )
-    if dtype.fields is not None or dtype.kind == "c":
-        raise VolumeError(
-            f"{path}: {'complex' if dtype.kind == 'c' else 'RGB or structured'} voxels "
-            f"({dtype}); motionqc scores T1w magnitude images"
-        )
-    size = path.stat().st_size
-    gz = path.name.endswith(".gz")
-    offset = 0 if gz else int(getattr(img.header, "get_data_offset", lambda: 0)())
-    holds = size * GZIP_MAX_RATIO + 4096 if gz else size - offset
-    if n * dtype.itemsize > holds:
-        raise VolumeError(
-            f"{path}: header claims shape {shape} of {dtype} ({n * dtype.itemsize:,} bytes), "
-            f"more than the {size:,}-byte file can hold (truncated or forged header)"
-        )
-
-
 def _read(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """The voxels (float32, 3D) and affine of a file, refusing it before reading what it must not.
 
@@ -261,7 +283,7 @@ def _read(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         check_nifti_file(path, VolumeError)
         img = nib.load(str(path))
-        _check_claimed_size(path, img)
+        check_claimed_size(path, img, VolumeError)
         shape = tuple(int(s) for s in img.header.get_data_shape())
         check_geometry(path, shape, img.affine, VolumeError)
         data = np.asanyarray(img.dataobj, dtype=np.float32)

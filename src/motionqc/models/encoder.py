@@ -25,6 +25,7 @@ __all__ = [
     "ENCODER_FORMAT",
     "INPUT_INTENSITY",
     "EncoderError",
+    "foreign_file_kind",
     "default_encoder_path",
     "released_encoder_path",
     "load_encoder",
@@ -149,6 +150,34 @@ def save_encoder(
     return path
 
 
+def foreign_file_kind(path: str | Path) -> str | None:
+    """What a file handed over as a checkpoint is when it cannot be one, from its first bytes.
+
+    PyTorch writes a zip archive (``PK``) or, before 1.6, a pickle (``0x80``); a NIfTI volume
+    (``.nii``: a 348- or 540-byte header; ``.nii.gz``: gzip) or any other file is named for what
+    it is, instead of an unpickling error that blames the checkpoint's contents.
+
+    Args:
+        path: The file.
+
+    Returns:
+        ``"a NIfTI volume"``, ``"a gzip file"``, ``"an empty file"``, ``"not a PyTorch file"``
+        or ``None`` when it can be a PyTorch file.
+    """
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if not head:
+        return "an empty file"
+    if head.startswith(b"PK") or head.startswith(b"\x80"):
+        return None
+    name = Path(path).name.lower()
+    if head.startswith(b"\x1f\x8b"):
+        return "a NIfTI volume (gzip)" if name.endswith(".nii.gz") else "a gzip file"
+    if head in (b"\x5c\x01\x00\x00", b"\x00\x00\x01\x5c", b"\x1c\x02\x00\x00", b"\x00\x00\x02\x1c"):
+        return "a NIfTI volume"  # sizeof_hdr 348 or 540, either byte order
+    return f"not a PyTorch file (it starts with {head!r})"
+
+
 def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> tuple[SFCN, dict]:
     """Load an encoder written by :func:`save_encoder`, in eval mode.
 
@@ -169,6 +198,9 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> tuple[
         raise EncoderError(
             f"{path}: no encoder file (run notebook 03, `make reproduce`, or pass --checkpoint)"
         )
+    foreign = foreign_file_kind(path)
+    if foreign is not None:
+        raise EncoderError(f"{path}: {foreign}, not an encoder file (pass encoder.pt)")
     try:  # weights_only: a file can hold tensors and plain types, never code to run
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from motionqc.models.encoder import foreign_file_kind
 from motionqc.models.sfcn import QCHead
 from motionqc.qc_task import N_QC_CLASSES, task_record
 
@@ -105,6 +106,9 @@ def load_qc_head(
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no QC head file")
+    foreign = foreign_file_kind(path)
+    if foreign is not None:
+        raise ValueError(f"{path}: {foreign}, not a QC head file (pass qc_head.pt)")
     try:  # weights_only: a QC head from someone else can hold no code to run
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
