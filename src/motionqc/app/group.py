@@ -26,12 +26,24 @@ from motionqc.app.derivatives import (
     write_derivative_extras,
 )
 from motionqc.app.report import PAGE_ROWS, dataset_key, write_report
+from motionqc.data.bids import parse_entities
 from motionqc.qc_task import QC_CLASS_NAMES
 
-__all__ = ["EMBED_BYTES", "run_group", "study_key"]
+__all__ = ["EMBED_BYTES", "mosaic_path", "run_group", "study_key", "views_path"]
 
 EMBED_BYTES = 32 * 2**20
 """Pictures up to this many bytes in all (and one page of volumes) are embedded in one file."""
+
+
+def mosaic_path(output_dir: str | Path, name: str) -> Path:
+    """Where the mosaic of a volume goes: ``<out>/sub-<label>/figures/<bids_name>_mosaic.png``."""
+    subject = parse_entities(name).get("sub", "unknown")
+    return Path(output_dir) / f"sub-{subject}" / "figures" / f"{name}_mosaic.png"
+
+
+def views_path(output_dir: str | Path, name: str) -> Path:
+    """Where the original volume's views go: ``<out>/sub-<label>/figures/<bids_name>_views.png``."""
+    return mosaic_path(output_dir, name).with_name(f"{name}_views.png")
 
 
 def _display_class(row: dict[str, Any]) -> str:
@@ -80,8 +92,6 @@ def run_group(output_dir: str | Path, title: str | None = None) -> Path:
     Raises:
         ValueError: If the folder holds no participant table.
     """
-    from motionqc.app.scoring import mosaic_path, views_path
-
     out = Path(output_dir)
     merged = merge_shards(out)
     write_derivative_extras(out)

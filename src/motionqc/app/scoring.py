@@ -31,6 +31,7 @@ from motionqc.app.derivatives import (
     write_derivative_extras,
 )
 from motionqc.app.files import replace_atomically
+from motionqc.app.group import mosaic_path, run_group, views_path
 from motionqc.app.guards import claim_encoder, loader_workers, select_files, shard_lock
 from motionqc.app.scorer import Scorer, score_volumes
 from motionqc.data.bids import bids_name, find_t1w, parse_entities
@@ -79,17 +80,6 @@ QC_LABELS: dict[int, str] = QC_CLASS_NAMES
 
 
 # --------------------------------------------------------------------------- BIDS steps
-def mosaic_path(output_dir: str | Path, name: str) -> Path:
-    """Where the mosaic of a volume goes: ``<out>/sub-<label>/figures/<bids_name>_mosaic.png``."""
-    subject = parse_entities(name).get("sub", "unknown")
-    return Path(output_dir) / f"sub-{subject}" / "figures" / f"{name}_mosaic.png"
-
-
-def views_path(output_dir: str | Path, name: str) -> Path:
-    """Where the original volume's views go: ``<out>/sub-<label>/figures/<bids_name>_views.png``."""
-    return mosaic_path(output_dir, name).with_name(f"{name}_views.png")
-
-
 def _write_derivative(
     out: Path, row: dict[str, Any], model: dict[str, object], bids_dir: str | Path
 ) -> None:
@@ -395,27 +385,6 @@ def _score_into(
         bar.close()
     final = table.read()
     summary.ok_total = len(set(final.loc[final["status"] == "ok", "bids_name"]) & set(names))
-
-
-def run_group(output_dir: str | Path, title: str | None = None) -> Path:
-    """The ``group`` step: merge the participant tables and write the report.
-
-    One self-contained ``report.html`` for a small study, pages that refer to the figures for a
-    large one (:func:`motionqc.app.group.run_group`).
-
-    Args:
-        output_dir: The derivative folder.
-        title: Report title (default: ``motionqc report: <source dataset>``).
-
-    Returns:
-        The report's first page (the merged table is ``output_dir/group_T1w.tsv``).
-
-    Raises:
-        ValueError: If the folder holds no participant table.
-    """
-    from motionqc.app.group import run_group as write_group
-
-    return write_group(output_dir, title)
 
 
 def group_table(output_dir: str | Path) -> pd.DataFrame:
