@@ -281,7 +281,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
         selection_warnings,
     )
     from motionqc.app.scoring import run_participant
-    from motionqc.app.text import one_line
+    from motionqc.app.text import printable
     from motionqc.data.volumes import ManifestError
     from motionqc.models.encoder import EncoderError
     from motionqc.runtime.devices import resolve_device
@@ -299,7 +299,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
     batch_size = args.batch_size or default_batch_size(device.type)
 
     def log(message: str) -> None:
-        print(f"{PROG}: {one_line(message)}", file=sys.stderr, flush=True)
+        print(f"{PROG}: {printable(message)}", file=sys.stderr, flush=True)  # names as they are
 
     threads, lowered = clamp_threads(args.threads)
     for line in [lowered] + selection_warnings(args.bids_dir, args.participant_label):
