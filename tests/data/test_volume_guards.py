@@ -16,12 +16,20 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torchio as tio
 from conftest import head_phantom, write_nifti
 
-from motionqc.data.volumes import VolumeError, load_mask, load_volume, preprocess
+from motionqc.data.volumes import (
+    ManifestError,
+    VolumeError,
+    load_manifest,
+    load_mask,
+    load_volume,
+    preprocess,
+)
 
 MAX_HEADER_BYTES = 16 * 2**20  # motionqc.data.nifti_guard's caps (literals: the tests predate them)
 MAX_FIELD_OF_VIEW_MM = 400.0
@@ -184,6 +192,25 @@ def test_d16_a_fifo_a_folder_a_device_and_broken_links_are_named_for_what_they_a
         with pytest.raises(VolumeError) as caught:
             load_volume(path)
         _one_line_naming(caught.value, path, words)
+
+
+def test_d16_a_manifest_row_pointing_at_a_fifo_or_a_folder_says_so(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo.nii.gz"
+    os.mkfifo(fifo)
+    (tmp_path / "folder.nii.gz").mkdir()
+    rows = [
+        {"volume_id": v, "dataset": "D", "site": "S", "subject": v, "path": p, "qc_score": "4"}
+        for v, p in (("a", "fifo.nii.gz"), ("b", "folder.nii.gz"), ("c", "absent.nii.gz"))
+    ]
+    manifest = tmp_path / "m.tsv"
+    pd.DataFrame(rows).to_csv(manifest, sep="\t", index=False)
+    with pytest.warns(UserWarning):
+        df = load_manifest(manifest, on_error="skip")
+    errors = df.attrs["errors"]
+    assert "named pipe (FIFO)" in errors["a"] and "is a folder" in errors["b"], errors
+    assert "file not found" in errors["c"], errors
+    with pytest.raises(ManifestError, match="named pipe"):
+        load_manifest(manifest)
 
 
 # --- D17: not a T1w scan ----------------------------------------------------------------------------

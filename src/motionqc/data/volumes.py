@@ -140,8 +140,9 @@ def load_manifest(
     errors: dict[str, str] = {}
     for row in df.itertuples():
         message = None
-        if check_files and not Path(row.path).is_file():
-            message = f"{path}: {row.volume_id}: file not found: {row.path}"
+        problem = file_problem(Path(row.path)) if check_files else None
+        if problem is not None:  # missing, or a folder, FIFO, device, broken link: said which
+            message = f"{path}: {row.volume_id}: {problem}: {row.path}"
         elif verify_checksums and getattr(row, "sha256", ""):
             actual = file_sha256(row.path)
             if actual != row.sha256:
