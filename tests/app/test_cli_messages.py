@@ -103,6 +103,20 @@ def test_d15_an_output_path_that_is_a_file_is_one_line(tmp_path, bids, encoder, 
     assert out.read_text() == "mine\n"
 
 
+def test_d15_train_qc_to_an_output_path_that_is_a_file_is_one_line(
+    tmp_path, bids, encoder, capsys
+) -> None:
+    ratings = tmp_path / "ratings.tsv"
+    ratings.write_text("bids_name\trating\nsub-01_T1w\t3\n")
+    out = tmp_path / "qc.txt"
+    out.write_text("mine\n")
+    args = ["train-qc", "--manifest", str(ratings), "--bids-dir", str(bids), "--checkpoint"]
+    assert main([*args, str(encoder), str(out)]) == 1
+    line = _error_line(capsys.readouterr().err)
+    assert str(out) in line and "File exists" in line, line
+    assert out.read_text() == "mine\n"
+
+
 def test_d15_a_read_only_output_folder_is_one_line(tmp_path, bids, encoder) -> None:
     """#43 D15: a folder that cannot be written raised PermissionError."""
     out = tmp_path / "readonly"

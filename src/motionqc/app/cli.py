@@ -449,6 +449,11 @@ def _cmd_train_qc(args: argparse.Namespace) -> int:
     except (EncoderError, ManifestError, ValueError, RuntimeError) as exc:
         _error(exc)
         return 1
+    except OSError as exc:  # an output path that is a file, a folder that cannot be written
+        from motionqc.app.preflight import os_error_line
+
+        _error(os_error_line(exc))
+        return 1
     print(f"results: {result}")
     head = Path(args.output_dir) / "qc_head.pt"
     if head.is_file():
