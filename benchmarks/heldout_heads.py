@@ -37,7 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--manifest", default=None, help="default: data_manifest/corpus.tsv")
     parser.add_argument("--checkpoint", type=Path, default=None, help="default: the release")
     parser.add_argument("--draws", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=12345, help="base seed of the motions (12345: the release test's)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=12345,
+        help="base seed of the motions (12345: the release test's)",
+    )
     parser.add_argument("--grid-mm", type=float, default=1.0)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
