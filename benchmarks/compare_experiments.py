@@ -5,10 +5,13 @@ Reads the ``predictions.csv`` that ``benchmarks/recipe_experiment.py`` writes (c
 and MAE with a 95 % bootstrap interval over the test volumes; with two or more runs, the paired
 bootstrap of each run's difference from the first (the runs must share their test volumes, as runs
 of one recipe with the default test seed do); with ``--ensemble``, the same for the mean of the
-runs' predictions::
+runs' predictions. ``--by-head`` resamples whole test heads instead of volumes (the volumes of
+one head are not independent: the interval a test over many heads needs); ``--set NAME`` keeps the
+rows of one ``test_set`` (``benchmarks/heldout_heads.py`` writes it: ``held_out``,
+``cross_scanner``)::
 
     .venv/bin/python benchmarks/compare_experiments.py build/experiments/A build/experiments/B \\
-        [--ensemble] [--resamples 2000] [--seed 0]
+        [--ensemble] [--resamples 2000] [--seed 0] [--by-head] [--set held_out]
 """
 
 from __future__ import annotations
@@ -31,10 +34,24 @@ def metrics(true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     return {m: found[m] for m in METRICS}
 
 
-def load_test(run: Path) -> pd.DataFrame:
-    """The test rows of a run's ``predictions.csv``, in file order."""
+def load_test(run: Path, test_set: str | None = None) -> pd.DataFrame:
+    """The test rows of a run's ``predictions.csv`` (of one ``test_set``), in file order."""
     table = pd.read_csv(run / "predictions.csv")
-    return table[table["split"] == "test"].reset_index(drop=True)
+    if "split" in table.columns:
+        table = table[table["split"] == "test"]
+    if test_set is not None:
+        table = table[table["test_set"] == test_set]
+    return table.reset_index(drop=True)
+
+
+def resample(rng: np.random.Generator, heads: np.ndarray, n: int, by_head: bool) -> np.ndarray:
+    """``n`` bootstrap draws of row indices: of the rows, or of whole heads (all their rows)."""
+    if not by_head:
+        return rng.integers(0, len(heads), size=(n, len(heads)))
+    names = np.unique(heads)
+    rows = {h: np.flatnonzero(heads == h) for h in names}
+    picks = rng.integers(0, len(names), size=(n, len(names)))
+    return [np.concatenate([rows[names[k]] for k in pick]) for pick in picks]
 
 
 def main() -> None:
@@ -43,8 +60,10 @@ def main() -> None:
     parser.add_argument("--ensemble", action="store_true", help="add the mean of the runs")
     parser.add_argument("--resamples", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--by-head", action="store_true", help="resample heads, not volumes")
+    parser.add_argument("--set", default=None, help="keep one test_set (heldout_heads.py's)")
     args = parser.parse_args()
-    tests = [load_test(run) for run in args.runs]
+    tests = [load_test(run, args.set) for run in args.runs]
     true = tests[0]["true"].to_numpy(np.float64)
     for run, test in zip(args.runs, tests, strict=True):
         if len(test) != len(true) or not np.allclose(test["true"].to_numpy(), true, atol=1e-6):
@@ -56,7 +75,7 @@ def main() -> None:
     if args.ensemble:
         preds["mean of the runs"] = np.mean(list(preds.values()), axis=0)
     rng = np.random.default_rng(args.seed)
-    draws = rng.integers(0, len(true), size=(args.resamples, len(true)))
+    draws = resample(rng, tests[0]["head"].to_numpy(), args.resamples, args.by_head)
     boot = {
         name: np.array([list(metrics(true[i], p[i]).values()) for i in draws])
         for name, p in preds.items()
@@ -79,9 +98,10 @@ def main() -> None:
     table = pd.DataFrame(rows)
     with pd.option_context("display.width", 200, "display.max_columns", None):
         print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    print(
-        f"95 % bootstrap intervals: {args.resamples} resamples of the {len(true)} test volumes, seed {args.seed}"
+    unit = (
+        f"{tests[0]['head'].nunique()} test heads" if args.by_head else f"{len(true)} test volumes"
     )
+    print(f"95 % bootstrap intervals: {args.resamples} resamples of the {unit}, seed {args.seed}")
 
 
 if __name__ == "__main__":

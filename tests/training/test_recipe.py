@@ -380,10 +380,17 @@ def test_released_encoder_ships_with_its_provenance():
     model, meta = load_encoder(path)
     assert meta["score_convention"] == SCORE_CONVENTION.as_dict() == info["score_convention"]
     assert list(meta["shape"]) == info["geometry"]["shape"]
-    assert set(info["data"]) >= set(info["recipe"]["train_heads"]) | set(
-        info["unseen_heads"]["heads"]
-    )
-    assert not set(info["recipe"]["train_heads"]) & set(info["unseen_heads"]["heads"])
+    train, tested = set(info["recipe"]["train_heads"]), set(info["unseen_heads"]["heads"])
+    assert not train & tested
+    heads = info["data"].get("heads", info["data"])  # a corpus release lists them under "heads"
+    assert set(heads) >= train | tested
+    assert all(len(h["sha256"]) == 64 for h in heads.values())
+    if "heads" in info["data"]:  # trained on the corpus: its split, licences and attribution
+        assert {heads[h]["role"] for h in train} == {"train"}
+        assert {heads[h]["role"] for h in tested} == {"test"}
+        assert not [h for h in train if heads[h]["use"] == "test only"]
+        assert all(heads[h]["licence"] for h in heads)
+        assert any("brain-development.org/ixi-dataset" in a for a in info["data"]["attribution"])
 
 
 def test_simulate_score_is_the_label_under_the_encoders_convention(tmp_path):

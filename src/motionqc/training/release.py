@@ -100,6 +100,7 @@ def run(
     Raises:
         ValueError: If a test head is also a training head.
     """
+    commit = _commit()  # the code that trains, before the run (the tree may move meanwhile)
     manifest = corpus if corpus is not None else sample_manifest()
     files = dict(zip(manifest["volume_id"], manifest["path"], strict=True))
     result = stage.run(
@@ -119,7 +120,7 @@ def run(
     provenance: dict[str, object] = {
         "format": "motionqc-encoder-release/1",
         "file": out.name,
-        "commit": _commit(),
+        "commit": commit,
         "command": command,
         "recipe": config.as_dict(),
         "score_convention": result.meta["score_convention"],
