@@ -171,7 +171,12 @@ def test_train_qc_end_to_end_on_nifti(tmp_path: Path, ratings: Path) -> None:
     torch.manual_seed(0)
     encoder = save_encoder(tmp_path / "encoder.pt", SFCN(), info={"note": "random"}, **SMOKE)
     out = tmp_path / "qc"
-    results = train_qc_cli(ratings, encoder, out, seeds=2)
+    # two rated files are broken or gone: the run stops before training, naming them ...
+    with pytest.raises(ValueError, match="2 of 20 rated volume.*broken.nii.gz.*--skip-missing"):
+        train_qc_cli(ratings, encoder, out, seeds=2)
+    assert not (out / "qc_head.pt").exists()
+    # ... and trains without them when told to
+    results = train_qc_cli(ratings, encoder, out, seeds=2, skip_missing=True)
     seeds = pd.read_csv(results)
     assert list(seeds["setting"]) == ["transfer", "transfer"] and list(seeds["seed"]) == [0, 1]
     preds = pd.read_csv(out / "qc_predictions.tsv", sep="\t")
@@ -189,7 +194,7 @@ def test_train_qc_end_to_end_on_nifti(tmp_path: Path, ratings: Path) -> None:
     assert meta["info"]["seed"] in (0, 1) and meta["encoder_digest"] == file_digest(encoder)
     # The embedding cache is keyed by the encoder digest and reused by a re-run: same numbers.
     assert (out / f"embeddings_{file_digest(encoder)}.pt").is_file()
-    train_qc_cli(ratings, encoder, out, seeds=2)
+    train_qc_cli(ratings, encoder, out, seeds=2, skip_missing=True)
     pd.testing.assert_frame_equal(pd.read_csv(results), seeds)
     # Changed ratings in the same folder retrain: the head is not the finished run resumed.
     first = torch.load(out / "qc_head.pt", weights_only=True)["model"]
@@ -197,7 +202,7 @@ def test_train_qc_end_to_end_on_nifti(tmp_path: Path, ratings: Path) -> None:
     changed.loc[changed["qc_score"] == 3, "qc_score"] = 2
     changed_path = ratings.parent / "ratings_changed.tsv"
     changed.to_csv(changed_path, sep="\t", index=False)
-    train_qc_cli(changed_path, encoder, out, seeds=2)
+    train_qc_cli(changed_path, encoder, out, seeds=2, skip_missing=True)
     second = torch.load(out / "qc_head.pt", weights_only=True)["model"]
     assert any(not torch.equal(first[k], second[k]) for k in first)
 
@@ -259,8 +264,9 @@ def test_qc_head_with_code_or_text_is_refused_in_one_line(tmp_path: Path) -> Non
     assert not (tmp_path / "ran").exists()
     text = tmp_path / "notes.txt"
     text.write_text("not a model\n")
-    with pytest.raises(ValueError, match="not a readable QC head"):
+    with pytest.raises(ValueError, match="not a QC head file") as err:
         load_qc_head(text)
+    assert str(err.value).startswith(str(text)) and "\n" not in str(err.value)
 
 
 def _variant(ratings: Path, tmp_path: Path, change) -> Path:
