@@ -1,6 +1,7 @@
 """The released encoder's recipe (motionqc.training.recipe) and release (motionqc.training.release), at smoke scale."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -391,6 +392,7 @@ def test_released_encoder_ships_with_its_provenance():
         assert not [h for h in train if heads[h]["use"] == "test only"]
         assert all(heads[h]["licence"] for h in heads)
         assert any("brain-development.org/ixi-dataset" in a for a in info["data"]["attribution"])
+        assert not Path(info["data"]["manifest"]).is_absolute()  # no machine's folder
 
 
 def test_simulate_score_is_the_label_under_the_encoders_convention(tmp_path):

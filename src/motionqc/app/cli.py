@@ -302,7 +302,11 @@ def _cmd_score(args: argparse.Namespace) -> int:
         print(f"{PROG}: {printable(message)}", file=sys.stderr, flush=True)  # names as they are
 
     threads, lowered = clamp_threads(args.threads)
-    for line in [lowered] + selection_warnings(args.bids_dir, args.participant_label):
+    try:
+        warned = selection_warnings(args.bids_dir, args.participant_label)
+    except OSError as exc:  # a folder that can be listed but not entered: say it, go on
+        warned = [f"{exc.filename}: cannot be read ({exc.strerror or exc})"]
+    for line in [lowered, *warned]:
         if line:
             log(f"warning: {line}")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -58,8 +59,8 @@ def shard_lock(output_dir: Path, index: int, count: int) -> Iterator[None]:
 def claim_encoder(output_dir: Path, model: dict[str, object]) -> None:
     """Record the folder's encoder, or check it against the one recorded, atomically.
 
-    The first run in a folder creates :data:`ENCODER_RECORD` with a hard link (which fails if
-    the file exists), so of two shards started at once with different encoders, exactly one
+    The first run in a folder creates :data:`ENCODER_RECORD` exclusively (``O_CREAT | O_EXCL``,
+    which fails if the file exists), so of two shards started at once with different encoders, exactly one
     writes its record and the other is refused before it writes anything.
 
     Args:
@@ -72,19 +73,34 @@ def claim_encoder(output_dir: Path, model: dict[str, object]) -> None:
     """
     record = Path(output_dir) / ENCODER_RECORD
     mine = {k: model.get(k) for k in ("sha256", "input_intensity", "checkpoint")}
-    tmp = record.with_name(f"{record.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(mine) + "\n")
-    try:
-        os.link(tmp, record)
-        return
+    text = (json.dumps(mine) + "\n").encode()
+    try:  # O_EXCL: of two processes creating it at once, exactly one succeeds (no hard link
+        # needed: FAT, FUSE and some SMB mounts have none)
+        fd = os.open(record, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
         pass
-    finally:
-        tmp.unlink(missing_ok=True)
-    try:
-        theirs = json.loads(record.read_text())
-    except (OSError, ValueError):
-        theirs = {}
+    else:
+        try:
+            os.write(fd, text)
+            os.fsync(fd)
+        except OSError:
+            os.close(fd)
+            record.unlink(missing_ok=True)  # a full disk leaves no half record behind
+            raise
+        os.close(fd)
+        return
+    theirs: dict = {}
+    for _ in range(50):  # the creator may not have written it yet: wait up to ~1 s
+        try:
+            theirs = json.loads(record.read_text())
+            break
+        except (OSError, ValueError):
+            time.sleep(0.02)
+    else:
+        raise ValueError(
+            f"{record}: unreadable encoder record (not the JSON motionqc writes); remove it if "
+            "the folder holds no scores, or use a new output folder"
+        )
     if theirs.get("sha256") != mine["sha256"]:
         raise ValueError(
             f"{output_dir}: holds scores from another encoder ({theirs.get('checkpoint')}, "

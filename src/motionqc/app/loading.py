@@ -104,7 +104,8 @@ MAX_NAME_BYTES = 200
 def name_problem(path: str | Path, name: str) -> str | None:
     """Why a volume's file name cannot be scored (one line naming the file), or ``None``.
 
-    A path that is not valid UTF-8 (a byte of another encoding; the table and report are UTF-8)
+    A file name that is not valid UTF-8 (a byte of another encoding; the table and report are
+    UTF-8; the folders above it may hold such bytes: the table names files, not their folders)
     and a name longer than :data:`MAX_NAME_BYTES` (its derived files could not be written) are
     refused, with the file named escaped (:func:`one_line`).
 
@@ -116,10 +117,11 @@ def name_problem(path: str | Path, name: str) -> str | None:
         The error record's text, or ``None`` when the name is fine.
     """
     text = str(path)
+    own = Path(path).name + name  # what the table and derived files hold: not the folders above
     try:
-        text.encode("utf-8")
+        own.encode("utf-8")
     except UnicodeEncodeError:
-        bad = [ord(c) - 0xDC00 for c in text if 0xDC80 <= ord(c) <= 0xDCFF][:1]
+        bad = [ord(c) - 0xDC00 for c in own if 0xDC80 <= ord(c) <= 0xDCFF][:1]
         byte = f" (byte 0x{bad[0]:02x}, from another encoding)" if bad else ""
         return one_line(
             f"{text}: file name is not UTF-8{byte}; rename the file with UTF-8 characters"

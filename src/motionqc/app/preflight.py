@@ -122,14 +122,22 @@ def _unreadable_folders(root: Path) -> list[str]:
     except OSError:
         return found  # the dataset folder itself: find_t1w says so
     for subject in subjects:
-        if not os.path.lexists(subject) or (subject.exists() and not subject.is_dir()):
+        if not os.path.lexists(subject) or (os.path.exists(subject) and not os.path.isdir(subject)):
             continue
         reason = _listable(subject)
+        if reason is None and not os.access(subject, os.X_OK):
+            reason = "permission denied"  # listable, but its folders cannot be entered
         if reason is not None:
             found.append(f"{printable(subject)} ({reason})")
             continue
         folders = [subject]
-        folders += sorted(p for p in subject.iterdir() if p.name.startswith("ses-") and p.is_dir())
+        try:
+            folders += sorted(
+                p for p in subject.iterdir() if p.name.startswith("ses-") and os.path.isdir(p)
+            )
+        except OSError as exc:
+            found.append(f"{printable(subject)} ({exc.strerror or exc})")
+            continue
         for folder in folders:
             if folder is not subject and (reason := _listable(folder)) is not None:
                 found.append(f"{printable(folder)} ({reason})")
@@ -154,7 +162,7 @@ def selection_warnings(bids_dir: Path, participant_label: Sequence[str] | None) 
     from motionqc.data.bids import find_t1w, parse_entities
 
     root = Path(bids_dir)
-    if not root.is_dir():
+    if not os.path.isdir(root):  # os.path: False, not PermissionError, for an unreachable root
         return []  # find_t1w says so, as an error
     lines = [
         f"{folder}: cannot be read, so its T1w images are not scored"

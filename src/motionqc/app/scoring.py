@@ -114,7 +114,7 @@ def _write_derivative(
         "BinRange": list(model["bin_range"]),  # type: ignore[call-overload]
         "BinProbabilities": [round(float(v), 6) for v in row.get("bins", [])],
         "EncoderSHA256": model["sha256"],
-        "SourceSHA256": file_sha256(row["path"]),  # the study's identity in the report
+        "SourceSHA256": _source_sha256(row["path"]),  # the study's identity in the report
     }
     if row.get("qc_class") not in (None, ""):
         sidecar["QCClass"] = int(row["qc_class"])
@@ -390,3 +390,11 @@ def _score_into(
 def group_table(output_dir: str | Path) -> pd.DataFrame:
     """Read the merged ``group_T1w.tsv`` of a derivative folder."""
     return pd.read_csv(Path(output_dir) / GROUP_TABLE, sep="\t", dtype=str, keep_default_na=False)
+
+
+def _source_sha256(path: str | Path) -> str | None:
+    """The source file's SHA-256, or ``None`` when it cannot be read again (gone, unreadable)."""
+    try:
+        return file_sha256(path)
+    except OSError:
+        return None

@@ -171,6 +171,14 @@ def run(
     return provenance
 
 
+def _repo_relative(path: str | Path) -> str:
+    """A path inside the repository as relative to it (no machine's folder in the JSON)."""
+    try:
+        return str(Path(path).resolve().relative_to(paths.repo_root().resolve()))
+    except (ValueError, OSError):
+        return str(path)
+
+
 def _data_provenance(
     config: RecipeConfig,
     files: dict[str, str],
@@ -199,7 +207,7 @@ def _data_provenance(
         for h in used
     }
     return {
-        "manifest": str(corpus.attrs.get("source", "")),
+        "manifest": _repo_relative(corpus.attrs.get("source", "")),
         "split_counts": corpus.groupby("split").size().to_dict(),
         "attribution": [IXI_ATTRIBUTION, "SynthSeg label maps (Billot et al. 2023), Apache-2.0"],
         "heads": heads,
