@@ -7,7 +7,7 @@ temperature, the unseen-head test under TorchIO's ``Motion``) with a recipe of
 
     .venv/bin/python benchmarks/recipe_experiment.py --out build/experiments/NAME \\
         [--recipe sample] [--set '{"steps": 1000}'] [--source-augment '{"p_remap": 0.8}'] \\
-        [--augment '{"p_geometry": 0}'] [--head ID=PATH ...]
+        [--augment '{"p_geometry": 0}'] [--head ID=PATH ...] [--corpus [--data-root DIR]]
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from motionqc import paths
+from motionqc.data.corpus import load_corpus, training_heads
 from motionqc.data.volumes import sample_manifest
 from motionqc.models.encoder import save_encoder
 from motionqc.stages import pretrain as stage
@@ -35,6 +36,13 @@ def main() -> None:
     parser.add_argument("--source-augment", default="{}", help="JSON: source knobs (before motion)")
     parser.add_argument("--test-heads", nargs="+", default=["colin27"])
     parser.add_argument("--draws", type=int, default=4)
+    parser.add_argument(
+        "--corpus",
+        action="store_true",
+        help="train and test on the corpus's split (its test heads on a 1 mm grid; --set can "
+        "change its heads, e.g. '{\"label_maps\": []}')",
+    )
+    parser.add_argument("--data-root", default=None, help="the corpus (MOTIONQC_DATA_ROOT)")
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument(
         "--head",
@@ -46,12 +54,19 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     base = RECIPES[args.recipe]
+    test_heads, grid_mm = args.test_heads, None
+    if args.corpus:  # the corpus's split (data_manifest/corpus.tsv), before --set's changes
+        manifest = load_corpus(data_root=args.data_root)
+        train, val, test, maps = training_heads(manifest)
+        base = base.replace(train_heads=train, val_heads=val, label_maps=maps)
+        test_heads, grid_mm = list(test), 1.0
+    else:
+        manifest = sample_manifest()
     config = base.replace(
         augment=dict(base.augment, **json.loads(args.augment)),
         source_augment=dict(base.source_augment, **json.loads(args.source_augment)),
         **{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(args.set).items()},
     )
-    manifest = sample_manifest()
     files = dict(zip(manifest["volume_id"], manifest["path"], strict=True))
     for item in args.head:
         head, sep, path = item.partition("=")
@@ -65,7 +80,8 @@ def main() -> None:
     result = stage.run(
         config,
         files,
-        test_heads=args.test_heads,
+        test_heads=test_heads,
+        test_grid_mm=grid_mm,
         cache_dir=paths.build_dir() / "cache" / "recipe",
         run_dir=args.out / "train",
         num_workers=args.num_workers,
