@@ -384,12 +384,15 @@ def test_released_encoder_ships_with_its_provenance():
     train, tested = set(info["recipe"]["train_heads"]), set(info["unseen_heads"]["heads"])
     assert not train & tested
     heads = info["data"].get("heads", info["data"])  # a corpus release lists them under "heads"
+    if "heads" in info["data"]:  # trained on the corpus: test heads stand with the test only
+        heads = heads | info["unseen_heads"]["files"]
+        assert not set(info["data"]["heads"]) & tested
     assert set(heads) >= train | tested
     assert all(len(h["sha256"]) == 64 for h in heads.values())
-    if "heads" in info["data"]:  # trained on the corpus: its split, licences and attribution
+    if "files" in info["unseen_heads"]:  # trained on the corpus: its split, licences, attribution
         assert {heads[h]["role"] for h in train} == {"train"}
         assert {heads[h]["role"] for h in tested} == {"test"}
-        assert not [h for h in train if heads[h]["use"] == "test only"]
+        assert not [h for h in info["data"]["heads"] if heads[h]["use"] == "test only"]
         assert all(heads[h]["licence"] for h in heads)
         assert any("brain-development.org/ixi-dataset" in a for a in info["data"]["attribution"])
         assert not Path(info["data"]["manifest"]).is_absolute()  # no machine's folder
@@ -563,15 +566,13 @@ def test_release_run_on_a_corpus_trains_on_its_split_and_lists_every_head(tmp_pa
     out = tmp_path / "w" / "motion_encoder.pt"
     kwargs = {"run_dir": tmp_path / "run", "num_workers": 0, "draws": 1, "command": "t"}
     prov = release.run(config, out=out, test_heads=test, corpus=corpus, **kwargs)
-    heads = prov["data"]["heads"]
-    assert set(heads) == {"h0", "h1", "h2", "h3", "seg"}
-    assert [heads[h]["role"] for h in ("h0", "h2", "h3", "seg")] == [
-        "train",
-        "val",
-        "test",
-        "labels",
-    ]
-    assert heads["h3"]["use"] == TEST_ONLY and heads["seg"]["licence"] == "Apache-2.0"
+    heads = prov["data"]["heads"]  # what trained; the test heads stand with the test
+    assert set(heads) == {"h0", "h1", "h2", "seg"}
+    assert [heads[h]["role"] for h in ("h0", "h2", "seg")] == ["train", "val", "labels"]
+    tested = prov["unseen_heads"]["files"]
+    assert set(tested) == {"h3"} and tested["h3"]["role"] == "test"
+    assert tested["h3"]["use"] == TEST_ONLY and heads["seg"]["licence"] == "Apache-2.0"
+    assert tested["h3"]["sha256"] == file_sha256(tmp_path / "h3.nii.gz")
     assert heads["h1"]["sha256"] == file_sha256(tmp_path / "h1.nii.gz")
     assert any("IXI" in a for a in prov["data"]["attribution"])
     assert "1 mm grid" in prov["unseen_heads"]["motion"]

@@ -135,6 +135,7 @@ def run(
         "history": result.history.to_dict("records"),
         "unseen_heads": {
             "heads": list(tested),
+            **({"files": _head_records(corpus, tested)} if corpus is not None else {}),
             "motion": "torchio.Motion(image_interpolation='linear') at "
             + ("a 1 mm grid" if corpus is not None else "each head's own resolution"),
             "scores_mm": list(encoder_test.TEST_SCORES),
@@ -185,32 +186,38 @@ def _data_provenance(
     tested: Sequence[str],
     corpus: pd.DataFrame | None,
 ) -> dict[str, object]:
-    """Every head used, its role and SHA-256 (with a corpus: its split, dataset and licence)."""
-    used = [*config.train_heads, *config.val_heads, *config.label_maps, *tested]
+    """The heads used and their SHA-256.
+
+    Without a corpus: every head, training and test, with its role. With a corpus: the heads
+    that trained (training and validation subjects, label maps) with their split, dataset and
+    licence, the manifest and the attribution; the test heads are listed with the test
+    (:func:`_head_records`, under ``unseen_heads``), never among the training data.
+    """
     if corpus is None:
         return {
             h: {
                 "role": "train" if h in config.train_heads else "test",
                 "sha256": file_sha256(files[h]),
             }
-            for h in used
+            for h in [*config.train_heads, *config.val_heads, *config.label_maps, *tested]
         }
-    rows = corpus.set_index("volume_id")
-    heads = {
-        h: {
-            "role": str(rows.at[h, "split"]),
-            "dataset": str(rows.at[h, "dataset"]),
-            "licence": str(rows.at[h, "licence"]),
-            "use": str(rows.at[h, "use"]),
-            "sha256": str(rows.at[h, "sha256"]),
-        }
-        for h in used
-    }
     return {
         "manifest": _repo_relative(corpus.attrs.get("source", "")),
         "split_counts": corpus.groupby("split").size().to_dict(),
         "attribution": [IXI_ATTRIBUTION, "SynthSeg label maps (Billot et al. 2023), Apache-2.0"],
-        "heads": heads,
+        "heads": _head_records(
+            corpus, [*config.train_heads, *config.val_heads, *config.label_maps]
+        ),
+    }
+
+
+def _head_records(corpus: pd.DataFrame, heads: Sequence[str]) -> dict[str, dict[str, str]]:
+    """Each corpus head's split, dataset, licence, use and SHA-256 (from the verified manifest)."""
+    rows = corpus.set_index("volume_id")
+    keys = {"role": "split", "dataset": "dataset", "licence": "licence", "use": "use"}
+    return {
+        h: {**{k: str(rows.at[h, c]) for k, c in keys.items()}, "sha256": str(rows.at[h, "sha256"])}
+        for h in heads
     }
 
 
