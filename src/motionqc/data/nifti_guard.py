@@ -168,13 +168,25 @@ def check_nifti_file(path: Path, error: type[Exception]) -> None:
     single_file = bytes(np.asarray(header["magic"]).tobytes()).startswith(b"n+")
     if single_file and len(raw) > size and raw[size : size + 1] != b"\0":
         _check_extensions(path, header, offset, error)
-    n_bytes = int(np.prod(shape, dtype=np.int64)) * int(dtype.itemsize) if shape else 0
+    _check_file_holds(path, shape, dtype, 0 if compressed else offset, compressed, error)
+
+
+def _check_file_holds(
+    path: Path,
+    shape: Sequence[int],
+    dtype: np.dtype,
+    offset: int,
+    compressed: bool,
+    error: type[Exception],
+) -> None:
+    """Refuse a claimed array larger than the file can hold (deflate: ~1032:1 at most)."""
+    n_bytes = int(np.prod(shape, dtype=np.int64)) * int(dtype.itemsize) if len(shape) else 0
     file_size = path.stat().st_size
     holds = file_size * GZIP_MAX_RATIO + 4096 if compressed else file_size - offset
     if n_bytes > holds:
         raise error(
-            f"{path}: header claims shape {shape} of {dtype} ({n_bytes:,} bytes), more than the "
-            f"{file_size:,}-byte file can hold (truncated or forged header)"
+            f"{path}: header claims shape {tuple(shape)} of {dtype} ({n_bytes:,} bytes), more "
+            f"than the {file_size:,}-byte file can hold (truncated or forged header)"
         )
 
 
@@ -237,27 +249,11 @@ def check_claimed_size(
         error: With a one-line message naming the file and the problem.
     """
     shape = tuple(int(s) for s in img.header.get_data_shape())
-    n = int(np.prod(shape, dtype=np.int64)) if shape else 0
     dtype = img.header.get_data_dtype()
-    if n > MAX_VOXELS:
-        raise error(
-            f"{path}: header claims shape {shape} ({n:,} voxels), more than the {MAX_VOXELS:,} "
-            "motionqc reads"
-        )
-    if dtype.fields is not None or dtype.kind == "c":
-        raise error(
-            f"{path}: {'complex' if dtype.kind == 'c' else 'RGB or structured'} voxels "
-            f"({dtype}); motionqc scores T1w magnitude images"
-        )
-    size = path.stat().st_size
+    _check_array_claims(path, shape, dtype, error)
     gz = path.name.endswith(".gz")
     offset = 0 if gz else int(getattr(img.header, "get_data_offset", lambda: 0)())
-    holds = size * GZIP_MAX_RATIO + 4096 if gz else size - offset
-    if n * dtype.itemsize > holds:
-        raise error(
-            f"{path}: header claims shape {shape} of {dtype} ({n * dtype.itemsize:,} bytes), "
-            f"more than the {size:,}-byte file can hold (truncated or forged header)"
-        )
+    _check_file_holds(path, shape, dtype, offset, gz, error)
 
 
 def check_geometry(
