@@ -117,3 +117,21 @@ class CodePayload:
 
     def __reduce__(self):
         return (open, (self.marker, "w"))
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A seeded random SFCN saved as an encoder file (4 mm, 40×48×40): the CLI's plumbing.
+
+    Test modules that need another grid or note define their own ``encoder``, which wins.
+    """
+    import torch
+
+    from motionqc.models.encoder import save_encoder
+    from motionqc.models.sfcn import SFCN
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("encoder") / "encoder.pt"
+    return save_encoder(
+        path, SFCN(), info={"note": "random init"}, spacing_mm=4.0, shape=(40, 48, 40)
+    )

@@ -19,25 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from conftest import head_phantom, write_nifti
 
 from motionqc.app.cli import main
-from motionqc.models.encoder import save_encoder
-from motionqc.models.sfcn import SFCN
 
 FAST = ["--num-workers", "0", "--threads", "1", "--no-mosaics", "--no-progress", "--device", "cpu"]
 AFFINE = np.diag([4.0, 4.0, 4.0, 1.0])
 CLI = [sys.executable, "-m", "motionqc.app.cli"]
-
-
-@pytest.fixture(scope="module")
-def encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("encoder") / "encoder.pt"
-    return save_encoder(
-        path, SFCN(), info={"note": "random init"}, spacing_mm=4.0, shape=(40, 48, 40)
-    )
 
 
 @pytest.fixture(scope="module")
